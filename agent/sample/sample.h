@@ -1,0 +1,82 @@
+/*
+ * The sampler: one call per tick reads every metric of the process.
+ * Paths are built under a root ("" in production), so tests point it at
+ * fixture trees holding proc/self/... and sys/fs/cgroup/....
+ */
+#ifndef HOLMES_SAMPLE_H
+#define HOLMES_SAMPLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../../rules/config.h"
+
+/* What was found about the process's cgroup. */
+typedef struct holmes__cgroup {
+    int version;       /* 0 = none found, 1, 2 */
+    char mem_dir[HOLMES_PATH_MAX]; /* v2: the unified dir; v1: the memory controller dir */
+    char cpu_dir[HOLMES_PATH_MAX]; /* v2: same as mem_dir; v1: the cpu controller dir */
+} holmes__cgroup;
+
+typedef struct holmes__limits {
+    double cpu_cores;          /* effective cores */
+    const char *cpu_source;    /* "config", "cgroup v2 cpu.max", "cgroup v1 cfs_quota", "cpus" */
+    uint64_t mem_limit;        /* bytes */
+    const char *mem_source;    /* "config", "cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes", "MemTotal" */
+} holmes__limits;
+
+/* Counters of cgroup memory events; a rise between ticks is an event. */
+typedef struct holmes__mem_events {
+    bool valid;
+    uint64_t high, max, oom, oom_kill, failcnt;
+} holmes__mem_events;
+
+typedef struct holmes__sample {
+    uint64_t t_ns;  /* CLOCK_MONOTONIC at the read */
+    double value[HOLMES_METRIC_COUNT];
+    uint32_t valid; /* bit per metric */
+    /* raw readings, for the event file */
+    uint64_t cpu_ns_total; /* process CPU time since start */
+    uint64_t rss_bytes;
+    uint64_t cgroup_mem_bytes; /* usage minus inactive file */
+    long threads, fds;
+    uint64_t heap_bytes;
+    holmes__mem_events mem_events;
+} holmes__sample;
+
+typedef struct holmes__sampler holmes__sampler;
+
+/*
+ * Creates a sampler for this process under `root` ("" for the real system).
+ * Limits are resolved from cfg (auto = cgroup, else machine) at creation.
+ */
+holmes__sampler *holmes__sampler_new(const holmes__config *cfg, const char *root);
+void holmes__sampler_free(holmes__sampler *s);
+const holmes__limits *holmes__sampler_limits(const holmes__sampler *s);
+const holmes__cgroup *holmes__sampler_cgroup(const holmes__sampler *s);
+/*
+ * Reads every metric. A metric whose read fails is left out of `valid` for
+ * this tick and logged once (rate-limited); the others go on.
+ * `heap_bytes` comes from the heap sampler (0 when off: metric invalid).
+ */
+void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
+                          holmes__sample *out);
+
+/* Lower-level readers, exported for tests. All return 0 or -errno. */
+int holmes__cgroup_locate(const char *root, holmes__cgroup *out);
+int holmes__cgroup_mem_limit(const char *root, const holmes__cgroup *cg, uint64_t *bytes);
+int holmes__cgroup_cpu_limit(const char *root, const holmes__cgroup *cg, double *cores);
+int holmes__cgroup_mem_usage(const char *root, const holmes__cgroup *cg, uint64_t *bytes);
+int holmes__cgroup_mem_events(const char *root, const holmes__cgroup *cg,
+                              holmes__mem_events *out);
+/* PSI "some avg10" of the cgroup (v2) or the machine; kind "memory" or "cpu". */
+int holmes__psi_some_avg10(const char *root, const holmes__cgroup *cg, const char *kind,
+                           double *percent);
+/* The file a PSI trigger is registered on ("<cg>/memory.pressure" or "/proc/pressure/memory"). */
+int holmes__psi_path(const char *root, const holmes__cgroup *cg, const char *kind, char *out,
+                     size_t cap);
+int holmes__count_fds(const char *root, long *count);
+int holmes__machine_mem_total(const char *root, uint64_t *bytes);
+double holmes__usable_cpus(void);
+
+#endif

@@ -1,0 +1,61 @@
+/* A tiny assertion kit for unit tests: one process per test file, exit code = failures. */
+#ifndef HOLMES_TEST_CHECK_H
+#define HOLMES_TEST_CHECK_H
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_failures;
+static int check_count;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        check_count++;                                                                             \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            check_failures++;                                                                      \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_EQ_INT(a, b)                                                                         \
+    do {                                                                                           \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);                            \
+        check_count++;                                                                             \
+        if (check_a_ != check_b_) {                                                                \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, __LINE__,  \
+                    #a, #b, check_a_, check_b_);                                                   \
+            check_failures++;                                                                      \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_NEAR(a, b, eps)                                                                      \
+    do {                                                                                           \
+        double check_a_ = (a), check_b_ = (b);                                                     \
+        check_count++;                                                                             \
+        if (!(fabs(check_a_ - check_b_) <= (eps))) {                                               \
+            fprintf(stderr, "%s:%d: CHECK failed: %s ~= %s (%g vs %g)\n", __FILE__, __LINE__, #a,  \
+                    #b, check_a_, check_b_);                                                       \
+            check_failures++;                                                                      \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *check_a_ = (a), *check_b_ = (b);                                               \
+        check_count++;                                                                             \
+        if (!check_a_ || !check_b_ || strcmp(check_a_, check_b_) != 0) {                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (\"%s\" vs \"%s\")\n", __FILE__,        \
+                    __LINE__, #a, #b, check_a_ ? check_a_ : "(null)",                              \
+                    check_b_ ? check_b_ : "(null)");                                               \
+            check_failures++;                                                                      \
+        }                                                                                          \
+    } while (0)
+
+#define CHECK_DONE()                                                                               \
+    do {                                                                                           \
+        fprintf(stderr, "%d checks, %d failed\n", check_count, check_failures);                    \
+        return check_failures ? 1 : 0;                                                             \
+    } while (0)
+
+#endif
