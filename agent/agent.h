@@ -1,0 +1,93 @@
+/*
+ * The running agent: one per process. agent.c owns start/stop, signals and
+ * fork; watchdog.c the sampling thread; dispatch.c the capture thread;
+ * event.c the event JSON.
+ */
+#ifndef HOLMES_AGENT_H
+#define HOLMES_AGENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "../reporters/reporter.h"
+#include "../rules/config.h"
+#include "../rules/judge.h"
+#include "base/base.h"
+#include "capture/capture.h"
+#include "sample/sample.h"
+
+#define HOLMES_MAX_JOBS 16
+
+/* Everything the event file says about one firing; rewritten when its captures end. */
+typedef struct holmes__event_info {
+    bool manual;
+    holmes__rule_cfg rule; /* a copy: a reload may change the live one */
+    holmes__clause clause;
+    double value, average;
+    uint64_t wall_ns;
+    int nsamples;
+    double samples[HOLMES_WINDOW_MAX]; /* the previous `window` values, oldest first */
+    uint32_t captures;                 /* bit per holmes__capture */
+    char status[32];                   /* "capturing", "complete", "partial" */
+    char notes[1024];                  /* why a capture was skipped or failed */
+    holmes__capture_stats stats[HOLMES_CAPTURE_COUNT];
+    bool has_stats[HOLMES_CAPTURE_COUNT];
+} holmes__event_info;
+
+/* One firing on its way through the capture thread. */
+typedef struct holmes__job {
+    holmes__dump *dump;
+    holmes__event_info info;
+} holmes__job;
+
+typedef struct holmes__agent {
+    holmes__config cfg;
+    char config_path[HOLMES_PATH_MAX]; /* "" when started from a string */
+    int pid;
+
+    holmes__sampler *sampler;
+    holmes__window windows[HOLMES_METRIC_COUNT];
+    uint64_t metric_samples[HOLMES_METRIC_COUNT]; /* valid samples seen per metric */
+    holmes__rule_state rule_state[HOLMES_MAX_RULES];
+    holmes__budget budget;
+    holmes__sample last;
+    bool baseline_taken;
+
+    holmes__delivery *delivery;
+
+    /* The watchdog waits in poll() on this pipe: holmes_stop(), the dump
+     * signal and holmes_dump_now() write a byte to wake it at once. */
+    int wake_pipe[2];
+    pthread_t watchdog;
+    atomic_bool stopping;
+    atomic_int dump_requests;
+
+    /* The capture thread and its queue. */
+    pthread_t capturer;
+    pthread_mutex_t jobs_lock;
+    pthread_cond_t jobs_cond;
+    holmes__job jobs[HOLMES_MAX_JOBS];
+    int njobs;
+    bool capturer_stop;
+} holmes__agent;
+
+/* watchdog.c */
+void *holmes__watchdog_main(void *agent);
+void holmes__agent_wake(holmes__agent *a);
+/* Fires a rule (or a manual dump when rule is NULL) with the given verdict. */
+void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__clause clause,
+                        double value, double average);
+
+/* dispatch.c */
+int holmes__dispatch_start(holmes__agent *a);
+void holmes__dispatch_stop(holmes__agent *a);
+/* Queues a job; never blocks. Returns 0 or HOLMES_EBUSY when the queue is full. */
+int holmes__dispatch_submit(holmes__agent *a, const holmes__job *job);
+
+/* event.c */
+/* Writes the event JSON (SPEC.md) into d->event_json, replacing it. */
+void holmes__event_write(const holmes__agent *a, holmes__dump *d, const holmes__event_info *info);
+/* The file suffixes a set of captures produces, in order; returns their count. */
+int holmes__event_suffixes(const holmes__agent *a, uint32_t captures, const char **out, int cap);
+
+#endif

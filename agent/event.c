@@ -1,0 +1,158 @@
+/*
+ * The event file: what fired, against which baseline, and where the
+ * evidence is. Field names are part of SPEC.md's contract.
+ */
+#include "agent.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/json.h"
+
+/* The files each capture produces, in the order the dump lists them. */
+static const struct {
+    holmes__capture kind;
+    const char *suffix;
+} capture_files[] = {
+    {HOLMES_CAPTURE_CPU, "cpu.pb.gz"},         {HOLMES_CAPTURE_HEAP, "heap.pb.gz"},
+    {HOLMES_CAPTURE_HEAP, "heap-base.pb.gz"},  {HOLMES_CAPTURE_THREADS, "threads.pb.gz"},
+    {HOLMES_CAPTURE_THREADS, "threads.txt"},   {HOLMES_CAPTURE_FDS, "fds.txt"},
+    {HOLMES_CAPTURE_WALL, "wall.pb.gz"},
+};
+
+int holmes__event_suffixes(const holmes__agent *a, uint32_t captures, const char **out, int cap)
+{
+    int n = 0;
+    for (size_t i = 0; i < HOLMES_ARRAY_LEN(capture_files) && n < cap; i++) {
+        if (!(captures & (1u << capture_files[i].kind)))
+            continue;
+        if (strcmp(capture_files[i].suffix, "heap-base.pb.gz") == 0 && !a->cfg.baseline)
+            continue;
+        out[n++] = capture_files[i].suffix;
+    }
+    return n;
+}
+
+static void write_rule(holmes__json *j, const holmes__event_info *info)
+{
+    const holmes__rule_cfg *r = &info->rule;
+    holmes__json_double(j, "min", r->min);
+    holmes__json_double(j, "diff", r->diff);
+    holmes__json_double(j, "abs", r->abs);
+    holmes__json_double(j, "forecast", (double)r->forecast_ms / 1000.0);
+    holmes__json_int(j, "consecutive", r->consecutive);
+    holmes__json_double(j, "cooldown", (double)r->cooldown_ms / 1000.0);
+    holmes__json_string(j, "capture", holmes__capture_name(r->capture));
+}
+
+static void write_samples(holmes__json *j, const holmes__agent *a, const holmes__event_info *info)
+{
+    holmes__json_begin_array(j, "samples");
+    for (int i = 0; i < info->nsamples; i++)
+        holmes__json_double(j, NULL, info->samples[i]);
+    holmes__json_end_array(j);
+    holmes__json_double(j, "interval", (double)a->cfg.interval_ms / 1000.0);
+    holmes__json_int(j, "window", a->cfg.window);
+}
+
+static void write_limits(holmes__json *j, const holmes__agent *a)
+{
+    const holmes__limits *lim = holmes__sampler_limits(a->sampler);
+    holmes__json_double(j, "cpu_cores", lim->cpu_cores);
+    holmes__json_string(j, "cpu_cores_source", lim->cpu_source);
+    holmes__json_uint(j, "mem_limit", lim->mem_limit);
+    holmes__json_string(j, "mem_limit_source", lim->mem_source);
+    holmes__json_string(j, "mem_source", a->cfg.mem_source == HOLMES_MEM_CGROUP ? "cgroup" : "rss");
+}
+
+/* The raw readings of the last tick, so a reader sees absolute numbers too. */
+static void write_process(holmes__json *j, const holmes__agent *a)
+{
+    const holmes__sample *s = &a->last;
+    holmes__json_begin_object(j, "process");
+    holmes__json_uint(j, "rss_bytes", s->rss_bytes);
+    holmes__json_uint(j, "cgroup_mem_bytes", s->cgroup_mem_bytes);
+    holmes__json_int(j, "threads", s->threads);
+    holmes__json_int(j, "fds", s->fds);
+    holmes__json_uint(j, "heap_bytes", s->heap_bytes);
+    holmes__json_uint(j, "cpu_ns_total", s->cpu_ns_total);
+    holmes__json_end_object(j);
+}
+
+static void write_files(holmes__json *j, const holmes__agent *a, const holmes__dump *d,
+                        const holmes__event_info *info)
+{
+    char name[512];
+    holmes__json_begin_array(j, "files");
+    if (d->final) {
+        for (int i = 0; i < d->nfiles; i++) {
+            snprintf(name, sizeof(name), "%s.%s", d->stem, d->files[i].suffix);
+            holmes__json_string(j, NULL, name);
+        }
+    } else {
+        const char *suffixes[16];
+        int n = holmes__event_suffixes(a, info->captures, suffixes, 16);
+        for (int i = 0; i < n; i++) {
+            snprintf(name, sizeof(name), "%s.%s", d->stem, suffixes[i]);
+            holmes__json_string(j, NULL, name);
+        }
+    }
+    holmes__json_end_array(j);
+}
+
+static void write_stats(holmes__json *j, const holmes__event_info *info)
+{
+    holmes__json_begin_object(j, "capture_stats");
+    for (int k = 0; k < HOLMES_CAPTURE_COUNT; k++) {
+        if (!info->has_stats[k])
+            continue;
+        const holmes__capture_stats *st = &info->stats[k];
+        holmes__json_begin_object(j, holmes__capture_name((holmes__capture)k));
+        holmes__json_uint(j, "samples", st->samples);
+        holmes__json_uint(j, "dropped", st->dropped);
+        holmes__json_uint(j, "peak_bytes", st->peak_bytes);
+        holmes__json_int(j, "threads", st->threads);
+        holmes__json_end_object(j);
+    }
+    holmes__json_end_object(j);
+}
+
+static void write_captures(holmes__json *j, const holmes__event_info *info)
+{
+    holmes__json_begin_array(j, "captures");
+    for (int k = 0; k < HOLMES_CAPTURE_COUNT; k++)
+        if (info->captures & (1u << k))
+            holmes__json_string(j, NULL, holmes__capture_name((holmes__capture)k));
+    holmes__json_end_array(j);
+}
+
+void holmes__event_write(const holmes__agent *a, holmes__dump *d, const holmes__event_info *info)
+{
+    char when[40];
+    holmes__format_rfc3339(info->wall_ns, when);
+    holmes__buf_free(&d->event_json);
+    holmes__json j = {.b = &d->event_json};
+    holmes__json_begin_object(&j, NULL);
+    holmes__json_string(&j, "app", a->cfg.name);
+    holmes__json_int(&j, "pid", a->pid);
+    holmes__json_string(&j, "rule", d->rule);
+    holmes__json_string(&j, "metric", d->metric);
+    holmes__json_string(&j, "clause", d->clause);
+    holmes__json_string(&j, "time", when);
+    holmes__json_double(&j, "value", info->value);
+    holmes__json_double(&j, "average", info->average);
+    if (!info->manual)
+        write_rule(&j, info);
+    write_samples(&j, a, info);
+    write_limits(&j, a);
+    write_process(&j, a);
+    write_captures(&j, info);
+    holmes__json_string(&j, "status", info->status);
+    if (info->notes[0])
+        holmes__json_string(&j, "notes", info->notes);
+    write_stats(&j, info);
+    write_files(&j, a, d, info);
+    holmes__json_string(&j, "stem", d->stem);
+    holmes__json_end_object(&j);
+}

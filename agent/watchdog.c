@@ -1,0 +1,232 @@
+/*
+ * The watchdog thread: every interval it samples, judges every rule and
+ * fires. It never captures and never delivers itself: a firing becomes a
+ * job for the capture thread and a dump for the delivery queue, so a
+ * 5-second CPU profile or a slow server never delays the next sample.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+void holmes__agent_wake(holmes__agent *a)
+{
+    char byte = 1;
+    /* The pipe is non-blocking: a full pipe already guarantees a wake-up. */
+    ssize_t n = write(a->wake_pipe[1], &byte, 1);
+    (void)n;
+}
+
+static void drain_wake_pipe(holmes__agent *a)
+{
+    char buf[64];
+    while (read(a->wake_pipe[0], buf, sizeof(buf)) > 0) {
+    }
+}
+
+/* Sleeps until `deadline_ns` or a wake-up; returns early on either. */
+static void wait_until(holmes__agent *a, uint64_t deadline_ns)
+{
+    uint64_t now = holmes__now_ns();
+    if (now >= deadline_ns)
+        return;
+    uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+    struct pollfd pfd = {.fd = a->wake_pipe[0], .events = POLLIN};
+    int rc = poll(&pfd, 1, ms > 60000 ? 60000 : (int)ms);
+    if (rc > 0)
+        drain_wake_pipe(a);
+}
+
+static void snapshot_window(const holmes__window *w, holmes__event_info *info)
+{
+    info->nsamples = w->n;
+    for (int i = 0; i < w->n; i++)
+        info->samples[i] = holmes__window_get(w, i);
+}
+
+static uint32_t captures_of_rule(const holmes__rule_cfg *rule)
+{
+    return rule->capture == HOLMES_CAPTURE_NONE ? 0 : 1u << rule->capture;
+}
+
+/* A manual dump runs every capture that is enabled in this process. */
+static uint32_t manual_captures(const holmes__agent *a)
+{
+    uint32_t set = 1u << HOLMES_CAPTURE_CPU | 1u << HOLMES_CAPTURE_THREADS |
+                   1u << HOLMES_CAPTURE_FDS;
+    if (a->cfg.sample_bytes > 0)
+        set |= 1u << HOLMES_CAPTURE_HEAP;
+    for (int i = 0; i < a->cfg.nrules; i++)
+        set |= captures_of_rule(&a->cfg.rules[i]);
+    return set;
+}
+
+static void make_stem(const holmes__agent *a, const char *rule, uint64_t wall_ns, char *out,
+                      size_t cap)
+{
+    char stamp[32];
+    holmes__format_utc_stamp(wall_ns, stamp);
+    snprintf(out, cap, "%s.%d.%s.%s", a->cfg.name, a->pid, rule, stamp);
+}
+
+static holmes__dump *new_dump(const holmes__agent *a, const holmes__event_info *info)
+{
+    holmes__dump *d = holmes__dump_new();
+    if (!d)
+        return NULL;
+    const char *rule = info->manual ? "manual" : info->rule.name;
+    snprintf(d->app, sizeof(d->app), "%s", a->cfg.name);
+    snprintf(d->rule, sizeof(d->rule), "%s", rule);
+    snprintf(d->metric, sizeof(d->metric), "%s",
+             info->manual ? "manual" : holmes__metric_name(info->rule.metric));
+    snprintf(d->clause, sizeof(d->clause), "%s", holmes__clause_name(info->clause));
+    make_stem(a, rule, info->wall_ns, d->stem, sizeof(d->stem));
+    d->from_wall_ns = d->until_wall_ns = info->wall_ns;
+    return d;
+}
+
+void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__clause clause,
+                        double value, double average)
+{
+    static holmes__job job; /* only the watchdog fires: one static job saves 5 KiB of stack */
+    memset(&job, 0, sizeof(job));
+    holmes__event_info *info = &job.info;
+    info->manual = rule == NULL;
+    if (rule) {
+        info->rule = *rule;
+        snapshot_window(&a->windows[rule->metric], info);
+    }
+    info->clause = clause;
+    info->value = value;
+    info->average = average;
+    info->wall_ns = holmes__wall_ns();
+    info->captures = rule ? captures_of_rule(rule) : manual_captures(a);
+    snprintf(info->status, sizeof(info->status), "%s", info->captures ? "capturing" : "complete");
+
+    job.dump = new_dump(a, info);
+    if (!job.dump) {
+        holmes__log(HOLMES_LOG_ERROR, "rule %s fired but there is no memory for its event",
+                    rule ? rule->name : "manual");
+        return;
+    }
+    holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f, average %.2f -> %s",
+                info->manual ? "manual" : rule->name, holmes__clause_name(clause),
+                info->manual ? "manual" : holmes__metric_name(rule->metric), value, average,
+                job.dump->stem);
+    holmes__event_write(a, job.dump, info);
+    if (!info->captures) {
+        job.dump->final = true;
+        holmes__delivery_submit(a->delivery, job.dump);
+        return;
+    }
+    /* The event lands now; its captures follow when they are done. */
+    holmes__dump_ref(job.dump);
+    holmes__delivery_submit(a->delivery, job.dump);
+    if (holmes__dispatch_submit(a, &job) != 0) {
+        holmes__log(HOLMES_LOG_WARN, "capture queue full: %s keeps its event only",
+                    job.dump->stem);
+        holmes__dump_unref(job.dump);
+    }
+}
+
+/* Judges every rule of one metric against its window, then records the value. */
+static void judge_metric(holmes__agent *a, holmes__metric m, double value, uint64_t now)
+{
+    int warmup = a->cfg.warmup < 0 ? a->cfg.window : a->cfg.warmup;
+    bool judged = a->metric_samples[m] >= (uint64_t)warmup;
+    holmes__window *w = &a->windows[m];
+    for (int i = 0; i < a->cfg.nrules; i++) {
+        const holmes__rule_cfg *rule = &a->cfg.rules[i];
+        if (rule->metric != m)
+            continue;
+        holmes__verdict v = holmes__judge(rule, &a->rule_state[i], w, value, now, judged,
+                                          &a->budget, a->cfg.max_dumps_per_hour);
+        if (v.clause != HOLMES_CLAUSE_NONE) {
+            holmes__agent_fire(a, rule, v.clause, value, v.average);
+        } else if (v.blocked_budget) {
+            static holmes__ratelimit rl;
+            holmes__log_limited(&rl, 600, HOLMES_LOG_WARN,
+                                "rule %s matched but max_dumps_per_hour (%d) is spent",
+                                rule->name, a->cfg.max_dumps_per_hour);
+        }
+    }
+    holmes__window_push(w, value, now);
+    a->metric_samples[m]++;
+}
+
+static void log_memory_events(holmes__agent *a, const holmes__sample *s)
+{
+    const holmes__mem_events *now = &s->mem_events, *before = &a->last.mem_events;
+    if (!now->valid || !before->valid)
+        return;
+    if (now->oom_kill > before->oom_kill || now->oom > before->oom)
+        holmes__log(HOLMES_LOG_WARN, "cgroup memory: %llu OOM kill(s) since the last tick",
+                    (unsigned long long)(now->oom_kill - before->oom_kill));
+    if (now->max > before->max || now->failcnt > before->failcnt)
+        holmes__log(HOLMES_LOG_WARN, "cgroup memory: the limit was hit %llu time(s) since the "
+                                     "last tick",
+                    (unsigned long long)(now->max - before->max + now->failcnt -
+                                         before->failcnt));
+    if (now->high > before->high)
+        holmes__log(HOLMES_LOG_INFO, "cgroup memory: memory.high throttled %llu time(s)",
+                    (unsigned long long)(now->high - before->high));
+}
+
+static void maybe_take_baseline(holmes__agent *a)
+{
+    int warmup = a->cfg.warmup < 0 ? a->cfg.window : a->cfg.warmup;
+    if (a->baseline_taken || !a->cfg.baseline || !holmes__heap_enabled())
+        return;
+    if (a->metric_samples[HOLMES_METRIC_MEM] < (uint64_t)warmup)
+        return;
+    a->baseline_taken = true;
+    if (holmes__heap_take_baseline() == 0)
+        holmes__log(HOLMES_LOG_DEBUG, "heap baseline taken");
+}
+
+static void tick(holmes__agent *a)
+{
+    holmes__sample s;
+    bool heap_on = holmes__heap_enabled();
+    holmes__sampler_read(a->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &s);
+    for (int m = 0; m < HOLMES_METRIC_COUNT; m++) {
+        if (s.valid & (1u << m))
+            judge_metric(a, (holmes__metric)m, s.value[m], s.t_ns);
+    }
+    log_memory_events(a, &s);
+    a->last = s;
+    maybe_take_baseline(a);
+}
+
+static void handle_dump_requests(holmes__agent *a)
+{
+    if (atomic_exchange(&a->dump_requests, 0) > 0)
+        holmes__agent_fire(a, NULL, HOLMES_CLAUSE_MANUAL, NAN, NAN);
+}
+
+void *holmes__watchdog_main(void *arg)
+{
+    holmes__agent *a = arg;
+    uint64_t interval = a->cfg.interval_ms * 1000000ull;
+    uint64_t next = holmes__now_ns();
+    while (!atomic_load(&a->stopping)) {
+        wait_until(a, next);
+        if (atomic_load(&a->stopping))
+            break;
+        handle_dump_requests(a);
+        uint64_t now = holmes__now_ns();
+        if (now < next)
+            continue; /* woken early: only a dump request or a stop */
+        tick(a);
+        /* Ticks stay on a fixed grid; after a long stall (a suspended
+         * process) the grid restarts instead of bursting missed ticks. */
+        next += interval;
+        if (holmes__now_ns() > next + interval)
+            next = holmes__now_ns() + interval;
+    }
+    return NULL;
+}

@@ -1,0 +1,88 @@
+/*
+ * cpu_spike: a small service-like program with holmes inside. It serves
+ * "requests" lightly for a while, then one code path goes hot on every core
+ * (compute_price_matrix) for a few seconds: the CPU storm holmes is there to
+ * catch. Usage: cpu_spike CONFIG [IDLE_S] [SPIKE_S]
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <holmes/holmes.h>
+
+static volatile int spiking;
+static volatile int done;
+static volatile double sink;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The hot function a user would want named first in the profile. */
+__attribute__((noinline)) static double compute_price_matrix(int n)
+{
+    double acc = 0;
+    for (int i = 1; i < n; i++)
+        acc += sqrt((double)i) * sin((double)i);
+    return acc;
+}
+
+__attribute__((noinline)) static void handle_request(void)
+{
+    sink += compute_price_matrix(2000);
+}
+
+static void *worker(void *arg)
+{
+    (void)arg;
+    while (!done) {
+        if (spiking)
+            sink += compute_price_matrix(1 << 20);
+        else {
+            handle_request();
+            usleep(20000);
+        }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s CONFIG [IDLE_S] [SPIKE_S]\n", argv[0]);
+        return 2;
+    }
+    double idle = argc > 2 ? atof(argv[2]) : 12, spike = argc > 3 ? atof(argv[3]) : 8;
+    int rc = holmes_start_file(argv[1]);
+    if (rc != 0) {
+        fprintf(stderr, "holmes_start_file: %s\n%s\n", holmes_strerror(rc), holmes_last_error());
+        return 1;
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nworkers = ncpu > 0 && ncpu < 8 ? (int)ncpu : 2;
+    pthread_t t[8];
+    for (int i = 0; i < nworkers; i++)
+        pthread_create(&t[i], NULL, worker, NULL);
+    printf("cpu_spike: serving lightly for %.1f s\n", idle);
+    fflush(stdout);
+    usleep((useconds_t)(idle * 1e6));
+    printf("cpu_spike: spike start %.3f\n", now_s());
+    fflush(stdout);
+    spiking = 1;
+    usleep((useconds_t)(spike * 1e6));
+    spiking = 0;
+    printf("cpu_spike: spike end %.3f\n", now_s());
+    fflush(stdout);
+    usleep(500000);
+    done = 1;
+    for (int i = 0; i < nworkers; i++)
+        pthread_join(t[i], NULL);
+    holmes_stop();
+    return 0;
+}
