@@ -1,4 +1,3 @@
-#define _GNU_SOURCE
 #include "base.h"
 
 #include <errno.h>
@@ -36,22 +35,33 @@ static void utc_parts(uint64_t wall_ns, struct tm *tm, unsigned *ms)
     *ms = (unsigned)((wall_ns / 1000000ull) % 1000u);
 }
 
-void holmes__format_utc_stamp(uint64_t wall_ns, char out[32])
+/* Formats into a roomy buffer first: the compiler cannot see that the
+ * fields of a struct tm are small, and the result always fits `cap`. */
+static void format_time(uint64_t wall_ns, bool rfc3339, char *out, size_t cap)
 {
     struct tm tm;
     unsigned ms;
+    char tmp[128];
     utc_parts(wall_ns, &tm, &ms);
-    snprintf(out, 32, "%04d%02d%02dT%02d%02d%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+    int n = rfc3339 ? snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ",
+                               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                               tm.tm_min, tm.tm_sec, ms)
+                    : snprintf(tmp, sizeof(tmp), "%04d%02d%02dT%02d%02d%02d.%03uZ",
+                               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                               tm.tm_min, tm.tm_sec, ms);
+    size_t len = n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+    memcpy(out, tmp, len);
+    out[len] = 0;
+}
+
+void holmes__format_utc_stamp(uint64_t wall_ns, char out[32])
+{
+    format_time(wall_ns, false, out, 32);
 }
 
 void holmes__format_rfc3339(uint64_t wall_ns, char out[40])
 {
-    struct tm tm;
-    unsigned ms;
-    utc_parts(wall_ns, &tm, &ms);
-    snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+    format_time(wall_ns, true, out, 40);
 }
 
 struct thread_start {
