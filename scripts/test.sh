@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds three ways (release,
+# ASan+UBSan, TSan) and runs the whole suite in each, then checks the
+# installed package from a program outside the tree.
+#   scripts/test.sh            everything
+#   scripts/test.sh quick      the release build only
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/deps.sh test || { echo "holmes: installing dependencies failed" >&2; exit 1; }
+
+mode=${1:-full}
+jobs=$(nproc)
+passed=0 failed=0
+failures=()
+
+run_suite() { # name, cmake args...
+  local name=$1; shift
+  local dir=$root/build/$name
+  echo "== $name: build"
+  if ! bash scripts/build.sh "$dir" "$@"; then
+    failed=$((failed + 1)); failures+=("$name: build"); return
+  fi
+  echo "== $name: tests"
+  local log=$dir/ctest.log
+  (cd "$dir" && ctest --output-on-failure --timeout 600 -j"$jobs") 2>&1 | tee "$log" | grep -E '^( *[0-9]+/[0-9]+ Test|[0-9]+% tests|The following|\s+[0-9]+ - )' || true
+  local p f
+  p=$(grep -cE 'Test +#[0-9]+: .* Passed' "$log")
+  f=$(grep -cE 'Test +#[0-9]+: .* (\*\*\*|Failed|Exception|Timeout)' "$log")
+  passed=$((passed + p)); failed=$((failed + f))
+  if [[ $f -gt 0 || $p -eq 0 ]]; then
+    failures+=("$name: $f failed"); [[ $p -eq 0 ]] && failed=$((failed + 1))
+    grep -E 'Test +#[0-9]+: .* (\*\*\*|Failed|Exception|Timeout)' "$log" | sed "s/^/   $name: /"
+  fi
+}
+
+run_suite release -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [[ $mode == full ]]; then
+  run_suite asan -DCMAKE_BUILD_TYPE=Debug -DHOLMES_SANITIZE=address
+  run_suite tsan -DCMAKE_BUILD_TYPE=Debug -DHOLMES_SANITIZE=thread
+  echo "== package: install and build a program outside the tree"
+  if bash tests/package/check_install.sh "$root/build/release"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); failures+=("package")
+  fi
+fi
+
+echo
+((${#failures[@]})) && printf 'FAILED: %s\n' "${failures[@]}"
+echo "holmes: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
