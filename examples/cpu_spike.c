@@ -2,7 +2,9 @@
  * cpu_spike: a small service-like program with holmes inside. It serves
  * "requests" lightly for a while, then one code path goes hot on every core
  * (compute_price_matrix) for a few seconds: the CPU storm holmes is there to
- * catch. Usage: cpu_spike CONFIG [IDLE_S] [SPIKE_S]
+ * catch. Usage: cpu_spike CONFIG [IDLE_S] [SPIKE_S] [LOAD]
+ * LOAD (0..1, default 0.02) is the share of a core each worker keeps busy
+ * while serving: a steady load that must not look like a storm.
  */
 #include <math.h>
 #include <pthread.h>
@@ -16,6 +18,7 @@
 static volatile int spiking;
 static volatile int done;
 static volatile double sink;
+static double load = 0.02;
 
 static double now_s(void)
 {
@@ -33,9 +36,13 @@ __attribute__((noinline)) static double compute_price_matrix(int n)
     return acc;
 }
 
+/* One 20 ms slot of steady traffic: busy for `load` of it, idle for the rest. */
 __attribute__((noinline)) static void handle_request(void)
 {
-    sink += compute_price_matrix(2000);
+    double start = now_s();
+    while (now_s() - start < 0.020 * load)
+        sink += compute_price_matrix(2000);
+    usleep((useconds_t)(20000 * (1 - load)));
 }
 
 static void *worker(void *arg)
@@ -44,10 +51,8 @@ static void *worker(void *arg)
     while (!done) {
         if (spiking)
             sink += compute_price_matrix(1 << 20);
-        else {
+        else
             handle_request();
-            usleep(20000);
-        }
     }
     return NULL;
 }
@@ -55,10 +60,12 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s CONFIG [IDLE_S] [SPIKE_S]\n", argv[0]);
+        fprintf(stderr, "usage: %s CONFIG [IDLE_S] [SPIKE_S] [LOAD]\n", argv[0]);
         return 2;
     }
     double idle = argc > 2 ? atof(argv[2]) : 12, spike = argc > 3 ? atof(argv[3]) : 8;
+    if (argc > 4)
+        load = atof(argv[4]);
     int rc = holmes_start_file(argv[1]);
     if (rc != 0) {
         fprintf(stderr, "holmes_start_file: %s\n%s\n", holmes_strerror(rc), holmes_last_error());

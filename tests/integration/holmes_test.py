@@ -1,0 +1,145 @@
+"""Shared helpers for the integration tests: one real process per test.
+
+Environment (set by CTest): HOLMES_BUILD (the build tree), HOLMES_SRC (the
+source tree), HOLMES_SANITIZE ('' | 'address' | 'thread').
+"""
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD = os.environ.get("HOLMES_BUILD", "")
+SRC = os.environ.get("HOLMES_SRC", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+SANITIZE = os.environ.get("HOLMES_SANITIZE", "")
+
+failures = []
+
+
+def check(cond, message):
+    """Records a failed expectation without stopping the test."""
+    if not cond:
+        failures.append(message)
+        print("CHECK FAILED: " + message, file=sys.stderr)
+    return cond
+
+
+def finish():
+    """Ends the test: exit status 1 when any check failed."""
+    if failures:
+        print("%d check(s) failed" % len(failures), file=sys.stderr)
+        sys.exit(1)
+    print("ok")
+    sys.exit(0)
+
+
+def example(name):
+    return os.path.join(BUILD, "examples", name)
+
+
+def prog(name):
+    return os.path.join(BUILD, "tests", "progs", name)
+
+
+def tool():
+    return os.path.join(BUILD, "holmes")
+
+
+def libholmes():
+    return os.path.join(BUILD, "libholmes.so")
+
+
+class Workdir:
+    """A temporary directory that holds the INI file and the dumps."""
+
+    def __init__(self, prefix="holmes-test-"):
+        self.path = tempfile.mkdtemp(prefix=prefix)
+        self.dumps = os.path.join(self.path, "dumps")
+
+    def write_ini(self, text, name="holmes.ini"):
+        path = os.path.join(self.path, name)
+        with open(path, "w") as f:
+            f.write(text.replace("@DUMPS@", self.dumps))
+        return path
+
+    def files(self, pattern="*"):
+        return sorted(glob.glob(os.path.join(self.dumps, pattern)))
+
+    def events(self):
+        out = []
+        for path in self.files("*.json"):
+            with open(path) as f:
+                out.append((path, json.load(f)))
+        return out
+
+    def wait_for(self, pattern, timeout=30, count=1):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = self.files(pattern)
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        return self.files(pattern)
+
+    def cleanup(self):
+        if not failures:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            print("kept for inspection: " + self.path, file=sys.stderr)
+
+
+def run(args, timeout=120, env=None, cwd=None, check_rc=True):
+    """Runs a program to its end; returns (returncode, stdout, stderr)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env,
+                       cwd=cwd)
+    if check_rc and p.returncode != 0:
+        check(False, "%s exited %d\nstdout: %s\nstderr: %s" % (
+            " ".join(args), p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
+    return p.returncode, p.stdout, p.stderr
+
+
+def pprof(args, timeout=120):
+    """Runs `go tool pprof` through tests/pprof_top.sh; returns its stdout."""
+    p = subprocess.run(["sh", os.path.join(SRC, "tests", "pprof_top.sh")] + args,
+                       capture_output=True, text=True, timeout=timeout)
+    check(p.returncode == 0, "go tool pprof %s failed: %s" % (" ".join(args), p.stderr[-2000:]))
+    return p.stdout
+
+
+def pprof_top(profile, sample_index=None, extra=None):
+    """Parses `go tool pprof -top` into [(flat, flat%, sum%, cum, cum%, name)], top first."""
+    args = []
+    if sample_index:
+        args.append("-sample_index=" + sample_index)
+    args += (extra or []) + [profile]
+    rows = []
+    for line in pprof(args).splitlines():
+        m = re.match(r"\s*(-?[\d.]+\w*)\s+(-?[\d.]+)%\s+(-?[\d.]+)%\s+(-?[\d.]+\w*)\s+(-?[\d.]+)%\s+(.+)$",
+                     line)
+        if m:
+            rows.append((m.group(1), float(m.group(2)), float(m.group(3)), m.group(4),
+                         float(m.group(5)), m.group(6).strip()))
+    return rows
+
+
+def is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def moved_away(path, workdir):
+    """Copies a profile to a directory far from any binary, as a user would."""
+    dest_dir = os.path.join(workdir.path, "elsewhere")
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = os.path.join(dest_dir, os.path.basename(path))
+    shutil.copy(path, dest)
+    return dest
