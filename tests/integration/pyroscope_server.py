@@ -1,0 +1,255 @@
+#!/usr/bin/python3
+"""A fake Pyroscope server for the reporter tests (Python standard library only).
+
+It checks each request the way Pyroscope's /ingest handler parses it
+(pkg/ingester/pyroscope/ingest_handler.go and api/model/labelset): POST
+/ingest, a `name` of `<service>{k=v,...}` with the service name made of
+[A-Za-z0-9_.\\-/] and label names of [A-Za-z0-9_.], `from`/`until` as unix
+seconds, format=pprof, and a body that is a gzip stream. An accepted upload
+is answered 200 and stored as OUT/NNNN.pb.gz with one JSON line in
+OUT/uploads.jsonl; every request, accepted or not, adds a line to
+OUT/requests.jsonl with what the server did with it.
+
+Fault modes (each counts the requests it spoils, in arrival order):
+  --down S          bind at once but listen only after S seconds (connections are refused)
+  --fail-500 N      answer the first N requests 500
+  --hang N          for the first N requests, read the body, then say nothing for --hang-s
+  --reject-413 N    answer the first N requests 413 (a final rejection)
+  --close-mid-body N  for the first N requests, read half the body and close the connection
+  --basic-auth U:P  require this basic auth (401 otherwise)
+  --tenant T        require X-Scope-OrgID: T (401 otherwise)
+It exits by itself after --max-requests requests or --lifetime seconds.
+"""
+
+import argparse
+import base64
+import gzip
+import http.server
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+SERVICE_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def parse_name(name):
+    """Splits `svc{k=v,...}` as Pyroscope's labelset.Parse does; raises ValueError."""
+    service, brace, rest = name.partition("{")
+    service = service.strip()
+    if not SERVICE_RE.match(service):
+        raise ValueError("invalid service name: %r" % service)
+    tags = {}
+    if brace:
+        if not rest.endswith("}"):
+            raise ValueError("unterminated tag set: %r" % name)
+        body = rest[:-1]
+        for part in filter(None, body.split(",")):
+            key, eq, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not eq or not LABEL_RE.match(key) or key == "__name__":
+                raise ValueError("invalid label: %r" % part)
+            if "{" in value or "}" in value:
+                raise ValueError("invalid label value: %r" % part)
+            tags[key] = value
+    return service, tags
+
+
+class Faults:
+    """Counters of the fault modes, shared by the handler threads."""
+
+    def __init__(self, args):
+        self.lock = threading.Lock()
+        self.left = {
+            "fail_500": args.fail_500,
+            "hang": args.hang,
+            "reject_413": args.reject_413,
+            "close_mid_body": args.close_mid_body,
+        }
+        self.requests = 0
+        self.stored = 0
+
+    def take(self):
+        """Returns the fault to apply to the next request, or None."""
+        with self.lock:
+            self.requests += 1
+            for mode in ("close_mid_body", "hang", "fail_500", "reject_413"):
+                if self.left[mode] > 0:
+                    self.left[mode] -= 1
+                    return mode
+        return None
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-pyroscope/1"
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("pyroscope_server: " + (fmt % args) + "\n")
+
+    def record(self, path, outcome, extra=None):
+        line = {"outcome": outcome, "path": path, "time": time.time()}
+        line.update(extra or {})
+        with self.server.faults.lock:
+            with open(os.path.join(self.server.out, "requests.jsonl"), "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def answer(self, status, text):
+        data = (text + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.record(self.path, "405")
+        self.answer(405, "only POST /ingest")
+
+    def check_auth(self):
+        args = self.server.args
+        if args.basic_auth:
+            want = "Basic " + base64.b64encode(args.basic_auth.encode()).decode()
+            if self.headers.get("Authorization") != want:
+                return "bad or missing basic auth"
+        if args.tenant and self.headers.get("X-Scope-OrgID") != args.tenant:
+            return "bad or missing X-Scope-OrgID"
+        return None
+
+    def check_query(self, url):
+        """Returns (metadata, None) or (None, error) like the ingest handler."""
+        if url.path != "/ingest":
+            return None, "unknown path %s" % url.path
+        q = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        one = {k: v[0] for k, v in q.items() if len(v) == 1}
+        for key in ("name", "from", "until", "format"):
+            if key not in one:
+                return None, "missing or repeated query parameter %s" % key
+        if one["format"] != "pprof":
+            return None, "format is %r, not pprof" % one["format"]
+        try:
+            service, tags = parse_name(one["name"])
+            start, until = int(one["from"]), int(one["until"])
+        except ValueError as e:
+            return None, str(e)
+        if start <= 0 or until < start:
+            return None, "bad time range %d..%d" % (start, until)
+        meta = {"name": one["name"], "service": service, "tags": tags, "from": start,
+                "until": until, "query": url.query,
+                "tenant": self.headers.get("X-Scope-OrgID"),
+                "content_type": self.headers.get("Content-Type")}
+        return meta, None
+
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        fault = self.server.faults.take()
+        if fault == "close_mid_body":
+            self.rfile.read(length // 2)
+            self.record(self.path, "closed_mid_body")
+            self.close_now()
+            return
+        body = self.rfile.read(length)
+        if fault == "hang":
+            self.record(self.path, "hung")
+            time.sleep(self.server.args.hang_s)
+            self.close_now()
+            return
+        if fault in ("fail_500", "reject_413"):
+            status = 500 if fault == "fail_500" else 413
+            self.record(self.path, str(status))
+            self.answer(status, "fault injected: %s" % fault)
+            return
+        self.ingest(url, body)
+
+    def ingest(self, url, body):
+        denied = self.check_auth()
+        if denied:
+            self.record(self.path, "401", {"error": denied})
+            self.answer(401, denied)
+            return
+        meta, err = self.check_query(url)
+        if err is None and body[:2] != b"\x1f\x8b":
+            err = "body is not gzip"
+        if err is None:
+            try:
+                gzip.decompress(body)
+            except (OSError, EOFError) as e:
+                err = "body is not a whole gzip stream: %s" % e
+        if err:
+            self.record(self.path, "400", {"error": err})
+            self.answer(400, err)
+            return
+        with self.server.faults.lock:
+            self.server.faults.stored += 1
+            n = self.server.faults.stored
+            meta["file"] = "%04d.pb.gz" % n
+            meta["bytes"] = len(body)
+            with open(os.path.join(self.server.out, meta["file"]), "wb") as f:
+                f.write(body)
+            with open(os.path.join(self.server.out, "uploads.jsonl"), "a") as f:
+                f.write(json.dumps(meta) + "\n")
+        self.record(self.path, "200", {"file": meta["file"]})
+        self.answer(200, "")
+
+    def close_now(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port_file")
+    ap.add_argument("out_dir")
+    ap.add_argument("--down", type=float, default=0)
+    ap.add_argument("--fail-500", type=int, default=0)
+    ap.add_argument("--hang", type=int, default=0)
+    ap.add_argument("--hang-s", type=float, default=3)
+    ap.add_argument("--reject-413", type=int, default=0)
+    ap.add_argument("--close-mid-body", type=int, default=0)
+    ap.add_argument("--basic-auth", default="")
+    ap.add_argument("--tenant", default="")
+    ap.add_argument("--max-requests", type=int, default=1000)
+    ap.add_argument("--lifetime", type=float, default=60)
+    args = ap.parse_args()
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    srv = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    srv.args, srv.out, srv.faults = args, args.out_dir, Faults(args)
+    # Bound but not listening: connections are refused as by a server that is down.
+    srv.server_bind()
+    tmp = args.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d\n" % srv.server_address[1])
+    os.rename(tmp, args.port_file)
+
+    # The lifetime bound holds even while the server is still "down".
+    threading.Timer(args.lifetime, lambda: os._exit(0)).start()
+    time.sleep(args.down)
+    srv.server_activate()
+
+    def watch_count():
+        while srv.faults.requests < args.max_requests:
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the last answer go out
+        os._exit(0)
+
+    threading.Thread(target=watch_count, daemon=True).start()
+    srv.serve_forever(poll_interval=0.05)
+
+
+if __name__ == "__main__":
+    main()
