@@ -1,0 +1,500 @@
+/*
+ * CPU profile capture: one POSIX timer per thread on that thread's own CPU
+ * clock, each delivering SIGPROF to its thread (SIGEV_THREAD_ID), so a busy
+ * thread is sampled in proportion to the CPU it burns. A process-wide
+ * setitimer(ITIMER_PROF) would instead deliver to whichever thread happens
+ * to run when the process clock expires, skewing samples between threads.
+ *
+ * The SIGPROF handler only unwinds into its own stack and counts the stack
+ * in a preallocated lock-free table (cpu_table.c); the profile is built by
+ * the capture thread after every timer is gone and every handler has left.
+ */
+#include "cpu.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../pprof/pprof.h"
+#include "../unwind/unwind.h"
+#include "cpu_table.h"
+
+/* Threads covered by one capture; later ones are left out (and logged once). */
+#define CPU_MAX_THREADS 4096
+/* The tid -> thread index set: twice CPU_MAX_THREADS keeps probes short. */
+#define CPU_TID_SLOTS (2 * CPU_MAX_THREADS)
+/* Distinct (thread, stack) entries and the frames they hold: about 2.5 MiB
+ * of address space, whose pages are only touched as stacks arrive. */
+#define CPU_TABLE_SLOTS_LOG2 14
+#define CPU_TABLE_FRAMES (256 * 1024)
+/* How long stop() waits for handlers still running on other threads. */
+#define CPU_DRAIN_NS (1000ull * 1000 * 1000)
+
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+struct cpu_thread {
+    pid_t tid;
+    int armed; /* 1 when timer is live (or was, for a thread that exited) */
+    timer_t timer;
+    char name[16];
+};
+
+struct holmes__cpu_capture {
+    size_t map_bytes; /* this struct, the thread table and the tid set */
+    int hz;
+    int64_t period_ns;
+    uint64_t start_wall_ns, start_mono_ns;
+    struct sigaction previous; /* SIGPROF's disposition before the capture */
+    holmes__cpu_table *table;
+    struct cpu_thread *threads;
+    uint32_t nthreads; /* entries in threads[]; read by the handler (acquire) */
+    int armed;
+    int32_t *tid_slots; /* open addressing: tid, 0 = empty */
+    holmes__ratelimit arm_failed;
+    int full_logged;
+};
+
+/*
+ * The capture the handler feeds, and how many handlers are inside it right
+ * now. A handler raises the count before it reads the pointer, and stop()
+ * clears the pointer before it waits for the count to reach zero: with both
+ * sequentially consistent, a handler either sees NULL or is waited for.
+ */
+static holmes__cpu_capture *cpu_active;
+static int cpu_inflight;
+/* One CPU capture at a time: SIGPROF and its handler are process-wide. */
+static int cpu_running;
+/*
+ * Set while this thread runs the handler. SIGPROF is blocked inside its own
+ * handler, but a signal whose handler interrupts ours and re-enters (or a
+ * sanitizer replaying signals) would otherwise walk a half-used stack.
+ */
+static __thread int cpu_in_handler __attribute__((tls_model("initial-exec")));
+
+/* ---- the signal handler (async-signal-safe from here to its end) ---- */
+
+static void cpu_record(holmes__cpu_capture *c, const siginfo_t *si, void *uc)
+{
+    uint32_t idx = (uint32_t)si->si_value.sival_int;
+    if (idx >= __atomic_load_n(&c->nthreads, __ATOMIC_ACQUIRE))
+        return;
+    /* An overrun means the timer expired again before this signal was
+     * taken: those periods of CPU were spent here too. */
+    uint64_t count = 1 + (uint64_t)(si->si_overrun > 0 ? si->si_overrun : 0);
+    uintptr_t pcs[HOLMES_MAX_FRAMES];
+    int depth = holmes__unwind_signal(uc, pcs, HOLMES_MAX_FRAMES);
+    if (depth <= 0) {
+        holmes__cpu_table_drop(c->table, count);
+        return;
+    }
+    holmes__cpu_table_add(c->table, idx, pcs, depth, count);
+}
+
+static void cpu_on_sigprof(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    int saved_errno = errno;
+    __atomic_fetch_add(&cpu_inflight, 1, __ATOMIC_SEQ_CST);
+    holmes__cpu_capture *c = __atomic_load_n(&cpu_active, __ATOMIC_SEQ_CST);
+    /* Only our timers send SI_TIMER SIGPROFs while we own SIGPROF; a
+     * `kill -PROF` or a late signal after stop() is not a sample. */
+    if (c && si && si->si_code == SI_TIMER) {
+        if (cpu_in_handler) {
+            holmes__cpu_table_drop(c->table, 1);
+        } else {
+            cpu_in_handler = 1;
+            cpu_record(c, si, uc);
+            cpu_in_handler = 0;
+        }
+    }
+    __atomic_fetch_sub(&cpu_inflight, 1, __ATOMIC_SEQ_CST);
+    errno = saved_errno;
+}
+
+/* ---- SIGPROF ownership ---- */
+
+static int sigprof_is_ours(const struct sigaction *sa)
+{
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == cpu_on_sigprof;
+}
+
+static int sigprof_is_free(const struct sigaction *sa)
+{
+    if (sigprof_is_ours(sa))
+        return 1;
+    return !(sa->sa_flags & SA_SIGINFO) &&
+           (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
+}
+
+static int sigprof_take(holmes__cpu_capture *c)
+{
+    struct sigaction now, ours;
+    if (sigaction(SIGPROF, NULL, &now) != 0 || !sigprof_is_free(&now))
+        goto declined;
+    memset(&ours, 0, sizeof(ours));
+    ours.sa_sigaction = cpu_on_sigprof;
+    ours.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&ours.sa_mask);
+    if (sigaction(SIGPROF, &ours, &c->previous) != 0)
+        return HOLMES_EIO;
+    /* The application may have installed its handler between our two
+     * calls: give it back and step aside. */
+    if (!sigprof_is_free(&c->previous)) {
+        sigaction(SIGPROF, &c->previous, NULL);
+        goto declined;
+    }
+    return 0;
+declined:
+    holmes__log(HOLMES_LOG_WARN, "SIGPROF is owned by the application; CPU capture declined");
+    return HOLMES_ESIGNAL;
+}
+
+/*
+ * Called once every timer is deleted. A SIGPROF one of them queued just
+ * before may still be pending on some thread (timer_delete does not take it
+ * back), and with the default disposition restored it would terminate the
+ * process. Setting SIG_IGN discards every pending SIGPROF of every thread
+ * (POSIX requires it of sigaction, and Linux does so), so nothing of ours is
+ * left to arrive when the previous disposition comes back. Should the
+ * application have installed its own handler during the capture, it keeps
+ * it, and our handler (still correct, it ignores late signals) is not used.
+ */
+static void sigprof_restore(holmes__cpu_capture *c)
+{
+    struct sigaction now, ignore;
+    if (sigaction(SIGPROF, NULL, &now) != 0 || !sigprof_is_ours(&now)) {
+        holmes__log(HOLMES_LOG_WARN,
+                    "SIGPROF's handler was replaced during the CPU capture; left in place");
+        return;
+    }
+    memset(&ignore, 0, sizeof(ignore));
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPROF, &ignore, NULL);
+    sigaction(SIGPROF, &c->previous, NULL);
+}
+
+/* Waits until no handler runs inside the capture; returns 0, or -1 on timeout. */
+static int handlers_drain(void)
+{
+    uint64_t deadline = holmes__now_ns() + CPU_DRAIN_NS;
+    while (__atomic_load_n(&cpu_inflight, __ATOMIC_SEQ_CST) != 0) {
+        if (holmes__now_ns() > deadline)
+            return -1;
+        struct timespec ms = {0, 1000 * 1000};
+        nanosleep(&ms, NULL);
+    }
+    return 0;
+}
+
+/* ---- threads and their timers ---- */
+
+static holmes__cpu_capture *capture_map(void)
+{
+    size_t head = (sizeof(holmes__cpu_capture) + 63) & ~(size_t)63;
+    size_t bytes = head + CPU_MAX_THREADS * sizeof(struct cpu_thread) +
+                   CPU_TID_SLOTS * sizeof(int32_t);
+    char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    holmes__cpu_capture *c = (holmes__cpu_capture *)(void *)p;
+    c->map_bytes = bytes;
+    c->threads = (struct cpu_thread *)(void *)(p + head);
+    c->tid_slots = (int32_t *)(void *)(p + head + CPU_MAX_THREADS * sizeof(struct cpu_thread));
+    c->table = holmes__cpu_table_new(CPU_TABLE_SLOTS_LOG2, CPU_TABLE_FRAMES);
+    if (!c->table) {
+        munmap(p, bytes);
+        return NULL;
+    }
+    return c;
+}
+
+static void capture_unmap(holmes__cpu_capture *c)
+{
+    holmes__cpu_table_free(c->table);
+    munmap(c, c->map_bytes);
+}
+
+/*
+ * Marks tid as seen; returns 1 when it already was. A thread is looked at
+ * once per capture: a tid reused by a new thread within the few seconds of
+ * a capture (pid_max would have to wrap) stays uncovered.
+ */
+static int tid_seen(holmes__cpu_capture *c, pid_t tid)
+{
+    uint32_t i = (uint32_t)tid * 2654435761u;
+    for (uint32_t n = 0; n < CPU_TID_SLOTS; n++, i++) {
+        int32_t *slot = &c->tid_slots[i % CPU_TID_SLOTS];
+        if (*slot == tid)
+            return 1;
+        if (*slot == 0) {
+            *slot = tid;
+            return 0;
+        }
+    }
+    return 1; /* full: only past CPU_MAX_THREADS threads, which are left out anyway */
+}
+
+/* Reads the thread's name; returns -1 when the thread is gone. */
+static int thread_name(pid_t tid, char name[16])
+{
+    char path[64], buf[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/comm", (int)tid);
+    if (holmes__read_file(path, buf, sizeof(buf)) < 0)
+        return -1;
+    size_t len = strcspn(buf, "\n");
+    if (len > 15)
+        len = 15;
+    memcpy(name, buf, len);
+    name[len] = 0;
+    return 0;
+}
+
+/* The CPU-time clock of one thread of this process, as the kernel encodes
+ * it (CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD_MASK, tid in the upper bits):
+ * pthread_getcpuclockid() would need a pthread_t, which /proc does not give. */
+static clockid_t thread_cpu_clock(pid_t tid)
+{
+    return (clockid_t)((~(unsigned)tid << 3) | 6u);
+}
+
+static int timer_arm(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
+{
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGPROF;
+    sev.sigev_value.sival_int = (int)idx;
+    sev.sigev_notify_thread_id = t->tid;
+    if (timer_create(thread_cpu_clock(t->tid), &sev, &t->timer) != 0)
+        return -errno;
+    struct itimerspec its;
+    its.it_interval.tv_sec = c->period_ns / 1000000000;
+    its.it_interval.tv_nsec = c->period_ns % 1000000000;
+    its.it_value = its.it_interval;
+    if (timer_settime(t->timer, 0, &its, NULL) != 0) {
+        int e = errno;
+        timer_delete(t->timer);
+        return -e;
+    }
+    t->armed = 1;
+    c->armed++;
+    return 0;
+}
+
+/* Covers one thread not seen before: the agent's own are recorded, not armed. */
+static void thread_add(holmes__cpu_capture *c, pid_t tid)
+{
+    if (c->nthreads >= CPU_MAX_THREADS) {
+        if (!c->full_logged)
+            holmes__log(HOLMES_LOG_WARN, "CPU capture covers %d threads; later ones are left out",
+                        CPU_MAX_THREADS);
+        c->full_logged = 1;
+        return;
+    }
+    uint32_t idx = c->nthreads;
+    struct cpu_thread *t = &c->threads[idx];
+    if (thread_name(tid, t->name) != 0)
+        return; /* exited meanwhile */
+    t->tid = tid;
+    /* Published before the timer exists, so its first signal finds it. */
+    __atomic_store_n(&c->nthreads, idx + 1, __ATOMIC_RELEASE);
+    if (strncmp(t->name, "holmes", 6) == 0)
+        return;
+    int rc = timer_arm(c, t, idx);
+    /* EINVAL: the thread exited between the listing and timer_create. */
+    if (rc != 0 && rc != -EINVAL)
+        holmes__log_limited(&c->arm_failed, 60, HOLMES_LOG_WARN,
+                            "CPU capture: no timer for thread %d: %s", (int)tid, strerror(-rc));
+}
+
+static void threads_scan(holmes__cpu_capture *c)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long tid = strtol(e->d_name, &end, 10);
+        if (*end == 0 && tid > 0 && !tid_seen(c, (pid_t)tid))
+            thread_add(c, (pid_t)tid);
+    }
+    closedir(d);
+}
+
+static void timers_delete(holmes__cpu_capture *c)
+{
+    for (uint32_t i = 0; i < c->nthreads; i++)
+        if (c->threads[i].armed)
+            timer_delete(c->threads[i].timer);
+}
+
+/* ---- the capture ---- */
+
+int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
+{
+    *out = NULL;
+    if (hz < HOLMES_CPU_MIN_HZ || hz > HOLMES_CPU_MAX_HZ)
+        return HOLMES_EINVAL;
+    if (__atomic_exchange_n(&cpu_running, 1, __ATOMIC_SEQ_CST))
+        return HOLMES_EBUSY;
+    holmes__cpu_capture *c = capture_map();
+    int rc = c ? 0 : HOLMES_ENOMEM;
+    /* The unwinder's tables must exist before the first signal: building
+     * them is not something a handler may do. */
+    if (rc == 0)
+        rc = holmes__unwind_prepare();
+    if (rc == 0)
+        rc = sigprof_take(c);
+    if (rc != 0) {
+        if (c)
+            capture_unmap(c);
+        __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
+        return rc;
+    }
+    c->hz = hz;
+    c->period_ns = 1000000000 / hz;
+    c->start_wall_ns = holmes__wall_ns();
+    c->start_mono_ns = holmes__now_ns();
+    __atomic_store_n(&cpu_active, c, __ATOMIC_SEQ_CST);
+    threads_scan(c);
+    *out = c;
+    return 0;
+}
+
+void holmes__cpu_capture_poll(holmes__cpu_capture *c)
+{
+    /* Modules loaded since the last call get their unwind tables before
+     * any of their code can be interrupted by a fresh thread's timer. */
+    holmes__unwind_prepare();
+    threads_scan(c);
+}
+
+struct each_ctx {
+    const holmes__cpu_capture *c;
+    holmes__cpu_sample_fn fn;
+    void *arg;
+};
+
+static int each_entry(void *arg, uint32_t thread, const uintptr_t *pcs, int depth, uint64_t count)
+{
+    struct each_ctx *e = arg;
+    const struct cpu_thread *t = &e->c->threads[thread];
+    return e->fn(e->arg, t->tid, t->name, pcs, depth, count);
+}
+
+int holmes__cpu_capture_each(const holmes__cpu_capture *c, holmes__cpu_sample_fn fn, void *arg)
+{
+    struct each_ctx e = {c, fn, arg};
+    return holmes__cpu_table_each(c->table, each_entry, &e);
+}
+
+int holmes__cpu_capture_threads(const holmes__cpu_capture *c)
+{
+    return c->armed;
+}
+
+/* ---- the profile ---- */
+
+struct build_ctx {
+    holmes__pprof *p;
+    int64_t period_ns;
+    uint64_t samples;
+    int failed;
+};
+
+static int build_entry(void *arg, pid_t tid, const char *name, const uintptr_t *pcs, int depth,
+                       uint64_t count)
+{
+    struct build_ctx *b = arg;
+    int64_t values[2] = {(int64_t)count, (int64_t)count * b->period_ns};
+    holmes__pprof_label labels[2] = {
+        {.key = "thread_id", .num = tid},
+        {.key = "thread_name", .str = name},
+    };
+    holmes__pprof_sample s = {
+        .pcs = pcs,
+        .depth = depth,
+        .leaf_exact = true, /* pcs[0] is the interrupted instruction */
+        .values = values,
+        .labels = labels,
+        .nlabels = 2,
+    };
+    b->samples += count;
+    if (holmes__pprof_add(b->p, &s) != 0) {
+        b->failed = 1;
+        return HOLMES_ENOMEM;
+    }
+    return 0;
+}
+
+static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__buf *out,
+                         holmes__capture_stats *st)
+{
+    static const holmes__pprof_value_type types[] = {
+        {"samples", "count"},
+        {"cpu", "nanoseconds"},
+    };
+    holmes__pprof_meta meta = {
+        .types = types,
+        .ntypes = 2,
+        .period_type = {"cpu", "nanoseconds"},
+        .period = c->period_ns,
+        .time_nanos = (int64_t)c->start_wall_ns,
+        .duration_nanos = (int64_t)duration_ns,
+        .default_sample_type = 1,
+    };
+    holmes__pprof *p = holmes__pprof_new(&meta);
+    if (!p)
+        return HOLMES_ENOMEM;
+    struct build_ctx b = {.p = p, .period_ns = c->period_ns};
+    int rc = holmes__cpu_capture_each(c, build_entry, &b);
+    uint64_t dropped = holmes__cpu_table_dropped(c->table);
+    char note[160];
+    snprintf(note, sizeof(note),
+             "holmes cpu: %d Hz over %d threads, %llu samples, %llu dropped (storage full or "
+             "unwinding failed)",
+             c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped);
+    holmes__pprof_comment(p, note);
+    holmes__pprof_stats pst;
+    memset(&pst, 0, sizeof(pst));
+    if (rc == 0)
+        rc = holmes__pprof_finish(p, out, &pst);
+    holmes__pprof_free(p);
+    if (st) {
+        st->samples = b.samples;
+        st->dropped = dropped;
+        st->threads = c->armed;
+        st->peak_bytes = c->map_bytes + holmes__cpu_table_bytes(c->table) + pst.peak_bytes;
+    }
+    return rc;
+}
+
+int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__capture_stats *st)
+{
+    timers_delete(c);
+    uint64_t duration_ns = holmes__now_ns() - c->start_mono_ns;
+    __atomic_store_n(&cpu_active, NULL, __ATOMIC_SEQ_CST);
+    sigprof_restore(c);
+    if (handlers_drain() != 0) {
+        /* A thread stopped inside the handler (a debugger, SIGSTOP) still
+         * holds the table: keeping its memory is the only safe choice. */
+        holmes__log(HOLMES_LOG_ERROR,
+                    "CPU capture: a SIGPROF handler did not finish; its memory is kept");
+        __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
+        return HOLMES_EBUSY;
+    }
+    int rc = profile_build(c, duration_ns, out, st);
+    capture_unmap(c);
+    __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
+    return rc;
+}

@@ -1,0 +1,37 @@
+/*
+ * The CPU capture's inside, beyond what capture.h offers: a look at the
+ * samples gathered so far, per thread and stack, which stop() uses to build
+ * the profile and tests use to count samples without a profile in between.
+ */
+#ifndef HOLMES_CPU_H
+#define HOLMES_CPU_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "capture.h"
+
+/* Sampling rates the capture accepts, in Hz. */
+#define HOLMES_CPU_MIN_HZ 1
+#define HOLMES_CPU_MAX_HZ 1000
+
+/*
+ * One (thread, stack) entry: pcs[0] is the interrupted instruction, the
+ * others are return addresses; count is the number of sampling periods of
+ * that thread's CPU time spent there. The name is the thread's comm when
+ * its timer was armed.
+ */
+typedef int (*holmes__cpu_sample_fn)(void *arg, pid_t tid, const char *thread_name,
+                                     const uintptr_t *pcs, int depth, uint64_t count);
+
+/*
+ * Calls fn for every entry recorded so far; may run while the capture does
+ * (an entry being written is skipped). Stops at, and returns, fn's first
+ * non-zero value.
+ */
+int holmes__cpu_capture_each(const holmes__cpu_capture *c, holmes__cpu_sample_fn fn, void *arg);
+
+/* Threads whose CPU timer is armed (or was, until they exited). */
+int holmes__cpu_capture_threads(const holmes__cpu_capture *c);
+
+#endif
