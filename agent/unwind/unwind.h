@@ -11,6 +11,7 @@
 #ifndef HOLMES_UNWIND_H
 #define HOLMES_UNWIND_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define HOLMES_MAX_FRAMES 128
@@ -32,8 +33,32 @@ int holmes__unwind_signal(const void *ucontext, uintptr_t *pcs, int max);
 
 /*
  * Walks the caller's own stack, skipping `skip` frames above the caller.
- * pcs[i] are return addresses. Returns the number of frames.
+ * pcs[i] are return addresses: with skip 0, pcs[0] is the one of the call to
+ * holmes__unwind_self (an address in the caller), pcs[1] the caller's own
+ * return address, and so on. Returns the number of frames.
  */
 int holmes__unwind_self(uintptr_t *pcs, int max, int skip);
+
+/*
+ * Re-reads /proc/self/maps only (the stack bounds of threads created since
+ * the last prepare), without looking at modules. Returns 0 or an error.
+ */
+int holmes__unwind_refresh_maps(void);
+
+/*
+ * Records the calling thread's stack bounds (pthread_getattr_np) in
+ * initial-exec TLS, so walks on this thread are bounded even when its stack
+ * appeared after the last maps snapshot. Not signal-safe (it may allocate and
+ * read /proc); call it once per thread in normal context. Returns 0 or an error.
+ */
+int holmes__unwind_thread_init(void);
+
+/* What the current tables hold, for logs and tests. */
+typedef struct holmes__unwind_info {
+    size_t modules, rows, table_bytes; /* table_bytes: the whole generation's mapping */
+    size_t map_ranges, map_bytes;
+} holmes__unwind_info;
+/* Fills *out; returns 0, or HOLMES_ENOTRUNNING before the first prepare. */
+int holmes__unwind_stats(holmes__unwind_info *out);
 
 #endif

@@ -1,0 +1,601 @@
+/*
+ * The CFI compiler: reads a loaded module's .eh_frame (found through
+ * .eh_frame_hdr), runs each FDE's call-frame program and keeps, per address
+ * range, only what an x86_64 walk needs: how to compute the CFA from rsp or
+ * rbp, and where the caller's rbp was saved. Everything it reads is bounded
+ * by the loaded segment that holds it, so a malformed table ends the parse
+ * of that module instead of faulting.
+ */
+#include <stdbool.h>
+#include <string.h>
+
+#include "agent/unwind/unwind_int.h"
+
+/* DWARF register numbers on x86_64. */
+#define DW_RBP 6
+#define DW_RSP 7
+#define DW_RA 16
+
+#define DW_EH_PE_omit 0xff
+#define DW_EH_PE_indirect 0x80
+
+/* The bytes of `mov $15,%rax; syscall` (rt_sigreturn), glibc's __restore_rt. */
+static const uint8_t sigreturn_code[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
+
+typedef struct reader {
+    const uint8_t *p, *end;
+    bool bad;
+} reader;
+
+static uint64_t rd_fixed(reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return 0;
+    }
+    uint64_t v = 0;
+    memcpy(&v, r->p, n); /* x86_64 is little-endian */
+    r->p += n;
+    return v;
+}
+
+static uint64_t rd_uleb(reader *r)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; !r->bad; shift += 7) {
+        if (r->p >= r->end || shift > 63) {
+            r->bad = true;
+            break;
+        }
+        uint8_t b = *r->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            break;
+    }
+    return v;
+}
+
+static int64_t rd_sleb(reader *r)
+{
+    uint64_t v = 0;
+    unsigned shift = 0;
+    uint8_t b = 0;
+    do {
+        if (r->bad || r->p >= r->end || shift > 63) {
+            r->bad = true;
+            return 0;
+        }
+        b = *r->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        shift += 7;
+    } while (b & 0x80);
+    if (shift < 64 && (b & 0x40))
+        v |= ~(uint64_t)0 << shift;
+    return (int64_t)v;
+}
+
+static void rd_skip(reader *r, uint64_t n)
+{
+    if (r->bad || (uint64_t)(r->end - r->p) < n)
+        r->bad = true;
+    else
+        r->p += n;
+}
+
+/* Reads the value part of a pointer encoding (its low nibble). */
+static uint64_t rd_format(reader *r, uint8_t enc)
+{
+    switch (enc & 0x0f) {
+    case 0x00:
+        return rd_fixed(r, 8);
+    case 0x01:
+        return rd_uleb(r);
+    case 0x02:
+        return rd_fixed(r, 2);
+    case 0x03:
+        return rd_fixed(r, 4);
+    case 0x04:
+        return rd_fixed(r, 8);
+    case 0x09:
+        return (uint64_t)rd_sleb(r);
+    case 0x0a:
+        return (uint64_t)(int64_t)(int16_t)rd_fixed(r, 2);
+    case 0x0b:
+        return (uint64_t)(int64_t)(int32_t)rd_fixed(r, 4);
+    case 0x0c:
+        return rd_fixed(r, 8);
+    default:
+        r->bad = true;
+        return 0;
+    }
+}
+
+/*
+ * Reads an encoded pointer. pcrel is relative to the field itself, datarel
+ * to .eh_frame_hdr (the only base x86_64 uses it with). An indirect pointer
+ * is a pointer to the value; no field this compiler uses is indirect (only
+ * personality routines are), so *indirect reports it and the caller decides.
+ */
+static uint64_t rd_pointer(reader *r, uint8_t enc, uintptr_t datarel, bool *indirect)
+{
+    *indirect = false;
+    if (enc == DW_EH_PE_omit)
+        return 0;
+    uintptr_t field = (uintptr_t)r->p;
+    uint64_t v = rd_format(r, enc);
+    switch (enc & 0x70) {
+    case 0x00:
+        break;
+    case 0x10:
+        v += field;
+        break;
+    case 0x30:
+        v += datarel;
+        break;
+    default:
+        r->bad = true;
+        return 0; /* textrel, funcrel, aligned: not used on x86_64 */
+    }
+    *indirect = (enc & DW_EH_PE_indirect) != 0;
+    return v;
+}
+
+/* ---- the call-frame program ---- */
+
+enum { RULE_SAME, RULE_UNDEF, RULE_OFFSET, RULE_OTHER };
+
+typedef struct reg_rule {
+    uint8_t how;
+    int64_t off;
+} reg_rule;
+
+typedef struct cfa_state {
+    unsigned cfa_reg;
+    int64_t cfa_off;
+    bool cfa_expr;
+    reg_rule rbp, ra;
+} cfa_state;
+
+typedef struct cie_info {
+    uint64_t code_align;
+    int64_t data_align;
+    uint8_t fde_enc;
+    bool has_z, signal;
+    const uint8_t *insns, *insns_end;
+} cie_info;
+
+typedef struct fde_ctx {
+    const holmes__cfi_image *img;
+    holmes__buf *rows;
+    uintptr_t pc_begin, pc_end;
+    cfa_state init;
+} fde_ctx;
+
+static uint32_t encode_rule(const cfa_state *s)
+{
+    if (s->ra.how == RULE_UNDEF)
+        return holmes__unw_rule(UNW_KIND_END, 0, 0);
+    if (s->cfa_expr || (s->cfa_reg != DW_RSP && s->cfa_reg != DW_RBP) || s->cfa_off < 0 ||
+        s->cfa_off > (int64_t)UNW_MAX_CFA_OFF)
+        return holmes__unw_rule(UNW_KIND_NONE, 0, 0);
+    if (s->ra.how != RULE_OFFSET || s->ra.off != -8)
+        return holmes__unw_rule(UNW_KIND_NONE, 0, 0);
+    uint32_t slot = 0;
+    if (s->rbp.how == RULE_OFFSET) {
+        int64_t off = s->rbp.off;
+        if (off >= 0 || off % 8 != 0 || -off / 8 > (int64_t)UNW_MAX_RBP_SLOT)
+            return holmes__unw_rule(UNW_KIND_NONE, 0, 0);
+        slot = (uint32_t)(-off / 8);
+    } else if (s->rbp.how == RULE_OTHER) {
+        return holmes__unw_rule(UNW_KIND_NONE, 0, 0);
+    }
+    unsigned kind = s->cfa_reg == DW_RSP ? UNW_KIND_RSP : UNW_KIND_RBP;
+    return holmes__unw_rule(kind, (uint32_t)s->cfa_off, slot);
+}
+
+static void emit(fde_ctx *c, uintptr_t pc, uint32_t rule)
+{
+    if (pc < c->img->start || pc - c->img->start > UINT32_MAX || pc > c->img->end)
+        return;
+    uint64_t row = (uint64_t)(pc - c->img->start) << 32 | rule;
+    holmes__buf_append(c->rows, &row, sizeof row);
+}
+
+static reg_rule *tracked(cfa_state *s, uint64_t reg)
+{
+    return reg == DW_RBP ? &s->rbp : reg == DW_RA ? &s->ra : NULL;
+}
+
+static void set_rule(cfa_state *s, uint64_t reg, uint8_t how, int64_t off)
+{
+    reg_rule *rr = tracked(s, reg);
+    if (rr) {
+        rr->how = how;
+        rr->off = off;
+    }
+}
+
+static void restore_rule(cfa_state *s, const cfa_state *init, uint64_t reg)
+{
+    reg_rule *rr = tracked(s, reg);
+    const reg_rule *from = tracked((cfa_state *)init, reg);
+    if (rr)
+        *rr = *from;
+}
+
+#define STATE_STACK 16
+
+/*
+ * Runs one call-frame program. With c == NULL it is a CIE's initial program
+ * (no rows); otherwise rows are emitted each time the location advances.
+ * Returns false on an instruction it cannot follow; rows stop there.
+ */
+static bool run_program(reader *r, const cie_info *cie, cfa_state *s, fde_ctx *c)
+{
+    cfa_state stack[STATE_STACK];
+    unsigned depth = 0;
+    uintptr_t loc = c ? c->pc_begin : 0;
+    const cfa_state *init = c ? &c->init : s;
+    while (r->p < r->end && !r->bad) {
+        uint8_t op = (uint8_t)rd_fixed(r, 1);
+        uint64_t advance = 0, reg;
+        bool ind;
+        switch (op >> 6) {
+        case 1:
+            advance = (op & 0x3f) * cie->code_align;
+            goto advance_loc;
+        case 2:
+            set_rule(s, op & 0x3f, RULE_OFFSET, (int64_t)rd_uleb(r) * cie->data_align);
+            continue;
+        case 3:
+            restore_rule(s, init, op & 0x3f);
+            continue;
+        default:
+            break;
+        }
+        switch (op) {
+        case 0x00:
+            continue; /* nop */
+        case 0x01: {  /* set_loc */
+            uint64_t to = rd_pointer(r, cie->fde_enc, 0, &ind);
+            if (ind || to < loc)
+                return false;
+            advance = to - loc;
+            goto advance_loc;
+        }
+        case 0x02:
+            advance = rd_fixed(r, 1) * cie->code_align;
+            goto advance_loc;
+        case 0x03:
+            advance = rd_fixed(r, 2) * cie->code_align;
+            goto advance_loc;
+        case 0x04:
+            advance = rd_fixed(r, 4) * cie->code_align;
+            goto advance_loc;
+        case 0x05:
+            reg = rd_uleb(r);
+            set_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(r) * cie->data_align);
+            continue;
+        case 0x06:
+            restore_rule(s, init, rd_uleb(r));
+            continue;
+        case 0x07:
+            set_rule(s, rd_uleb(r), RULE_UNDEF, 0);
+            continue;
+        case 0x08:
+            set_rule(s, rd_uleb(r), RULE_SAME, 0);
+            continue;
+        case 0x09:
+            reg = rd_uleb(r);
+            rd_uleb(r);
+            set_rule(s, reg, RULE_OTHER, 0);
+            continue;
+        case 0x0a: /* remember_state */
+            if (depth == STATE_STACK)
+                return false;
+            stack[depth++] = *s;
+            continue;
+        case 0x0b: /* restore_state: every rule, the CFA's included */
+            if (depth == 0)
+                return false;
+            *s = stack[--depth];
+            continue;
+        case 0x0c:
+            s->cfa_reg = (unsigned)rd_uleb(r);
+            s->cfa_off = (int64_t)rd_uleb(r);
+            s->cfa_expr = false;
+            continue;
+        case 0x0d:
+            s->cfa_reg = (unsigned)rd_uleb(r);
+            s->cfa_expr = false;
+            continue;
+        case 0x0e:
+            s->cfa_off = (int64_t)rd_uleb(r);
+            continue;
+        case 0x0f:
+            s->cfa_expr = true;
+            rd_skip(r, rd_uleb(r));
+            continue;
+        case 0x10:
+        case 0x16: /* expression, val_expression */
+            reg = rd_uleb(r);
+            set_rule(s, reg, RULE_OTHER, 0);
+            rd_skip(r, rd_uleb(r));
+            continue;
+        case 0x11:
+            reg = rd_uleb(r);
+            set_rule(s, reg, RULE_OFFSET, rd_sleb(r) * cie->data_align);
+            continue;
+        case 0x12:
+            s->cfa_reg = (unsigned)rd_uleb(r);
+            s->cfa_off = rd_sleb(r) * cie->data_align;
+            s->cfa_expr = false;
+            continue;
+        case 0x13:
+            s->cfa_off = rd_sleb(r) * cie->data_align;
+            continue;
+        case 0x14:
+            reg = rd_uleb(r);
+            rd_uleb(r);
+            set_rule(s, reg, RULE_OTHER, 0);
+            continue;
+        case 0x15:
+            reg = rd_uleb(r);
+            rd_sleb(r);
+            set_rule(s, reg, RULE_OTHER, 0);
+            continue;
+        case 0x2e:
+            rd_uleb(r);
+            continue; /* GNU_args_size: rsp-based CFA rules already account for it */
+        case 0x2f:
+            reg = rd_uleb(r);
+            set_rule(s, reg, RULE_OFFSET, -(int64_t)rd_uleb(r) * cie->data_align);
+            continue;
+        default:
+            return false;
+        }
+    advance_loc:
+        if (!c)
+            continue; /* a CIE's initial program has no locations */
+        if (advance && loc < c->pc_end)
+            emit(c, loc, encode_rule(s));
+        loc += advance;
+    }
+    if (c && loc < c->pc_end)
+        emit(c, loc, encode_rule(s));
+    return !r->bad;
+}
+
+/* ---- CIE and FDE records ---- */
+
+/* Opens the record at p: sets *body to its contents and returns the next record, or NULL. */
+static const uint8_t *record(const uint8_t *p, const uint8_t *end, reader *body)
+{
+    reader r = {p, end, false};
+    uint64_t len = rd_fixed(&r, 4);
+    if (len == 0xffffffffu)
+        len = rd_fixed(&r, 8);
+    if (r.bad || len == 0 || len > (uint64_t)(end - r.p))
+        return NULL;
+    *body = (reader){r.p, r.p + len, false};
+    return r.p + len;
+}
+
+static bool parse_cie(const uint8_t *at, const uint8_t *end, uintptr_t datarel, cie_info *cie)
+{
+    reader r;
+    if (!record(at, end, &r) || rd_fixed(&r, 4) != 0)
+        return false;
+    uint8_t version = (uint8_t)rd_fixed(&r, 1);
+    const char *aug = (const char *)r.p;
+    size_t auglen = strnlen(aug, (size_t)(r.end - r.p));
+    if (r.bad || auglen == (size_t)(r.end - r.p) || (version != 1 && version != 3))
+        return false;
+    r.p += auglen + 1;
+    if (strstr(aug, "eh"))
+        return false; /* the pre-2001 GCC layout; nothing built since uses it */
+    *cie = (cie_info){.fde_enc = 0};
+    cie->code_align = rd_uleb(&r);
+    cie->data_align = rd_sleb(&r);
+    uint64_t ra_reg = version == 1 ? rd_fixed(&r, 1) : rd_uleb(&r);
+    if (ra_reg != DW_RA)
+        return false;
+    cie->has_z = aug[0] == 'z';
+    const uint8_t *aug_end = r.end;
+    if (cie->has_z) {
+        uint64_t n = rd_uleb(&r);
+        if (r.bad || n > (uint64_t)(r.end - r.p))
+            return false;
+        aug_end = r.p + n;
+    }
+    bool ind;
+    for (const char *a = aug + cie->has_z; *a && !r.bad; a++) {
+        if (*a == 'R') {
+            cie->fde_enc = (uint8_t)rd_fixed(&r, 1);
+        } else if (*a == 'L') {
+            rd_fixed(&r, 1);
+        } else if (*a == 'P') {
+            rd_pointer(&r, (uint8_t)rd_fixed(&r, 1), datarel, &ind);
+        } else if (*a == 'S') {
+            cie->signal = true;
+        } else if (cie->has_z) {
+            r.p = aug_end; /* unknown augmentation data: the length lets us skip it */
+            break;
+        } else {
+            return false; /* an unknown augmentation without a length cannot be skipped */
+        }
+    }
+    if (r.bad || r.p > aug_end)
+        return false;
+    cie->insns = aug_end;
+    cie->insns_end = r.end;
+    return true;
+}
+
+static bool readable_code(const holmes__cfi_image *img, uintptr_t lo, uintptr_t hi)
+{
+    for (unsigned i = 0; i < img->ncode; i++)
+        if (lo >= img->code_start[i] && hi <= img->code_end[i] && lo <= hi)
+            return true;
+    return false;
+}
+
+/*
+ * A CIE with the 'S' augmentation marks a signal trampoline. Its CFI is an
+ * expression over the ucontext, so instead the walk is told to read the
+ * ucontext itself, but only if the code really is rt_sigreturn: read here,
+ * while the module is pinned by dl_iterate_phdr, never in the walk.
+ */
+static bool is_sigreturn(const holmes__cfi_image *img, uintptr_t lo, uintptr_t hi)
+{
+    if (hi - lo > 64 || !readable_code(img, lo, hi))
+        return false;
+    for (uintptr_t p = lo; p + sizeof sigreturn_code <= hi; p++)
+        if (memcmp((const void *)p, sigreturn_code, sizeof sigreturn_code) == 0)
+            return true;
+    return false;
+}
+
+static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r,
+                      const uint8_t *eh_frame, const uint8_t *eh_end, uintptr_t datarel)
+{
+    const uint8_t *id_field = r->p;
+    uint64_t cie_off = rd_fixed(r, 4);
+    if (r->bad || cie_off > (uint64_t)(id_field - eh_frame))
+        return;
+    cie_info cie;
+    if (!parse_cie(id_field - cie_off, eh_end, datarel, &cie))
+        return;
+    bool ind;
+    uint64_t begin = rd_pointer(r, cie.fde_enc, datarel, &ind);
+    uint64_t range = rd_format(r, cie.fde_enc);
+    if (r->bad || ind || range == 0 || begin + range < begin)
+        return;
+    if (cie.has_z)
+        rd_skip(r, rd_uleb(r));
+    if (r->bad)
+        return;
+    fde_ctx c = {.img = img, .rows = rows, .pc_begin = begin, .pc_end = begin + range};
+    if (cie.signal && is_sigreturn(img, c.pc_begin, c.pc_end)) {
+        emit(&c, c.pc_begin, holmes__unw_rule(UNW_KIND_SIGNAL, 0, 0));
+    } else {
+        c.init = (cfa_state){.cfa_reg = DW_RSP, .cfa_off = 8, .ra = {RULE_OFFSET, -8}};
+        reader ci = {cie.insns, cie.insns_end, false};
+        if (!run_program(&ci, &cie, &c.init, NULL))
+            return;
+        cfa_state s = c.init;
+        run_program(r, &cie, &s, &c);
+    }
+    emit(&c, c.pc_end, holmes__unw_rule(UNW_KIND_NONE, 0, 0));
+}
+
+/* Finds .eh_frame from the header; returns NULL when the header is unusable. */
+static const uint8_t *find_eh_frame(const holmes__cfi_image *img)
+{
+    reader r = {img->eh_frame_hdr, img->hdr_end, false};
+    uint8_t version = (uint8_t)rd_fixed(&r, 1);
+    uint8_t ptr_enc = (uint8_t)rd_fixed(&r, 1);
+    rd_fixed(&r, 2); /* fde_count and table encodings */
+    bool ind;
+    uint64_t p = rd_pointer(&r, ptr_enc, (uintptr_t)img->eh_frame_hdr, &ind);
+    if (r.bad || version != 1 || ind || p < img->ro_start || p >= img->ro_end)
+        return NULL;
+    return (const uint8_t *)(uintptr_t)p;
+}
+
+int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows)
+{
+    const uint8_t *eh = find_eh_frame(img);
+    if (!eh)
+        return HOLMES_EUNSUPPORTED;
+    const uint8_t *end = (const uint8_t *)img->ro_end;
+    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr;
+    reader body;
+    for (const uint8_t *p = eh, *next; p < end; p = next) {
+        next = record(p, end, &body);
+        if (!next)
+            break; /* the zero terminator, or a record running past the segment */
+        const uint8_t *id = body.p;
+        if (rd_fixed(&body, 4) == 0)
+            continue; /* a CIE: read when an FDE refers to it */
+        body.p = id;
+        parse_fde(img, rows, &body, eh, end, datarel);
+        if (rows->failed)
+            return HOLMES_ENOMEM;
+    }
+    return 0;
+}
+
+/* ---- sorting and compaction ---- */
+
+static void sift_down(uint64_t *a, size_t root, size_t n)
+{
+    for (size_t child; (child = 2 * root + 1) < n; root = child) {
+        if (child + 1 < n && a[child + 1] > a[child])
+            child++;
+        if (a[root] >= a[child])
+            return;
+        uint64_t t = a[root];
+        a[root] = a[child];
+        a[child] = t;
+    }
+}
+
+/* Heapsort: in place, no allocation, O(n log n) on any input. */
+static void sort_rows(uint64_t *a, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(a, i, n);
+    for (size_t end = n; end-- > 1;) {
+        uint64_t t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        sift_down(a, 0, end);
+    }
+}
+
+/*
+ * Several rows at one pc come from one FDE ending where the next begins: the
+ * end marker (rule 0 sorts first) gives way to the last, real rule. A row
+ * that repeats the rule before it adds nothing.
+ */
+size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n)
+{
+    sort_rows(rows, n);
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 < n && rows[i + 1] >> 32 == rows[i] >> 32)
+            continue;
+        if (out > 0 && (uint32_t)rows[out - 1] == (uint32_t)rows[i])
+            continue;
+        if (out == 0 && (uint32_t)rows[i] == 0)
+            continue; /* a leading "no CFI" row says nothing a missing row does not */
+        rows[out++] = rows[i];
+    }
+    return out;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/*
+ * The same file loaded again at the same address has the same name, span,
+ * header place and binary-search table; hashing those lets a refresh reuse
+ * the rows it compiled before instead of running every program again.
+ */
+uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv1a(h, name, strlen(name));
+    h = fnv1a(h, &img->start, sizeof img->start);
+    h = fnv1a(h, &img->end, sizeof img->end);
+    h = fnv1a(h, &img->eh_frame_hdr, sizeof img->eh_frame_hdr);
+    size_t avail = (size_t)(img->hdr_end - img->eh_frame_hdr);
+    size_t table = avail < 64 * 1024 ? avail : 64 * 1024;
+    return fnv1a(h, img->eh_frame_hdr, table);
+}

@@ -1,0 +1,386 @@
+/*
+ * Builds and publishes what the walk reads: one generation of compiled unwind
+ * tables (every loaded module's rows in one mmap'd block) and a snapshot of
+ * the process's writable mappings (to bound stack reads). Runs only on agent
+ * threads, in normal context, serialised by one mutex that walks never take.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdbool.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "agent/unwind/unwind.h"
+#include "agent/unwind/unwind_int.h"
+
+holmes__unw_pub holmes__unw_gens;
+holmes__unw_pub holmes__unw_maps_pub;
+__thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")));
+__thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t prepare_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- publishing ---- */
+
+static void unmap_object(void *obj)
+{
+    if (obj)
+        munmap(obj, *(size_t *)obj);
+}
+
+/*
+ * Publishes obj (whose first field is its mapping size) into the slot that
+ * is not current, after every walk that may still hold that slot's old
+ * object has left it; see holmes__unw_pub for why that is enough. Returns
+ * HOLMES_EBUSY, and leaves obj to the caller, if a walk holds it too long.
+ */
+static int publish(holmes__unw_pub *p, void *obj)
+{
+    unsigned next = 1u - atomic_load(&p->cur);
+    for (int spins = 0; atomic_load(&p->inflight[next]) != 0; spins++) {
+        if (spins == 10000)
+            return HOLMES_EBUSY;
+        sched_yield();
+    }
+    void *old = atomic_exchange(&p->slot[next], obj);
+    atomic_store(&p->cur, next);
+    unmap_object(old);
+    return 0;
+}
+
+/* Keeps the current object only; both slots are free when no walk runs. */
+static void unpublish(holmes__unw_pub *p)
+{
+    for (unsigned i = 0; i < 2; i++)
+        unmap_object(atomic_exchange(&p->slot[i], NULL));
+    atomic_store(&p->cur, 0u);
+}
+
+static void *map_zeroed(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* ---- module tables ---- */
+
+typedef struct build {
+    const holmes__unw_gen *old; /* the current generation: rows to reuse */
+    holmes__buf rows;           /* every module's rows, back to back */
+    holmes__buf mods;           /* holmes__unw_module, rows as an index into `rows` */
+    unsigned long long adds, subs;
+    int err;
+} build;
+
+static bool image_of(const struct dl_phdr_info *info, holmes__cfi_image *img)
+{
+    const ElfW(Phdr) *hdr = NULL;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    *img = (holmes__cfi_image){0};
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_GNU_EH_FRAME)
+            hdr = ph;
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t s = info->dlpi_addr + ph->p_vaddr, e = s + ph->p_memsz;
+        lo = s < lo ? s : lo;
+        hi = e > hi ? e : hi;
+        if ((ph->p_flags & (PF_X | PF_R)) == (PF_X | PF_R) && img->ncode < 8) {
+            img->code_start[img->ncode] = s;
+            img->code_end[img->ncode++] = s + ph->p_filesz;
+        }
+    }
+    if (!hdr || lo >= hi || hi - lo > UINT32_MAX)
+        return false;
+    img->start = lo;
+    img->end = hi;
+    img->eh_frame_hdr = (const uint8_t *)(info->dlpi_addr + hdr->p_vaddr);
+    /* .eh_frame_hdr and .eh_frame live in the same read-only PT_LOAD. */
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t s = info->dlpi_addr + ph->p_vaddr, e = s + ph->p_filesz;
+        uintptr_t h = (uintptr_t)img->eh_frame_hdr;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_R) && h >= s && h < e) {
+            img->ro_start = s;
+            img->ro_end = e;
+            img->hdr_end = (const uint8_t *)e;
+        }
+    }
+    return img->hdr_end != NULL;
+}
+
+static const holmes__unw_module *old_module(const holmes__unw_gen *g, uintptr_t start, uint64_t id)
+{
+    for (size_t i = 0; g && i < g->nmods; i++)
+        if (g->mods[i].start == start && g->mods[i].ident == id)
+            return &g->mods[i];
+    return NULL;
+}
+
+static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    build *b = arg;
+    (void)size;
+    holmes__cfi_image img;
+    if (!image_of(info, &img))
+        return 0;
+    holmes__unw_module m = {.start = img.start, .end = img.end};
+    m.ident = holmes__cfi_ident(&img, info->dlpi_name ? info->dlpi_name : "");
+    size_t first = b->rows.len / sizeof(uint64_t);
+    const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
+    if (prev) {
+        holmes__buf_append(&b->rows, prev->rows, prev->nrows * sizeof(uint64_t));
+        m.nrows = prev->nrows;
+    } else if (holmes__cfi_compile(&img, &b->rows) == 0 && !b->rows.failed) {
+        m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + first,
+                                          b->rows.len / sizeof(uint64_t) - first);
+    }
+    b->rows.len = (first + m.nrows) * sizeof(uint64_t);
+    m.rows = (const uint64_t *)(uintptr_t)first;
+    if (m.nrows)
+        holmes__buf_append(&b->mods, &m, sizeof m);
+    if (b->rows.failed || b->mods.failed) {
+        b->err = HOLMES_ENOMEM;
+        return 1;
+    }
+    return 0;
+}
+
+static int read_counters(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    build *b = arg;
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs) {
+        b->adds = info->dlpi_adds;
+        b->subs = info->dlpi_subs;
+    }
+    return 1;
+}
+
+static void sort_modules(holmes__unw_module *m, size_t n)
+{
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && m[j - 1].start > m[j].start; j--) {
+            holmes__unw_module t = m[j];
+            m[j] = m[j - 1];
+            m[j - 1] = t;
+        }
+}
+
+/* Copies the scratch tables into one block owned by the new generation. */
+static holmes__unw_gen *seal(const build *b)
+{
+    size_t nmods = b->mods.len / sizeof(holmes__unw_module);
+    size_t nrows = b->rows.len / sizeof(uint64_t);
+    size_t head = sizeof(holmes__unw_gen) + nmods * sizeof(holmes__unw_module);
+    size_t bytes = head + nrows * sizeof(uint64_t);
+    holmes__unw_gen *g = map_zeroed(bytes);
+    if (!g)
+        return NULL;
+    g->bytes = bytes;
+    g->adds = b->adds;
+    g->subs = b->subs;
+    g->nmods = nmods;
+    g->nrows = nrows;
+    uint64_t *rows = (uint64_t *)((char *)g + head);
+    if (nmods)
+        memcpy(g->mods, b->mods.data, nmods * sizeof(holmes__unw_module));
+    if (nrows)
+        memcpy(rows, b->rows.data, nrows * sizeof(uint64_t));
+    for (size_t i = 0; i < nmods; i++)
+        g->mods[i].rows = rows + (uintptr_t)g->mods[i].rows;
+    sort_modules(g->mods, nmods);
+    return g;
+}
+
+static int refresh_tables(void)
+{
+    /* Only this thread (holding prepare_lock) frees generations: no pin needed. */
+    build b = {.old = atomic_load(&holmes__unw_gens.slot[atomic_load(&holmes__unw_gens.cur)])};
+    dl_iterate_phdr(read_counters, &b);
+    if (b.old && b.old->adds == b.adds && b.old->subs == b.subs)
+        return 0;
+    dl_iterate_phdr(add_module, &b);
+    holmes__unw_gen *g = b.err ? NULL : seal(&b);
+    holmes__buf_free(&b.rows);
+    holmes__buf_free(&b.mods);
+    if (!g)
+        return b.err ? b.err : HOLMES_ENOMEM;
+    int rc = publish(&holmes__unw_gens, g);
+    if (rc != 0)
+        unmap_object(g);
+    return rc;
+}
+
+/* ---- the maps snapshot ---- */
+
+static int read_maps(holmes__buf *text)
+{
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return HOLMES_EIO;
+    char chunk[16384];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        holmes__buf_append(text, chunk, (size_t)n);
+    }
+    close(fd);
+    return text->failed || text->len == 0 ? HOLMES_EIO : 0;
+}
+
+/*
+ * Parses "start-end perms ..." lines, keeping the ranges that can be stacks:
+ * the main thread's "[stack]", and readable, writable ranges right above an
+ * inaccessible guard range (how glibc, and most coroutine libraries, lay out
+ * a stack). Other writable memory (heaps, freed scratch buffers) is left out,
+ * so a stale snapshot is less likely to vouch for memory since unmapped.
+ */
+static void parse_maps(const char *s, holmes__buf *ranges, uintptr_t *main_hi)
+{
+    uintptr_t guard_end = 0;
+    while (*s) {
+        char *end;
+        uintptr_t lo = strtoull(s, &end, 16);
+        uintptr_t hi = *end == '-' ? strtoull(end + 1, &end, 16) : 0;
+        const char *nl = strchr(end, '\n');
+        size_t linelen = nl ? (size_t)(nl - end) : strlen(end);
+        bool rw = end[0] == ' ' && end[1] == 'r' && end[2] == 'w';
+        bool stack = memmem(end, linelen, "[stack]", 7) != NULL;
+        if (rw && stack)
+            *main_hi = hi;
+        if (rw && lo < hi && (stack || (guard_end == lo && lo != 0))) {
+            uintptr_t r[2] = {lo, hi};
+            holmes__buf_append(ranges, r, sizeof r);
+        }
+        guard_end = end[0] == ' ' && memcmp(end + 1, "---p", 4) == 0 ? hi : 0;
+        if (!nl)
+            break;
+        s = nl + 1;
+    }
+}
+
+/*
+ * An unlimited RLIMIT_STACK selects the legacy layout with no gap below the
+ * stack, so then the window stays what the snapshot saw.
+ */
+static void main_stack_window(holmes__unw_maps *m, uintptr_t main_hi)
+{
+    struct rlimit rl;
+    m->main_hi = main_hi;
+    m->main_lo = main_hi;
+    if (!main_hi || getrlimit(RLIMIT_STACK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return;
+    uintptr_t size = rl.rlim_cur < (1ul << 30) ? rl.rlim_cur : (1ul << 30);
+    m->main_lo = main_hi > size ? main_hi - size : 0;
+}
+
+static int refresh_maps_locked(void)
+{
+    holmes__buf text = {0}, ranges = {0};
+    uintptr_t main_hi = 0;
+    int rc = read_maps(&text);
+    if (rc == 0)
+        parse_maps(text.data, &ranges, &main_hi);
+    holmes__buf_free(&text);
+    size_t n = ranges.len / sizeof(uintptr_t[2]);
+    size_t bytes = sizeof(holmes__unw_maps) + ranges.len;
+    holmes__unw_maps *m = rc == 0 && !ranges.failed ? map_zeroed(bytes) : NULL;
+    if (m) {
+        m->bytes = bytes;
+        m->n = n;
+        main_stack_window(m, main_hi);
+        if (n)
+            memcpy(m->ranges, ranges.data, ranges.len);
+        rc = publish(&holmes__unw_maps_pub, m);
+        if (rc != 0)
+            unmap_object(m);
+    } else if (rc == 0) {
+        rc = HOLMES_ENOMEM;
+    }
+    holmes__buf_free(&ranges);
+    return rc;
+}
+
+/* ---- the interface ---- */
+
+int holmes__unwind_prepare(void)
+{
+    pthread_mutex_lock(&prepare_lock);
+    HOLMES_AGENT_ENTER();
+    int rc = refresh_tables();
+    int rc2 = refresh_maps_locked();
+    HOLMES_AGENT_LEAVE();
+    pthread_mutex_unlock(&prepare_lock);
+    return rc ? rc : rc2;
+}
+
+int holmes__unwind_refresh_maps(void)
+{
+    pthread_mutex_lock(&prepare_lock);
+    HOLMES_AGENT_ENTER();
+    int rc = refresh_maps_locked();
+    HOLMES_AGENT_LEAVE();
+    pthread_mutex_unlock(&prepare_lock);
+    return rc;
+}
+
+void holmes__unwind_release(void)
+{
+    pthread_mutex_lock(&prepare_lock);
+    unpublish(&holmes__unw_gens);
+    unpublish(&holmes__unw_maps_pub);
+    pthread_mutex_unlock(&prepare_lock);
+}
+
+int holmes__unwind_thread_init(void)
+{
+    pthread_attr_t attr;
+    void *addr;
+    size_t size;
+    HOLMES_AGENT_ENTER();
+    int rc = pthread_getattr_np(pthread_self(), &attr);
+    if (rc == 0) {
+        rc = pthread_attr_getstack(&attr, &addr, &size);
+        pthread_attr_destroy(&attr);
+    }
+    HOLMES_AGENT_LEAVE();
+    if (rc != 0)
+        return HOLMES_EUNSUPPORTED;
+    /* Set hi last: a walk uses the bound only once both halves are there. */
+    holmes__unw_tls_hi = 0;
+    atomic_signal_fence(memory_order_seq_cst);
+    holmes__unw_tls_lo = (uintptr_t)addr;
+    atomic_signal_fence(memory_order_seq_cst);
+    holmes__unw_tls_hi = (uintptr_t)addr + size;
+    return 0;
+}
+
+int holmes__unwind_stats(holmes__unwind_info *out)
+{
+    unsigned idx;
+    const holmes__unw_gen *g = holmes__unw_pin(&holmes__unw_gens, &idx);
+    *out = (holmes__unwind_info){0};
+    if (g) {
+        out->modules = g->nmods;
+        out->rows = g->nrows;
+        out->table_bytes = g->bytes;
+    }
+    holmes__unw_unpin(&holmes__unw_gens, idx);
+    const holmes__unw_maps *m = holmes__unw_pin(&holmes__unw_maps_pub, &idx);
+    if (m) {
+        out->map_ranges = m->n;
+        out->map_bytes = m->bytes;
+    }
+    holmes__unw_unpin(&holmes__unw_maps_pub, idx);
+    return g ? 0 : HOLMES_ENOTRUNNING;
+}

@@ -1,0 +1,158 @@
+/*
+ * Private to agent/unwind: the compiled unwind tables, how they are published
+ * to walkers, and the CFI compiler that fills them.
+ *
+ * A row is one uint64_t: the pc offset from its module's start in the high
+ * 32 bits and a packed rule in the low 32 bits, so that plain integer order
+ * is pc order and a lookup is one binary search over an array of integers.
+ */
+#ifndef HOLMES_UNWIND_INT_H
+#define HOLMES_UNWIND_INT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/base/base.h"
+
+/* How to find the caller's frame from a row (the low 3 bits of a rule). */
+enum {
+    UNW_KIND_NONE = 0,   /* no usable CFI here: try a validated frame-pointer step */
+    UNW_KIND_RSP = 1,    /* CFA = rsp + offset */
+    UNW_KIND_RBP = 2,    /* CFA = rbp + offset */
+    UNW_KIND_END = 3,    /* the return address is undefined: the outermost frame */
+    UNW_KIND_SIGNAL = 4, /* a signal trampoline: the ucontext sits at rsp */
+};
+
+#define UNW_OFF_BITS 19u
+#define UNW_SLOT_BITS 10u
+#define UNW_MAX_CFA_OFF ((1u << UNW_OFF_BITS) - 1u)
+#define UNW_MAX_RBP_SLOT ((1u << UNW_SLOT_BITS) - 1u)
+
+/*
+ * kind | CFA offset | where the caller's rbp was saved: slot 0 means rbp is
+ * unchanged, slot n means it is at CFA - 8n. The return address is always at
+ * CFA - 8 (rows where it is not are compiled as UNW_KIND_NONE).
+ */
+static inline uint32_t holmes__unw_rule(unsigned kind, uint32_t cfa_off, uint32_t rbp_slot)
+{
+    return kind | cfa_off << 3 | rbp_slot << (3 + UNW_OFF_BITS);
+}
+static inline unsigned holmes__unw_kind(uint32_t rule)
+{
+    return rule & 7u;
+}
+static inline uint32_t holmes__unw_cfa_off(uint32_t rule)
+{
+    return (rule >> 3) & UNW_MAX_CFA_OFF;
+}
+static inline uint32_t holmes__unw_rbp_slot(uint32_t rule)
+{
+    return rule >> (3 + UNW_OFF_BITS);
+}
+
+/* One loaded module: [start, end) spans its PT_LOAD segments. */
+typedef struct holmes__unw_module {
+    uintptr_t start, end;
+    uint64_t ident;       /* identifies the same image at the same place across refreshes */
+    const uint64_t *rows; /* sorted; points into the generation's own mapping */
+    size_t nrows;
+} holmes__unw_module;
+
+/* Every module's table, in one mmap'd block that is unmapped whole. */
+typedef struct holmes__unw_gen {
+    size_t bytes; /* size of the mapping, first so that holmes__unw_pub can free it */
+    unsigned long long adds, subs; /* dl_iterate_phdr's load and unload counters */
+    size_t nmods, nrows;
+    holmes__unw_module mods[]; /* sorted by start; the rows follow */
+} holmes__unw_gen;
+
+/* A snapshot of /proc/self/maps' readable and writable ranges (stacks among them). */
+typedef struct holmes__unw_maps {
+    size_t bytes; /* size of the mapping, first so that holmes__unw_pub can free it */
+    size_t n;
+    /*
+     * The main thread's stack grows after the snapshot. Below "[stack]" the
+     * kernel keeps a gap of at least RLIMIT_STACK free of other mappings, so
+     * [main_lo, main_hi) holds only that stack: once the walker's own sp is
+     * in there, everything from it up to main_hi is mapped.
+     */
+    uintptr_t main_lo, main_hi;
+    uintptr_t ranges[][2]; /* sorted [start, end) */
+} holmes__unw_maps;
+
+/*
+ * A pointer published to signal handlers. Two slots and an in-flight counter
+ * per slot: a walker pins the current slot by incrementing its counter and
+ * re-reading the current index (retrying if it moved); the publisher, which
+ * always writes the slot that is not current, first waits for that slot's
+ * counter to reach zero. A walker that increments after that check cannot
+ * see the retiring object: it re-reads the index, which only ever points to
+ * the slot once the new object is stored there. So a walk never reads freed
+ * memory and the publisher never frees what a walk holds, with no lock in
+ * the walk. The wait is bounded (a walker stopped by a debugger could hold a
+ * pin for ever): the publisher then gives up and keeps the current object.
+ */
+typedef struct holmes__unw_pub {
+    atomic_uint cur;
+    _Atomic(void *) slot[2];
+    atomic_uint inflight[2];
+} holmes__unw_pub;
+
+/*
+ * Pins the current object (NULL when none is published) and sets *idx for
+ * holmes__unw_unpin, which must always follow. If the index keeps moving
+ * under it the pin gives up, returns NULL and holds nothing.
+ */
+static inline const void *holmes__unw_pin(holmes__unw_pub *p, unsigned *idx)
+{
+    for (int tries = 0; tries < 4; tries++) {
+        unsigned i = atomic_load(&p->cur);
+        atomic_fetch_add(&p->inflight[i], 1u);
+        if (atomic_load(&p->cur) == i) {
+            *idx = i;
+            return atomic_load(&p->slot[i]);
+        }
+        atomic_fetch_sub(&p->inflight[i], 1u);
+    }
+    *idx = 2;
+    return NULL;
+}
+static inline void holmes__unw_unpin(holmes__unw_pub *p, unsigned idx)
+{
+    if (idx < 2)
+        atomic_fetch_sub(&p->inflight[idx], 1u);
+}
+
+/* The published tables and maps snapshot (defined in tables.c). */
+extern holmes__unw_pub holmes__unw_gens;
+extern holmes__unw_pub holmes__unw_maps_pub;
+
+/* The calling thread's stack bounds from holmes__unwind_thread_init(), or 0, 0. */
+extern __thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")));
+extern __thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
+
+/* What the CFI compiler needs to know about one module, all in memory. */
+typedef struct holmes__cfi_image {
+    uintptr_t start, end;                 /* the module's span: rows are offsets from start */
+    const uint8_t *eh_frame_hdr;          /* the PT_GNU_EH_FRAME segment */
+    const uint8_t *hdr_end;               /* end of the loaded segment that holds it */
+    uintptr_t ro_start, ro_end;           /* readable loaded memory around .eh_frame */
+    uintptr_t code_start[8], code_end[8]; /* readable executable segments */
+    unsigned ncode;
+} holmes__cfi_image;
+
+/*
+ * Compiles the module's .eh_frame into rows appended to `rows` (uint64_t
+ * each, unsorted). Runs in normal context while the module cannot be
+ * unloaded (inside dl_iterate_phdr). Returns 0 or a negative holmes_err.
+ */
+int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows);
+
+/* Sorts rows in place and drops redundant ones; returns the new count. */
+size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n);
+
+/* Cheap identity of a module's unwind data (name, place, search table). */
+uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name);
+
+#endif
