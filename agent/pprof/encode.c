@@ -168,8 +168,14 @@ static const char *unknown_name(enc *e, const holmes__symbol_full *f)
         return "[unknown]";
     const char *base = strrchr(f->info.module, '/');
     base = base ? base + 1 : f->info.module;
+    /* "[vdso]" and "[anon]" are already bracketed: "[anon+0x10]". */
+    int len = (int)strlen(base);
+    if (base[0] == '[' && len >= 2 && base[len - 1] == ']') {
+        base++;
+        len -= 2;
+    }
     char tmp[512];
-    snprintf(tmp, sizeof(tmp), "[%s+0x%lx]", base, (unsigned long)f->info.offset);
+    snprintf(tmp, sizeof(tmp), "[%.*s+0x%lx]", len, base, (unsigned long)f->info.offset);
     const char *name = holmes__arena_strdup(&e->arena, tmp);
     return name ? name : "[unknown]";
 }

@@ -10,11 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent/pprof/pprof.h"
 #include "check.h"
+#include "test_pprof_util.h"
 
 /* Real functions to sample, big enough that an offset of a few bytes stays
  * inside them. Their addresses are taken, so the symbols exist under these
@@ -71,80 +73,7 @@ static int add(holmes__pprof *p, const uintptr_t *pcs, int depth, int64_t n, int
     return holmes__pprof_add(p, &s);
 }
 
-/* ---- running go tool pprof ---- */
-
 static char tmpdir[] = "/tmp/holmes_test_pprof.XXXXXX";
-
-static char *run_pprof(const char *flags, const char *file)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "sh %s/../pprof_top.sh %s %s 2>&1", HOLMES_FIXTURES, flags, file);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *out = calloc(1, cap);
-    size_t n;
-    while (out && (n = fread(out + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (len + 1 == cap && !(out = realloc(out, cap *= 2)))
-            break;
-    }
-    int status = pclose(f);
-    if (out)
-        out[len] = 0;
-    if (status != 0)
-        fprintf(stderr, "pprof %s failed (%d):\n%s\n", flags, status, out ? out : "");
-    CHECK_EQ_INT(status, 0);
-    return out;
-}
-
-/* The flat (first) number on the -top line whose last field is `name`. */
-static long long top_flat(const char *out, const char *name)
-{
-    for (const char *line = out; line && *line;) {
-        const char *nl = strchr(line, '\n');
-        size_t len = nl ? (size_t)(nl - line) : strlen(line);
-        size_t nlen = strlen(name);
-        if (len > nlen + 1 && memcmp(line + len - nlen, name, nlen) == 0 &&
-            line[len - nlen - 1] == ' ') {
-            long long flat;
-            if (sscanf(line, "%lld", &flat) == 1)
-                return flat;
-        }
-        line = nl ? nl + 1 : NULL;
-    }
-    fprintf(stderr, "no -top line for %s in:\n%s\n", name, out);
-    return -1;
-}
-
-static long long top_cum(const char *out, const char *name)
-{
-    for (const char *line = out; line && *line;) {
-        const char *nl = strchr(line, '\n');
-        size_t len = nl ? (size_t)(nl - line) : strlen(line);
-        size_t nlen = strlen(name);
-        if (len > nlen + 1 && memcmp(line + len - nlen, name, nlen) == 0) {
-            long long flat, cum;
-            if (sscanf(line, "%lld %*s %*s %lld", &flat, &cum) == 2)
-                return cum;
-        }
-        line = nl ? nl + 1 : NULL;
-    }
-    return -1;
-}
-
-/* The line after the first one containing needle, or "". */
-static const char *line_after(const char *text, const char *needle)
-{
-    static char line[512];
-    const char *at = text ? strstr(text, needle) : NULL;
-    const char *nl = at ? strchr(at, '\n') : NULL;
-    line[0] = 0;
-    if (nl)
-        sscanf(nl + 1, "%511[^\n]", line);
-    return line;
-}
 
 static const char *write_profile(const holmes__buf *out, const char *name)
 {
@@ -185,8 +114,8 @@ static int find_build_id(struct dl_phdr_info *info, size_t size, void *data)
 static void test_names_and_values(void)
 {
     uintptr_t leaf = (uintptr_t)leaf_fn, middle = (uintptr_t)middle_fn, root = (uintptr_t)root_fn;
-    uintptr_t qsort_pc = (uintptr_t)dlsym(RTLD_DEFAULT, "qsort");
-    uintptr_t getpid_pc = (uintptr_t)dlsym(RTLD_DEFAULT, "getpid");
+    uintptr_t qsort_pc = (uintptr_t)libc_sym("qsort");
+    uintptr_t getpid_pc = (uintptr_t)libc_sym("getpid");
     CHECK(qsort_pc && getpid_pc);
     /* Non-leaf frames are return addresses: a few bytes into the caller. */
     uintptr_t stack_a[] = {leaf + 2, middle + 5, root + 5};
@@ -268,6 +197,32 @@ static void test_names_and_values(void)
 /* A return address right at a function's start belongs to the function
  * before it (the call was that one's last instruction); the same address as
  * an exact leaf is the function itself. */
+/* Code in an anonymous executable mapping (a JIT, say) has no symbols: it
+ * is named after the mapping and the offset, and the mapping is listed. */
+static void test_anonymous_code(void)
+{
+    char *jit = mmap(NULL, 8192, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(jit != MAP_FAILED);
+    uintptr_t stack[] = {(uintptr_t)jit + 0x10, (uintptr_t)root_fn + 5};
+    holmes__pprof *p = new_profile();
+    CHECK_EQ_INT(add(p, stack, 2, 1, 9, NULL, 0), 0);
+    holmes__buf out = {0};
+    CHECK_EQ_INT(holmes__pprof_finish(p, &out, NULL), 0);
+    holmes__pprof_free(p);
+    munmap(jit, 8192);
+    const char *file = write_profile(&out, "anon.pb.gz");
+    holmes__buf_free(&out);
+    char *top = run_pprof("-sample_index=cost", file);
+    CHECK(top && top_flat(top, "[anon+0x10]") == 9 && top_cum(top, "pprof_test_root") == 9);
+    free(top);
+    char *raw = run_pprof("-raw", file);
+    char mapping[64];
+    snprintf(mapping, sizeof(mapping), "%#lx/%#lx/0x0 [anon]", (unsigned long)jit,
+             (unsigned long)jit + 8192);
+    CHECK(raw && strstr(raw, mapping) != NULL);
+    free(raw);
+}
+
 static void test_return_address_lookup(void)
 {
     uintptr_t root = (uintptr_t)root_fn, leaf = (uintptr_t)leaf_fn;
@@ -309,7 +264,7 @@ static size_t anon_bytes(void)
 static void test_bounded_memory(void)
 {
     enum { STACKS = 100000, DEPTH = 32, ADDRS = 4096 };
-    uintptr_t leaf = (uintptr_t)leaf_fn, qsort_pc = (uintptr_t)dlsym(RTLD_DEFAULT, "qsort");
+    uintptr_t leaf = (uintptr_t)leaf_fn, qsort_pc = (uintptr_t)libc_sym("qsort");
     size_t before = anon_bytes();
     holmes__pprof *p = new_profile();
     uintptr_t pcs[DEPTH];
@@ -350,6 +305,7 @@ int main(void)
     CHECK(mkdtemp(tmpdir) != NULL);
     test_names_and_values();
     test_return_address_lookup();
+    test_anonymous_code();
     test_bounded_memory();
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
