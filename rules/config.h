@@ -41,7 +41,7 @@ typedef enum holmes__mem_source { HOLMES_MEM_RSS, HOLMES_MEM_CGROUP } holmes__me
 
 typedef struct holmes__rule_cfg {
     char name[HOLMES_NAME_MAX];
-    holmes__metric metric;
+    holmes__metric metric; /* HOLMES_METRIC_COUNT while unset; validation rejects that */
     double min;          /* never fire below this value */
     double diff;         /* percent over the average; NAN = clause off */
     double abs;          /* absolute threshold; NAN = clause off */
@@ -53,6 +53,7 @@ typedef struct holmes__rule_cfg {
     uint64_t duration_ms;
     int hz;
     int line; /* where the section started, for messages */
+    bool abs_given; /* abs was set explicitly; otherwise it follows the metric's default */
 } holmes__rule_cfg;
 
 typedef struct holmes__config {
@@ -78,6 +79,7 @@ typedef struct holmes__config {
     uint64_t file_max_bytes;
     /* [reporter.pyroscope] (on when the section is present) */
     bool pyroscope;
+    int pyro_line; /* where [reporter.pyroscope] started, for messages */
     char pyro_url[HOLMES_PATH_MAX];
     char pyro_tags[HOLMES_PATH_MAX]; /* "k=v, k=v" as written, ${VAR} expanded */
     char pyro_basic_auth[256];
@@ -107,7 +109,19 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
 /* Parses a file; a missing or unreadable file is one error naming it. */
 int holmes__config_parse_file(holmes__config *c, const char *path, char *errors,
                               size_t errors_cap);
-/* Resolves derived defaults (warmup, capture=auto, name) after parsing. */
+/*
+ * Checks what single keys cannot: a rule's metric is known, at least one
+ * clause is on, forecast and wake suit the metric, pyroscope has a url.
+ * holmes__config_parse runs it on its result; a configuration built with
+ * holmes_config_set() must pass it before it is used. Errors are appended
+ * as by holmes__config_parse; returns their number.
+ */
+int holmes__config_validate(const holmes__config *c, char *errors, size_t errors_cap);
+/*
+ * Resolves derived defaults after validation: warmup (= window), capture=auto
+ * (by metric), name (from /proc/self/comm), the pyroscope spool_dir
+ * (<reporter.file dir>/spool). Idempotent.
+ */
 void holmes__config_finish(holmes__config *c);
 
 const char *holmes__metric_name(holmes__metric m);

@@ -1,0 +1,91 @@
+/*
+ * The key table: every section and key of the INI file, with its type,
+ * default, range, documentation and the place it is stored. Parsing,
+ * defaults, validation and the Markdown reference all walk this one table.
+ */
+#ifndef HOLMES_KEYS_H
+#define HOLMES_KEYS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef enum holmes__section {
+    HOLMES_SEC_AGENT,
+    HOLMES_SEC_RULE,
+    HOLMES_SEC_HEAP,
+    HOLMES_SEC_FILE,
+    HOLMES_SEC_PYROSCOPE,
+    HOLMES_SEC_COUNT
+} holmes__section;
+
+typedef enum holmes__ktype {
+    HOLMES_KT_SIZE,     /* uint64_t bytes */
+    HOLMES_KT_DURATION, /* uint64_t milliseconds */
+    HOLMES_KT_FLOAT,    /* double */
+    HOLMES_KT_INT,      /* int */
+    HOLMES_KT_BOOL,     /* bool */
+    HOLMES_KT_ENUM,     /* an enum stored as int; the index into `values` */
+    HOLMES_KT_STRING,   /* char[size] */
+    HOLMES_KT_SIGNAL,   /* int, 0 = none */
+    HOLMES_KT_PATH,     /* char[size] */
+} holmes__ktype;
+
+/* "auto" is accepted and stored as 0. */
+#define HOLMES_KEY_AUTO 1u
+/* "off" is accepted and stored as NAN (floats only). */
+#define HOLMES_KEY_OFF 2u
+
+typedef struct holmes__key {
+    holmes__section section;
+    const char *name;
+    holmes__ktype type;
+    unsigned flags;
+    const char *def;     /* text parsed to set the default; NULL when derived (see def_doc) */
+    const char *def_doc; /* the default as the reference shows it, when not `def` */
+    double lo, hi;       /* the range in stored units (ms, bytes); hi INFINITY = unbounded */
+    const char *const *values; /* enum names, in the order of the enum */
+    /* Extra validation of a string value; writes why it is wrong and returns false. */
+    bool (*check)(const char *value, char *why, size_t cap);
+    size_t offset, size; /* in holmes__config, or in holmes__rule_cfg for rule keys */
+    const char *doc;
+} holmes__key;
+
+extern const holmes__key holmes__keys[];
+extern const size_t holmes__nkeys;
+
+/* The section's name as written between brackets ("rule.<name>" for rules). */
+const char *holmes__section_name(holmes__section s);
+/* Finds a key of a section, or NULL. */
+const holmes__key *holmes__key_find(holmes__section s, const char *name);
+/* The index of a key among its section's keys (for "set twice" bookkeeping). */
+int holmes__key_index(const holmes__key *k);
+/* The key of `s` closest to a misspelt name (edit distance <= 2), or NULL. */
+const holmes__key *holmes__key_suggest(holmes__section s, const char *name);
+
+/*
+ * Parses `value` (already ${VAR}-expanded) as key k and stores it at
+ * base + k->offset. On error writes a message such as
+ * "not a duration: '10' (...)" to why and returns false, storing nothing.
+ */
+bool holmes__key_store(const holmes__key *k, void *base, const char *value, char *why,
+                       size_t why_cap);
+
+/*
+ * The scalar parsers behind holmes__key_store (rules/values.c). Each takes a
+ * trimmed value, returns true and stores the result, or returns false and
+ * writes why (quoting the value) without storing anything.
+ */
+bool holmes__parse_number(const char *s, double *out, char *why, size_t cap);
+bool holmes__parse_int(const char *s, int *out, char *why, size_t cap);
+bool holmes__parse_size(const char *s, uint64_t *out, char *why, size_t cap);
+bool holmes__parse_duration(const char *s, uint64_t *ms, char *why, size_t cap);
+bool holmes__parse_bool(const char *s, bool *out, char *why, size_t cap);
+/* "SIGUSR2", "USR2", "usr2", "SIGRTMIN+3" or "none" (0). */
+bool holmes__parse_signal(const char *s, int *out, char *why, size_t cap);
+
+/* Formats a duration in ms or a size in bytes the way a user would write it. */
+void holmes__format_duration(uint64_t ms, char *out, size_t cap);
+void holmes__format_size(uint64_t bytes, char *out, size_t cap);
+
+#endif
