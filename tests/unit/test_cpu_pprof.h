@@ -16,7 +16,7 @@
 #include "agent/base/base.h"
 
 /* Writes the profile to a fresh temporary file; returns 0 or -1. */
-static int cpu_test_save(const holmes__buf *b, char path[64])
+static inline int cpu_test_save(const holmes__buf *b, char path[64])
 {
     snprintf(path, 64, "/tmp/holmes-cpu-test.XXXXXX");
     int fd = mkstemp(path);
@@ -32,7 +32,7 @@ static int cpu_test_save(const holmes__buf *b, char path[64])
  * Returns pprof's exit status (0 when the profile opened), -1 when it could
  * not run.
  */
-static int cpu_test_pprof(const char *flags, const char *file, char *out, size_t cap)
+static inline int cpu_test_pprof(const char *flags, const char *file, char *out, size_t cap)
 {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "sh %s/../pprof_top.sh %s %s", HOLMES_FIXTURES, flags, file);
@@ -50,7 +50,7 @@ static int cpu_test_pprof(const char *flags, const char *file, char *out, size_t
  * its line), or -1 when it is not listed. Values are plain numbers with
  * -sample_index=samples.
  */
-static long long cpu_test_flat(const char *top, const char *function)
+static inline long long cpu_test_flat(const char *top, const char *function)
 {
     for (const char *line = top; *line;) {
         long long flat;
@@ -71,7 +71,7 @@ static long long cpu_test_flat(const char *top, const char *function)
  * the first sample type, samples[1] the second. Returns the number of
  * samples read.
  */
-static int cpu_test_raw_totals(const char *raw, long long totals[2])
+static inline int cpu_test_raw_totals(const char *raw, long long totals[2])
 {
     const char *p = strstr(raw, "\nSamples:\n");
     int n = 0;
@@ -93,7 +93,7 @@ static int cpu_test_raw_totals(const char *raw, long long totals[2])
 }
 
 /* CPU time the whole process has used, in nanoseconds. */
-static long long cpu_test_process_ns(void)
+static inline long long cpu_test_process_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -101,14 +101,14 @@ static long long cpu_test_process_ns(void)
 }
 
 /* CPU time of the calling thread, in nanoseconds. */
-static long long cpu_test_thread_ns(void)
+static inline long long cpu_test_thread_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-static void cpu_test_sleep_ms(int ms)
+static inline void cpu_test_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000l};
     nanosleep(&ts, NULL);
