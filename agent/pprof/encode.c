@@ -201,6 +201,8 @@ static bool loc_matches(void *ctx, uint32_t id)
     return have->pc == want->pc && have->exact == want->exact;
 }
 
+/* One Location per distinct address and kind: the same address as an exact
+ * leaf and as a return address names different code (pc versus pc-1). */
 static uint64_t location_id(enc *e, uintptr_t pc, bool exact)
 {
     loc want = {.pc = pc, .exact = exact};
