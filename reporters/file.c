@@ -146,7 +146,7 @@ static long scan_dir(int dfd, found_file **out)
         if (f.stem_len == 0 || strlen(e->d_name) >= sizeof(f.name) ||
             fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
             continue;
-        snprintf(f.name, sizeof(f.name), "%s", e->d_name);
+        memcpy(f.name, e->d_name, strlen(e->d_name) + 1); /* length checked above */
         f.bytes = (uint64_t)st.st_size;
         f.mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
         if (!add_found(&files, &n, &cap, &f))

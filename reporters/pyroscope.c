@@ -274,11 +274,12 @@ static size_t list_spool(const pyro *p, spool_ent **out)
             ents = q;
             cap = ncap;
         }
-        snprintf(ents[n].name, sizeof(ents[n].name), "%s", e->d_name);
+        memcpy(ents[n].name, e->d_name, strlen(e->d_name) + 1); /* length checked above */
         ents[n++].bytes = (uint64_t)st.st_size;
     }
     closedir(dir);
-    qsort(ents, n, sizeof(*ents), cmp_ent);
+    if (n > 1)
+        qsort(ents, n, sizeof(*ents), cmp_ent);
     *out = ents;
     return n;
 }

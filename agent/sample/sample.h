@@ -7,22 +7,31 @@
 #define HOLMES_SAMPLE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../../rules/config.h"
 
 /* What was found about the process's cgroup. */
 typedef struct holmes__cgroup {
-    int version;       /* 0 = none found, 1, 2 */
+    int version;                   /* 0 = none found, 1, 2 */
     char mem_dir[HOLMES_PATH_MAX]; /* v2: the unified dir; v1: the memory controller dir */
     char cpu_dir[HOLMES_PATH_MAX]; /* v2: same as mem_dir; v1: the cpu controller dir */
+    /* Where each hierarchy is mounted (under root): nested limits are looked
+     * for from the dir up to here, never above. */
+    char mem_mount[HOLMES_PATH_MAX];
+    char cpu_mount[HOLMES_PATH_MAX];
+    /* The process's v2 dir, also on hybrid hosts where memory and cpu are on
+     * v1 ("" when there is no v2 mount): its *.pressure files are the PSI. */
+    char unified_dir[HOLMES_PATH_MAX];
 } holmes__cgroup;
 
 typedef struct holmes__limits {
-    double cpu_cores;          /* effective cores */
-    const char *cpu_source;    /* "config", "cgroup v2 cpu.max", "cgroup v1 cfs_quota", "cpus" */
-    uint64_t mem_limit;        /* bytes */
-    const char *mem_source;    /* "config", "cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes", "MemTotal" */
+    double cpu_cores;       /* effective cores */
+    const char *cpu_source; /* "config", "cgroup v2 cpu.max", "cgroup v1 cfs_quota", "cpus" */
+    uint64_t mem_limit;     /* bytes */
+    const char *mem_source; /* "config", "cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes",
+                               "MemTotal" */
 } holmes__limits;
 
 /* Counters of cgroup memory events; a rise between ticks is an event. */
@@ -32,7 +41,7 @@ typedef struct holmes__mem_events {
 } holmes__mem_events;
 
 typedef struct holmes__sample {
-    uint64_t t_ns;  /* CLOCK_MONOTONIC at the read */
+    uint64_t t_ns; /* CLOCK_MONOTONIC at the read */
     double value[HOLMES_METRIC_COUNT];
     uint32_t valid; /* bit per metric */
     /* raw readings, for the event file */
@@ -64,19 +73,58 @@ void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
 
 /* Lower-level readers, exported for tests. All return 0 or -errno. */
 int holmes__cgroup_locate(const char *root, holmes__cgroup *out);
+/*
+ * The tightest limit from the process's dir up to the mount: *bytes is
+ * UINT64_MAX and *cores 0 when every level is unlimited ("max", -1, v1's
+ * huge values). -ENOENT when no level has the file at all.
+ */
 int holmes__cgroup_mem_limit(const char *root, const holmes__cgroup *cg, uint64_t *bytes);
+/* The same, also naming the dir that holds the limit ("" when unlimited). */
+int holmes__cgroup_mem_limit_dir(const holmes__cgroup *cg, uint64_t *bytes, char *where,
+                                 size_t cap);
 int holmes__cgroup_cpu_limit(const char *root, const holmes__cgroup *cg, double *cores);
 int holmes__cgroup_mem_usage(const char *root, const holmes__cgroup *cg, uint64_t *bytes);
-int holmes__cgroup_mem_events(const char *root, const holmes__cgroup *cg,
-                              holmes__mem_events *out);
+int holmes__cgroup_mem_events(const char *root, const holmes__cgroup *cg, holmes__mem_events *out);
+/* Memory events of one dir (version 1: failcnt and oom_kill; 2: memory.events). */
+int holmes__cgroup_mem_events_in(const char *dir, int version, holmes__mem_events *out);
 /* PSI "some avg10" of the cgroup (v2) or the machine; kind "memory" or "cpu". */
 int holmes__psi_some_avg10(const char *root, const holmes__cgroup *cg, const char *kind,
                            double *percent);
 /* The file a PSI trigger is registered on ("<cg>/memory.pressure" or "/proc/pressure/memory"). */
 int holmes__psi_path(const char *root, const holmes__cgroup *cg, const char *kind, char *out,
                      size_t cap);
+/* Reads "some avg10" (percent) from one PSI file. */
+int holmes__psi_read(const char *path, double *percent);
 int holmes__count_fds(const char *root, long *count);
 int holmes__machine_mem_total(const char *root, uint64_t *bytes);
 double holmes__usable_cpus(void);
+
+/* The process's own CPU time, resident memory and thread count. */
+typedef struct holmes__proc_stats {
+    uint64_t cpu_ns; /* user + system, at clock-tick resolution */
+    uint64_t rss_bytes;
+    long threads;
+} holmes__proc_stats;
+typedef struct holmes__proc_reader holmes__proc_reader;
+/*
+ * For root "" the reader uses libproc2 (which always reads the real /proc);
+ * under any other root, and if libproc2 cannot start, it parses
+ * <root>/proc/self/stat and statm itself. NULL without memory.
+ */
+holmes__proc_reader *holmes__proc_reader_new(const char *root);
+int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out);
+void holmes__proc_reader_free(holmes__proc_reader *r);
+/* Parses /proc/<pid>/stat and statm text (the fallback path). */
+int holmes__parse_proc_stat(const char *stat, const char *statm, holmes__proc_stats *out);
+
+/* Small parsing helpers shared by the readers. */
+/* Reads the small file "<dir>/<name>" (dir may be a root, even ""). Length or -errno. */
+long holmes__read_at(const char *dir, const char *name, char *buf, size_t cap);
+/* out = a + b; -ENAMETOOLONG when it does not fit. */
+int holmes__path_join(char *out, size_t cap, const char *a, const char *b);
+/* A decimal number after optional blanks. */
+int holmes__parse_u64(const char *s, uint64_t *out);
+/* The number after `key` at the start of a line ("key N", "Key: N kB"). */
+int holmes__kv_u64(const char *text, const char *key, uint64_t *out);
 
 #endif

@@ -101,11 +101,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def answer(self, status, text):
         data = (text + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its timeout, or it was stopped): it retries.
+            self.close_connection = True
 
     def do_GET(self):
         self.record(self.path, "405")

@@ -115,7 +115,7 @@ static void test_spool_bound_drops_oldest(void)
     CHECK(rep != NULL);
     CHECK(wait_lines(s.requests, "\"hung\"", NULL, 2, 15000));
     for (int i = 1; i <= 5; i++) {
-        char rule[8];
+        char rule[16];
         snprintf(rule, sizeof(rule), "r%d", i);
         deliver_one(rep, rule, i);
     }

@@ -64,7 +64,7 @@ static void *loader(void *arg)
     return NULL;
 }
 
-volatile int sink;
+volatile unsigned sink;
 
 __attribute__((noinline)) static void spin3(void)
 {
