@@ -1,0 +1,254 @@
+/*
+ * The sampler: everything it needs is found once at creation (the cgroup,
+ * the limits, the PSI files, the libproc2 handle); a tick only reads small
+ * files into stack buffers. A metric that cannot be read is left out of the
+ * sample and logged at most once an hour; the others go on.
+ */
+#include "sample.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/base.h"
+
+/* How often one failing metric may log again. */
+#define FAIL_LOG_EVERY_S 3600u
+
+struct holmes__sampler {
+    char root[HOLMES_PATH_MAX];
+    holmes__mem_source mem_source;
+    holmes__cgroup cg;
+    holmes__limits limits;
+    holmes__proc_reader *proc;
+    /* The dir that holds the binding memory limit: its events are the ones
+     * that precede an OOM kill of this process. */
+    char events_dir[HOLMES_PATH_MAX];
+    char psi_mem[HOLMES_PATH_MAX], psi_cpu[HOLMES_PATH_MAX]; /* "" when missing */
+    bool have_prev;
+    uint64_t prev_t_ns, prev_cpu_ns;
+    holmes__ratelimit fail_rl[HOLMES_METRIC_COUNT];
+    holmes__ratelimit events_rl;
+};
+
+static const char *cgroup_source(int version, const char *v1, const char *v2)
+{
+    return version == 1 ? v1 : v2;
+}
+
+/*
+ * A cgroup limit counts when it is tighter than the machine: a 64 GiB
+ * limit on a 16 GiB host, or a 4-core quota on 2 usable CPUs, cannot be
+ * reached, and a percentage of it would never come near 100.
+ */
+static void resolve_mem_limit(holmes__sampler *s, const holmes__config *cfg)
+{
+    holmes__limits *l = &s->limits;
+    uint64_t cg = UINT64_MAX, total = 0;
+    int rc = holmes__cgroup_mem_limit_dir(&s->cg, &cg, s->events_dir, sizeof(s->events_dir));
+    if (rc != 0 || !s->events_dir[0])
+        snprintf(s->events_dir, sizeof(s->events_dir), "%s", s->cg.mem_dir);
+    if (cfg->mem_limit > 0) {
+        l->mem_limit = cfg->mem_limit;
+        l->mem_source = "config";
+        return;
+    }
+    (void)holmes__machine_mem_total(s->root, &total);
+    if (rc == 0 && cg != UINT64_MAX && (total == 0 || cg <= total)) {
+        l->mem_limit = cg;
+        l->mem_source =
+            cgroup_source(s->cg.version, "cgroup v1 memory.limit_in_bytes", "cgroup v2 memory.max");
+    } else {
+        l->mem_limit = total;
+        l->mem_source = "MemTotal";
+        if (total == 0)
+            holmes__log(HOLMES_LOG_WARN,
+                        "sampler: no memory limit and no MemTotal in %s/proc/meminfo; "
+                        "mem and heap stay unmeasured",
+                        s->root);
+    }
+}
+
+static void resolve_cpu_limit(holmes__sampler *s, const holmes__config *cfg)
+{
+    holmes__limits *l = &s->limits;
+    if (cfg->cpu_cores > 0) {
+        l->cpu_cores = cfg->cpu_cores;
+        l->cpu_source = "config";
+        return;
+    }
+    double quota = 0, cpus = holmes__usable_cpus();
+    if (holmes__cgroup_cpu_limit(s->root, &s->cg, &quota) == 0 && quota > 0 && quota <= cpus) {
+        l->cpu_cores = quota;
+        l->cpu_source = cgroup_source(s->cg.version, "cgroup v1 cfs_quota", "cgroup v2 cpu.max");
+    } else {
+        l->cpu_cores = cpus;
+        l->cpu_source = "cpus";
+    }
+}
+
+holmes__sampler *holmes__sampler_new(const holmes__config *cfg, const char *root)
+{
+    holmes__sampler *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    snprintf(s->root, sizeof(s->root), "%s", root);
+    s->mem_source = cfg->mem_source;
+    s->proc = holmes__proc_reader_new(root);
+    if (!s->proc) {
+        free(s);
+        return NULL;
+    }
+    int rc = holmes__cgroup_locate(root, &s->cg);
+    if (rc != 0)
+        holmes__log(HOLMES_LOG_INFO, "sampler: no cgroup found (%s); limits come from the machine",
+                    strerror(-rc));
+    resolve_mem_limit(s, cfg);
+    resolve_cpu_limit(s, cfg);
+    (void)holmes__psi_path(root, &s->cg, "memory", s->psi_mem, sizeof(s->psi_mem));
+    (void)holmes__psi_path(root, &s->cg, "cpu", s->psi_cpu, sizeof(s->psi_cpu));
+    holmes__log(HOLMES_LOG_DEBUG,
+                "sampler: cgroup v%d mem %s cpu %s; mem_limit %llu (%s), "
+                "cpu_cores %.2f (%s)",
+                s->cg.version, s->cg.mem_dir, s->cg.cpu_dir,
+                (unsigned long long)s->limits.mem_limit, s->limits.mem_source, s->limits.cpu_cores,
+                s->limits.cpu_source);
+    return s;
+}
+
+void holmes__sampler_free(holmes__sampler *s)
+{
+    if (!s)
+        return;
+    holmes__proc_reader_free(s->proc);
+    free(s);
+}
+
+const holmes__limits *holmes__sampler_limits(const holmes__sampler *s)
+{
+    return &s->limits;
+}
+
+const holmes__cgroup *holmes__sampler_cgroup(const holmes__sampler *s)
+{
+    return &s->cg;
+}
+
+/* ---- one tick ---- */
+
+static void set_metric(holmes__sample *out, holmes__metric m, double value)
+{
+    out->value[m] = value;
+    out->valid |= 1u << m;
+}
+
+static void fail(holmes__sampler *s, holmes__metric m, const char *what, int rc)
+{
+    holmes__log_limited(&s->fail_rl[m], FAIL_LOG_EVERY_S, HOLMES_LOG_WARN,
+                        "sampler: cannot read %s (%s): metric %s is left out while this lasts",
+                        what, strerror(-rc), holmes__metric_name(m));
+}
+
+static double percent_of(uint64_t part, uint64_t whole)
+{
+    return (double)part * 100.0 / (double)whole;
+}
+
+/* CPU % = CPU time over the time that really passed since the previous
+ * read, so a late tick does not read as a spike. */
+static void sample_cpu(holmes__sampler *s, const holmes__proc_stats *ps, holmes__sample *out)
+{
+    if (s->have_prev && out->t_ns > s->prev_t_ns && ps->cpu_ns >= s->prev_cpu_ns) {
+        double busy = (double)(ps->cpu_ns - s->prev_cpu_ns);
+        double wall = (double)(out->t_ns - s->prev_t_ns) * s->limits.cpu_cores;
+        set_metric(out, HOLMES_METRIC_CPU, busy * 100.0 / wall);
+    }
+    s->have_prev = true;
+    s->prev_t_ns = out->t_ns;
+    s->prev_cpu_ns = ps->cpu_ns;
+}
+
+static bool sample_proc(holmes__sampler *s, holmes__sample *out)
+{
+    holmes__proc_stats ps;
+    out->t_ns = holmes__now_ns();
+    int rc = holmes__proc_reader_read(s->proc, &ps);
+    if (rc != 0) {
+        /* The next good read would otherwise span two intervals. */
+        s->have_prev = false;
+        fail(s, HOLMES_METRIC_CPU, "the process's stat", rc);
+        return false;
+    }
+    out->cpu_ns_total = ps.cpu_ns;
+    out->rss_bytes = ps.rss_bytes;
+    out->threads = ps.threads;
+    sample_cpu(s, &ps, out);
+    set_metric(out, HOLMES_METRIC_THREADS, (double)ps.threads);
+    return true;
+}
+
+static void sample_mem(holmes__sampler *s, bool have_rss, holmes__sample *out)
+{
+    if (s->limits.mem_limit == 0)
+        return;
+    if (s->mem_source == HOLMES_MEM_RSS) {
+        if (have_rss)
+            set_metric(out, HOLMES_METRIC_MEM, percent_of(out->rss_bytes, s->limits.mem_limit));
+        return;
+    }
+    int rc = holmes__cgroup_mem_usage(s->root, &s->cg, &out->cgroup_mem_bytes);
+    if (rc != 0) {
+        fail(s, HOLMES_METRIC_MEM, "the cgroup's memory usage", rc);
+        return;
+    }
+    set_metric(out, HOLMES_METRIC_MEM, percent_of(out->cgroup_mem_bytes, s->limits.mem_limit));
+}
+
+static void sample_fds(holmes__sampler *s, holmes__sample *out)
+{
+    int rc = holmes__count_fds(s->root, &out->fds);
+    if (rc != 0) {
+        fail(s, HOLMES_METRIC_FDS, "the open descriptors", rc);
+        return;
+    }
+    set_metric(out, HOLMES_METRIC_FDS, (double)out->fds);
+}
+
+static void sample_psi(holmes__sampler *s, holmes__metric m, const char *path, const char *what,
+                       holmes__sample *out)
+{
+    double pct;
+    int rc = path[0] ? holmes__psi_read(path, &pct) : -ENOENT;
+    if (rc != 0) {
+        fail(s, m, what, rc);
+        return;
+    }
+    set_metric(out, m, pct);
+}
+
+static void sample_events(holmes__sampler *s, holmes__sample *out)
+{
+    if (s->cg.version == 0 || !s->events_dir[0])
+        return;
+    int rc = holmes__cgroup_mem_events_in(s->events_dir, s->cg.version, &out->mem_events);
+    if (rc != 0)
+        holmes__log_limited(&s->events_rl, FAIL_LOG_EVERY_S, HOLMES_LOG_WARN,
+                            "sampler: cannot read memory events in %s (%s)", s->events_dir,
+                            strerror(-rc));
+}
+
+void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
+                          holmes__sample *out)
+{
+    memset(out, 0, sizeof(*out));
+    bool have_rss = sample_proc(s, out);
+    sample_mem(s, have_rss, out);
+    sample_fds(s, out);
+    out->heap_bytes = heap_bytes;
+    if (heap_on && s->limits.mem_limit > 0)
+        set_metric(out, HOLMES_METRIC_HEAP, percent_of(heap_bytes, s->limits.mem_limit));
+    sample_psi(s, HOLMES_METRIC_MEM_PRESSURE, s->psi_mem, "memory pressure (PSI)", out);
+    sample_psi(s, HOLMES_METRIC_CPU_PRESSURE, s->psi_cpu, "cpu pressure (PSI)", out);
+    sample_events(s, out);
+}
