@@ -310,11 +310,12 @@ static void format_range(const holmes__key *k, char *out, size_t cap)
 {
     char lo[32], hi[32];
     format_bound(k, k->lo, lo, sizeof(lo));
-    format_bound(k, k->hi, hi, sizeof(hi));
-    if (isinf(k->hi))
+    if (isinf(k->hi)) {
         snprintf(out, cap, ">= %s", lo);
-    else
-        snprintf(out, cap, "%s..%s", lo, hi);
+        return;
+    }
+    format_bound(k, k->hi, hi, sizeof(hi));
+    snprintf(out, cap, "%s..%s", lo, hi);
 }
 
 static bool in_range(const holmes__key *k, double v, const char *text, char *why, size_t cap)
