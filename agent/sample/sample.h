@@ -58,6 +58,8 @@ typedef struct holmes__sampler holmes__sampler;
 /*
  * Creates a sampler for this process under `root` ("" for the real system).
  * Limits are resolved from cfg (auto = cgroup, else machine) at creation.
+ * A cgroup limit looser than the machine (a quota above the usable CPUs, a
+ * memory limit above MemTotal) cannot be reached: the machine's value wins.
  */
 holmes__sampler *holmes__sampler_new(const holmes__config *cfg, const char *root);
 void holmes__sampler_free(holmes__sampler *s);
@@ -87,7 +89,8 @@ int holmes__cgroup_mem_usage(const char *root, const holmes__cgroup *cg, uint64_
 int holmes__cgroup_mem_events(const char *root, const holmes__cgroup *cg, holmes__mem_events *out);
 /* Memory events of one dir (version 1: failcnt and oom_kill; 2: memory.events). */
 int holmes__cgroup_mem_events_in(const char *dir, int version, holmes__mem_events *out);
-/* PSI "some avg10" of the cgroup (v2) or the machine; kind "memory" or "cpu". */
+/* PSI "some avg10" of the cgroup (its v2 dir, also on hybrid hosts) or the
+ * machine; kind "memory" or "cpu". */
 int holmes__psi_some_avg10(const char *root, const holmes__cgroup *cg, const char *kind,
                            double *percent);
 /* The file a PSI trigger is registered on ("<cg>/memory.pressure" or "/proc/pressure/memory"). */
@@ -114,7 +117,8 @@ typedef struct holmes__proc_reader holmes__proc_reader;
 holmes__proc_reader *holmes__proc_reader_new(const char *root);
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out);
 void holmes__proc_reader_free(holmes__proc_reader *r);
-/* Parses /proc/<pid>/stat and statm text (the fallback path). */
+/* Parses /proc/<pid>/stat and statm text (the fallback path). It leaves
+ * clock ticks in cpu_ns and pages in rss_bytes: the reader scales them. */
 int holmes__parse_proc_stat(const char *stat, const char *statm, holmes__proc_stats *out);
 
 /* Small parsing helpers shared by the readers. */
