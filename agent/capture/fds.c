@@ -35,6 +35,14 @@ static const char *const kind_names[K_COUNT] = {
     [K_EPOLL] = "eventpoll", [K_TIMERFD] = "timerfd", [K_SIGNALFD] = "signalfd",
     [K_INOTIFY] = "inotify", [K_ANON] = "other anon inodes", [K_OTHER] = "other",
 };
+/* The kind column of each line. */
+static const char *const kind_words[K_COUNT] = {
+    [K_FILE] = "file", [K_DIR] = "dir", [K_DEVICE] = "device", [K_FIFO] = "fifo",
+    [K_MEMFD] = "memfd", [K_TCP] = "tcp", [K_UDP] = "udp", [K_UNIX] = "unix",
+    [K_SOCKET] = "socket", [K_PIPE] = "pipe", [K_EVENTFD] = "eventfd",
+    [K_EPOLL] = "eventpoll", [K_TIMERFD] = "timerfd", [K_SIGNALFD] = "signalfd",
+    [K_INOTIFY] = "inotify", [K_ANON] = "anon", [K_OTHER] = "other",
+};
 static const fd_kind summary_order[] = {K_FILE, K_TCP, K_UDP, K_UNIX, K_PIPE, K_DIR,
                                         K_DEVICE, K_FIFO, K_MEMFD, K_SOCKET, K_EVENTFD,
                                         K_EPOLL, K_TIMERFD, K_SIGNALFD, K_INOTIFY,
@@ -283,7 +291,7 @@ static void write_inet(fds_run *r, const netinfo *n)
 {
     char l[64], rm[64];
     format_endpoint(l, sizeof(l), n->family, n->laddr, n->lport);
-    holmes__buf_printf(&r->lines, " %s%s", n->family == AF_INET6 ? "ipv6 " : "", l);
+    holmes__buf_printf(&r->lines, " %s", l);
     if (n->rport || !addr_zero(n->raddr)) {
         format_endpoint(rm, sizeof(rm), n->family, n->raddr, n->rport);
         holmes__buf_printf(&r->lines, " -> %s", rm);
@@ -400,7 +408,7 @@ static void line_visit(void *p, int fd)
     }
     /* The kind is known only now (sockets): fill the reserved column. */
     char kind[16];
-    snprintf(kind, sizeof(kind), "%-10s", k == K_SOCKET ? "socket" : kind_names[k]);
+    snprintf(kind, sizeof(kind), "%-10s", kind_words[k]);
     if (!r->lines.failed)
         memcpy(r->lines.data + start + 7, kind, 10);
     holmes__buf_printf(&r->lines, "\n");
