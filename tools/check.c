@@ -9,13 +9,7 @@
 
 #include "holmes/holmes.h"
 #include "rules/reference.h"
-
-/*
- * argv[0] is the command's own name ("check"), argv[1..argc-1] its
- * arguments. Returns the process exit status: 0 when every file is valid
- * (or the reference was printed), 1 when a file has errors, 2 on a usage error.
- */
-int holmes_cmd_check(int argc, char **argv);
+#include "tool.h"
 
 static const char usage[] = "usage: holmes check FILE...\n"
                             "       holmes check --reference\n"
@@ -68,6 +62,11 @@ static int check_file(const char *path)
     return rc == 0 ? 0 : 1;
 }
 
+/*
+ * argv[0] is the command's own name ("check"), argv[1..argc-1] its
+ * arguments. Returns the process exit status: 0 when every file is valid
+ * (or the reference was printed), 1 when a file has errors, 2 on a usage error.
+ */
 int holmes_cmd_check(int argc, char **argv)
 {
     int first = 1;
