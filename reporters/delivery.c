@@ -195,6 +195,18 @@ void holmes__delivery_submit(holmes__delivery *q, holmes__dump *d)
 {
     if (!d)
         return;
+    if (!d->final) {
+        /* The owner goes on filling d with captures while reporters write
+         * the event: they get a copy that nobody changes under them. */
+        holmes__dump *event = holmes__dump_event_copy(d);
+        if (!event)
+            holmes__log(HOLMES_LOG_WARN, "no memory to copy the event of %s; delivered at the end",
+                        d->stem);
+        holmes__dump_unref(d);
+        d = event;
+        if (!d)
+            return;
+    }
     if (q) {
         pthread_mutex_lock(&q->lock);
         for (int i = 0; i < q->nreps; i++)

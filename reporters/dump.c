@@ -31,6 +31,27 @@ int holmes__dump_add_file(holmes__dump *d, const char *suffix, const char *kind,
     return 0;
 }
 
+holmes__dump *holmes__dump_event_copy(const holmes__dump *d)
+{
+    holmes__dump *c = holmes__dump_new();
+    if (!c)
+        return NULL;
+    memcpy(c->app, d->app, sizeof(c->app));
+    memcpy(c->rule, d->rule, sizeof(c->rule));
+    memcpy(c->metric, d->metric, sizeof(c->metric));
+    memcpy(c->clause, d->clause, sizeof(c->clause));
+    memcpy(c->stem, d->stem, sizeof(c->stem));
+    c->from_wall_ns = d->from_wall_ns;
+    c->until_wall_ns = d->until_wall_ns;
+    holmes__buf_append(&c->event_json, d->event_json.data ? d->event_json.data : "",
+                       d->event_json.len);
+    if (c->event_json.failed) {
+        holmes__dump_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
 void holmes__dump_ref(holmes__dump *d)
 {
     __atomic_add_fetch(&d->refs, 1, __ATOMIC_RELAXED);

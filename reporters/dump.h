@@ -41,6 +41,12 @@ typedef struct holmes_dump holmes__dump;
 holmes__dump *holmes__dump_new(void);
 /* Adds a file, taking the buffer's contents (buf is left empty). Returns 0 or HOLMES_ENOSPC. */
 int holmes__dump_add_file(holmes__dump *d, const char *suffix, const char *kind, holmes__buf *buf);
+/*
+ * A new non-final dump with d's names, times and a copy of its event JSON, no
+ * files; NULL without memory. holmes__delivery_submit uses it for event-only
+ * submissions, so the caller may go on filling d and submit it again.
+ */
+holmes__dump *holmes__dump_event_copy(const holmes__dump *d);
 void holmes__dump_ref(holmes__dump *d);
 void holmes__dump_unref(holmes__dump *d);
 

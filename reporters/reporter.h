@@ -23,7 +23,10 @@ holmes__delivery *holmes__delivery_new(void);
 int holmes__delivery_add(holmes__delivery *q, const holmes__reporter_vt *vt, void *self);
 /*
  * Hands a dump to every reporter; never blocks. A reporter whose queue is
- * full drops it with a log line. Consumes the caller's reference.
+ * full drops it with a log line. Consumes the caller's reference. A final
+ * dump must not change after this call. A non-final one (the event alone) is
+ * copied here, so its owner may keep filling the same dump and submit it
+ * again once final.
  */
 void holmes__delivery_submit(holmes__delivery *q, holmes__dump *d);
 /* Waits up to timeout_ms for queued dumps, then stops threads and closes reporters. */

@@ -13,6 +13,10 @@ typedef struct gate_rep {
     bool hold;
     int entered, delivered, finals, closed;
     char last_stem[256];
+    /* What the first deliveries saw. */
+    char event[4][64];
+    int nfiles[4];
+    bool final[4];
 } gate_rep;
 
 static void gate_init(gate_rep *g, bool hold)
@@ -33,6 +37,11 @@ static int gate_deliver(void *self, const holmes__dump *d)
     g->delivered++;
     g->finals += d->final;
     snprintf(g->last_stem, sizeof(g->last_stem), "%s", d->stem);
+    if (g->delivered <= 4) {
+        snprintf(g->event[g->delivered - 1], sizeof(g->event[0]), "%s", d->event_json.data);
+        g->nfiles[g->delivered - 1] = d->nfiles;
+        g->final[g->delivered - 1] = d->final;
+    }
     pthread_mutex_unlock(&g->lock);
     return 0;
 }
@@ -155,6 +164,33 @@ static void test_stuck_reporter_does_not_hang_stop(void)
     CHECK_EQ_INT(logs_count("reporter slow", "not delivered", "20240104T000101.000Z"), 1);
 }
 
+/*
+ * The agent submits a dump's event at once and goes on filling the same
+ * dump with captures: reporters still busy with the event see it as it was.
+ */
+static void test_event_submission_is_a_snapshot(void)
+{
+    gate_rep slow;
+    gate_init(&slow, true);
+    holmes__delivery *q = holmes__delivery_new();
+    CHECK_EQ_INT(holmes__delivery_add(q, &slow_vt, &slow), 0);
+    holmes__dump *d = new_dump("svc", "heap", "20240104T000400.000Z", false);
+    holmes__dump_ref(d);
+    holmes__delivery_submit(q, d);
+    CHECK(wait_count(&slow, &slow.entered, 1));
+    holmes__buf_free(&d->event_json);
+    holmes__buf_printf(&d->event_json, "{\"status\":\"complete\"}");
+    add_text(d, "fds.txt", "0\n");
+    d->final = true;
+    holmes__delivery_submit(q, d);
+    gate_release(&slow);
+    holmes__delivery_free(q, 10000);
+    CHECK_EQ_INT(slow.delivered, 2);
+    CHECK(!slow.final[0] && slow.nfiles[0] == 0 && strstr(slow.event[0], "\"rule\":\"heap\""));
+    CHECK(slow.final[1] && slow.nfiles[1] == 1);
+    CHECK_STR(slow.event[1], "{\"status\":\"complete\"}");
+}
+
 /* The public view of a dump, as a user reporter sees it. */
 static void test_dump_accessors(void)
 {
@@ -222,6 +258,7 @@ int main(void)
     test_slow_reporter_delays_only_itself();
     test_full_queue_drops_with_one_line();
     test_stuck_reporter_does_not_hang_stop();
+    test_event_submission_is_a_snapshot();
     test_dump_accessors();
     test_user_reporter_gets_final_dumps();
     CHECK_DONE();
