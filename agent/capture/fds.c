@@ -27,22 +27,29 @@ typedef enum fd_kind {
     K_COUNT
 } fd_kind;
 
-/* Summary names; the first six are always shown, the rest when present. */
-static const char *const kind_names[K_COUNT] = {
-    [K_FILE] = "files", [K_DIR] = "dirs", [K_DEVICE] = "devices", [K_FIFO] = "fifos",
-    [K_MEMFD] = "memfd", [K_TCP] = "tcp", [K_UDP] = "udp", [K_UNIX] = "unix",
-    [K_SOCKET] = "other sockets", [K_PIPE] = "pipes", [K_EVENTFD] = "eventfd",
-    [K_EPOLL] = "eventpoll", [K_TIMERFD] = "timerfd", [K_SIGNALFD] = "signalfd",
-    [K_INOTIFY] = "inotify", [K_ANON] = "other anon inodes", [K_OTHER] = "other",
+/* Each kind's word in the kind column, and its name in the summary. */
+static const struct {
+    const char *word, *summary;
+} kinds[K_COUNT] = {
+    [K_FILE] = {"file", "files"},
+    [K_DIR] = {"dir", "dirs"},
+    [K_DEVICE] = {"device", "devices"},
+    [K_FIFO] = {"fifo", "fifos"},
+    [K_MEMFD] = {"memfd", "memfd"},
+    [K_TCP] = {"tcp", "tcp"},
+    [K_UDP] = {"udp", "udp"},
+    [K_UNIX] = {"unix", "unix"},
+    [K_SOCKET] = {"socket", "other sockets"},
+    [K_PIPE] = {"pipe", "pipes"},
+    [K_EVENTFD] = {"eventfd", "eventfd"},
+    [K_EPOLL] = {"eventpoll", "eventpoll"},
+    [K_TIMERFD] = {"timerfd", "timerfd"},
+    [K_SIGNALFD] = {"signalfd", "signalfd"},
+    [K_INOTIFY] = {"inotify", "inotify"},
+    [K_ANON] = {"anon", "other anon inodes"},
+    [K_OTHER] = {"other", "other"},
 };
-/* The kind column of each line. */
-static const char *const kind_words[K_COUNT] = {
-    [K_FILE] = "file", [K_DIR] = "dir", [K_DEVICE] = "device", [K_FIFO] = "fifo",
-    [K_MEMFD] = "memfd", [K_TCP] = "tcp", [K_UDP] = "udp", [K_UNIX] = "unix",
-    [K_SOCKET] = "socket", [K_PIPE] = "pipe", [K_EVENTFD] = "eventfd",
-    [K_EPOLL] = "eventpoll", [K_TIMERFD] = "timerfd", [K_SIGNALFD] = "signalfd",
-    [K_INOTIFY] = "inotify", [K_ANON] = "anon", [K_OTHER] = "other",
-};
+/* The summary's order; the first SUMMARY_ALWAYS are shown even at 0. */
 static const fd_kind summary_order[] = {K_FILE, K_TCP, K_UDP, K_UNIX, K_PIPE, K_DIR,
                                         K_DEVICE, K_FIFO, K_MEMFD, K_SOCKET, K_EVENTFD,
                                         K_EPOLL, K_TIMERFD, K_SIGNALFD, K_INOTIFY,
@@ -408,7 +415,7 @@ static void line_visit(void *p, int fd)
     }
     /* The kind is known only now (sockets): fill the reserved column. */
     char kind[16];
-    snprintf(kind, sizeof(kind), "%-10s", kind_words[k]);
+    snprintf(kind, sizeof(kind), "%-10s", kinds[k].word);
     if (!r->lines.failed)
         memcpy(r->lines.data + start + 7, kind, 10);
     holmes__buf_printf(&r->lines, "\n");
@@ -424,7 +431,7 @@ static void write_summary(fds_run *r, holmes__buf *txt)
         fd_kind k = summary_order[i];
         if (i >= SUMMARY_ALWAYS && !r->counts[k])
             continue;
-        holmes__buf_printf(txt, "%s%s: %lu", i ? ", " : "", kind_names[k], r->counts[k]);
+        holmes__buf_printf(txt, "%s%s: %lu", i ? ", " : "", kinds[k].summary, r->counts[k]);
         if (k == K_TCP)
             holmes__buf_printf(txt, " (%lu listen)", r->tcp_listen);
     }
