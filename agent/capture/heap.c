@@ -1,0 +1,307 @@
+/*
+ * The malloc family, interposed on glibc's.
+ *
+ * Every allocation subtracts its size from a thread-local countdown; while
+ * the countdown stays positive the call goes straight to glibc's own entry
+ * point (__libc_malloc and friends, resolved by the linker, never dlsym).
+ * free() and the other calls that take a pointer first ask whether it lies
+ * in the sampled region (two loads, a subtraction and a comparison); only
+ * sampled objects live there, everything else belongs to glibc, including
+ * memory glibc handed out before this library was loaded or enabled.
+ *
+ * With HOLMES_NO_INTERPOSE (sanitizer builds, where the sanitizer's runtime
+ * owns malloc) the same code is compiled under the holmes__heap_ names only
+ * and forwards to the public malloc family, so tests still reach it.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "heap_int.h"
+
+#ifdef HOLMES_NO_INTERPOSE
+#define FAMILY(name) holmes__heap_##name
+#define HEAP_API HOLMES_HEAP_TEXT
+#define REAL_MALLOC malloc
+#define REAL_FREE free
+#define REAL_CALLOC calloc
+#define REAL_REALLOC realloc
+#define REAL_MEMALIGN memalign
+#define REAL_VALLOC valloc
+#define REAL_PVALLOC pvalloc
+#else
+#define FAMILY(name) name
+#define HEAP_API HOLMES_EXPORT HOLMES_HEAP_TEXT
+#define REAL_MALLOC __libc_malloc
+#define REAL_FREE __libc_free
+#define REAL_CALLOC __libc_calloc
+#define REAL_REALLOC __libc_realloc
+#define REAL_MEMALIGN __libc_memalign
+#define REAL_VALLOC __libc_valloc
+#define REAL_PVALLOC __libc_pvalloc
+/* glibc exports these for exactly this use: allocators layered on its own. */
+extern void *__libc_malloc(size_t n);
+extern void __libc_free(void *p);
+extern void *__libc_calloc(size_t k, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void *__libc_memalign(size_t align, size_t n);
+extern void *__libc_valloc(size_t n);
+extern void *__libc_pvalloc(size_t n);
+/* Gone from glibc's headers since 2.26, still exported for old binaries. */
+void cfree(void *p);
+#endif
+
+/* The fast path: true while the thread's countdown stays above zero. */
+static inline __attribute__((always_inline)) bool unsampled(size_t n)
+{
+    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
+    holmes__heap_countdown = left;
+    return __builtin_expect(left > 0, 1);
+}
+
+static inline __attribute__((always_inline)) bool foreign(const void *p)
+{
+    return __builtin_expect(!holmes__heap_in_region(p), 1);
+}
+
+#ifdef HOLMES_NO_INTERPOSE
+static size_t real_usable(void *p)
+{
+    return malloc_usable_size(p);
+}
+#else
+static size_t (*libc_usable)(void *);
+
+/*
+ * glibc exports malloc_usable_size under no __libc_ name. Its own
+ * definition is looked up once, in libc itself; dlopen and dlsym may call
+ * malloc, which is harmless here since malloc never needs this function.
+ */
+static size_t (*resolve_libc_usable(void))(void *)
+{
+    size_t (*fn)(void *) = NULL;
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    if (libc)
+        *(void **)&fn = dlsym(libc, "malloc_usable_size");
+    if (!fn)
+        *(void **)&fn = dlsym(RTLD_NEXT, "malloc_usable_size");
+    __atomic_store_n(&libc_usable, fn, __ATOMIC_RELEASE);
+    return fn;
+}
+
+static size_t real_usable(void *p)
+{
+    size_t (*fn)(void *) = __atomic_load_n(&libc_usable, __ATOMIC_ACQUIRE);
+    if (!fn)
+        fn = resolve_libc_usable();
+    return fn ? fn(p) : 0;
+}
+#endif
+
+static size_t page_size(void)
+{
+    return (size_t)getpagesize();
+}
+
+/* A sampled allocation when the sampler takes it, glibc's otherwise. */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, size_t align,
+                                                                   bool zero)
+{
+    if (holmes__heap_decide(n)) {
+        void *p = holmes__heap_sample_alloc(n, align);
+        if (p)
+            return p; /* the region hands out zeroed memory */
+    }
+    if (align)
+        return REAL_MEMALIGN(align, n);
+    return zero ? REAL_CALLOC(1, n) : REAL_MALLOC(n);
+}
+
+HEAP_API void *FAMILY(malloc)(size_t n)
+{
+    if (unsampled(n))
+        return REAL_MALLOC(n);
+    return alloc_slow(n, 0, false);
+}
+
+HEAP_API void FAMILY(free)(void *p)
+{
+    if (foreign(p))
+        REAL_FREE(p);
+    else
+        holmes__heap_sample_free(p);
+}
+
+HEAP_API void *FAMILY(calloc)(size_t k, size_t size)
+{
+    size_t n;
+    if (__builtin_mul_overflow(k, size, &n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (unsampled(n))
+        return REAL_CALLOC(k, size);
+    return alloc_slow(n, 0, true);
+}
+
+/* glibc's block, resized into a sampled one when the sampler takes the new size. */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *p, size_t n)
+{
+    if ((p && n == 0) || !holmes__heap_decide(n))
+        return REAL_REALLOC(p, n);
+    void *q = holmes__heap_sample_alloc(n, 0);
+    if (!q)
+        return REAL_REALLOC(p, n);
+    if (p) {
+        size_t old = real_usable(p);
+        memcpy(q, p, old < n ? old : n);
+        REAL_FREE(p);
+    }
+    return q;
+}
+
+/* A sampled block always moves: the new size is an allocation of its own. */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p, size_t n)
+{
+    size_t old = holmes__heap_sample_usable(p);
+    if (!old) {
+        errno = EINVAL; /* not a live object: glibc would abort, we refuse */
+        return NULL;
+    }
+    if (n == 0) {
+        holmes__heap_sample_free(p);
+        return NULL;
+    }
+    void *q = FAMILY(malloc)(n);
+    if (!q)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    holmes__heap_sample_free(p);
+    return q;
+}
+
+HEAP_API void *FAMILY(realloc)(void *p, size_t n)
+{
+    if (!foreign(p))
+        return realloc_sampled(p, n);
+    if (unsampled(n))
+        return REAL_REALLOC(p, n);
+    return realloc_libc_slow(p, n);
+}
+
+HEAP_API void *FAMILY(reallocarray)(void *p, size_t k, size_t size)
+{
+    size_t n;
+    if (__builtin_mul_overflow(k, size, &n)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return FAMILY(realloc)(p, n);
+}
+
+/*
+ * glibc's memalign rules: alignments up to 16 are plain malloc, others are
+ * rounded up to a power of two, and absurd ones fail with EINVAL (returns 0).
+ */
+static size_t memalign_rule(size_t align)
+{
+    if (align <= 16)
+        return 16;
+    if (align > SIZE_MAX / 2 + 1)
+        return 0;
+    return (align & (align - 1)) ? (size_t)1 << (64 - __builtin_clzll(align)) : align;
+}
+
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *memalign_slow(size_t align, size_t n)
+{
+    size_t a = memalign_rule(align);
+    if (!a)
+        return REAL_MEMALIGN(align, n); /* sets errno as glibc does */
+    return alloc_slow(n, a > 16 ? a : 0, false);
+}
+
+HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
+{
+    if (unsampled(n))
+        return REAL_MEMALIGN(align, n);
+    return memalign_slow(align, n);
+}
+
+/* glibc 2.36's aligned_alloc is its memalign. */
+HEAP_API void *FAMILY(aligned_alloc)(size_t align, size_t n)
+{
+    if (unsampled(n))
+        return REAL_MEMALIGN(align, n);
+    return memalign_slow(align, n);
+}
+
+HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
+{
+    if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
+        return EINVAL;
+    int saved = errno; /* posix_memalign reports through its result only */
+    void *p = unsampled(n) ? REAL_MEMALIGN(align, n) : memalign_slow(align, n);
+    errno = saved;
+    if (!p)
+        return ENOMEM;
+    *out = p;
+    return 0;
+}
+
+HEAP_API void *FAMILY(valloc)(size_t n)
+{
+    if (unsampled(n))
+        return REAL_VALLOC(n);
+    return alloc_slow(n, page_size(), false);
+}
+
+HEAP_API void *FAMILY(pvalloc)(size_t n)
+{
+    size_t page = page_size(), rounded;
+    if (__builtin_add_overflow(n, page - 1, &rounded)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    rounded &= ~(page - 1);
+    if (unsampled(rounded))
+        return REAL_PVALLOC(n);
+    return alloc_slow(rounded ? rounded : page, page, false);
+}
+
+HEAP_API size_t FAMILY(malloc_usable_size)(void *p)
+{
+    if (!p)
+        return 0;
+    if (foreign(p))
+        return real_usable(p);
+    return holmes__heap_sample_usable(p);
+}
+
+#ifndef HOLMES_NO_INTERPOSE
+HEAP_API void cfree(void *p)
+{
+    free(p);
+}
+
+/* The internal names are the interposed functions themselves, with libc's attributes. */
+#if __has_attribute(copy)
+#define HEAP_ALIAS(ret, name, args)                                                                \
+    ret holmes__heap_##name args __attribute__((alias(#name), copy(name)))
+#else
+#define HEAP_ALIAS(ret, name, args) ret holmes__heap_##name args __attribute__((alias(#name)))
+#endif
+HEAP_ALIAS(void *, malloc, (size_t n));
+HEAP_ALIAS(void, free, (void *p));
+HEAP_ALIAS(void *, calloc, (size_t k, size_t size));
+HEAP_ALIAS(void *, realloc, (void *p, size_t n));
+HEAP_ALIAS(void *, reallocarray, (void *p, size_t k, size_t size));
+HEAP_ALIAS(int, posix_memalign, (void **out, size_t align, size_t n));
+HEAP_ALIAS(void *, aligned_alloc, (size_t align, size_t n));
+HEAP_ALIAS(void *, memalign, (size_t align, size_t n));
+HEAP_ALIAS(void *, valloc, (size_t n));
+HEAP_ALIAS(void *, pvalloc, (size_t n));
+HEAP_ALIAS(size_t, malloc_usable_size, (void *p));
+#endif

@@ -1,0 +1,140 @@
+/*
+ * Private to the heap sampler (agent/capture/heap*.c).
+ *
+ * heap.c          the malloc family: a countdown test, then glibc or the slow path
+ * heap_sample.c   the Poisson countdown, sampled allocations and frees, the lock
+ * heap_region.c   the reserved region where sampled objects live
+ * heap_table.c    the stack depot and per-(stack, size class) counters
+ * heap_profile.c  pprof output, baselines
+ *
+ * Only sampled objects live in the region, so free() tells them apart from
+ * glibc's with one subtract-and-compare on two globals.
+ */
+#ifndef HOLMES_HEAP_INT_H
+#define HOLMES_HEAP_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../base/base.h"
+
+/*
+ * Every function that can be on the stack while a sampled allocation is
+ * unwound lives in this section; the recorded stack starts at the first
+ * frame outside it, whatever the compiler inlined.
+ */
+#define HOLMES_HEAP_TEXT __attribute__((section("holmes_heap_text")))
+
+/* ---- heap.c: the family, also reachable when it is not interposed ---- */
+void *holmes__heap_malloc(size_t n);
+void holmes__heap_free(void *p);
+void *holmes__heap_calloc(size_t k, size_t size);
+void *holmes__heap_realloc(void *p, size_t n);
+void *holmes__heap_reallocarray(void *p, size_t k, size_t size);
+int holmes__heap_posix_memalign(void **out, size_t align, size_t n);
+void *holmes__heap_aligned_alloc(size_t align, size_t n);
+void *holmes__heap_memalign(size_t align, size_t n);
+void *holmes__heap_valloc(size_t n);
+void *holmes__heap_pvalloc(size_t n);
+size_t holmes__heap_malloc_usable_size(void *p);
+
+/* ---- heap_sample.c ---- */
+/*
+ * Bytes this thread may still allocate before the next sample. The fast
+ * path subtracts the size and takes the slow path at zero or below.
+ */
+extern __thread int64_t holmes__heap_countdown HOLMES_INTERNAL
+    __attribute__((tls_model("initial-exec")));
+
+/* Re-arms the countdown; true when this allocation of n bytes is to be sampled. */
+bool holmes__heap_decide(size_t n);
+/* A sampled allocation in the region, zero-filled; NULL when full (counted as dropped). */
+void *holmes__heap_sample_alloc(size_t n, size_t align);
+void holmes__heap_sample_free(void *p);
+/* Usable size of a sampled object, or 0 when p is not a live one. */
+size_t holmes__heap_sample_usable(const void *p);
+
+typedef struct holmes__heap_counters {
+    uint64_t sampled;  /* sampled allocations recorded */
+    uint64_t freed;    /* of those, freed */
+    uint64_t dropped;  /* sampled allocations served by glibc because the region or tables were full */
+    uint64_t invalid;  /* frees of region addresses that were not live objects */
+    uint64_t rate;     /* the mean (bytes) of the sampling now in force */
+} holmes__heap_counters;
+void holmes__heap_get_counters(holmes__heap_counters *c);
+uint64_t holmes__heap_rate(void);
+
+/* Takes the lock that guards the region and the tables' inserts. */
+void holmes__heap_lock(void);
+void holmes__heap_unlock(void);
+
+/* ---- heap_region.c: caller holds the lock unless said otherwise ---- */
+extern uintptr_t holmes__heap_region_lo HOLMES_INTERNAL;
+extern size_t holmes__heap_region_len HOLMES_INTERNAL;
+
+/* True for an address inside the region: one subtraction, one comparison. */
+static inline bool holmes__heap_in_region(const void *p)
+{
+    return (uintptr_t)p - __atomic_load_n(&holmes__heap_region_lo, __ATOMIC_RELAXED) <
+           __atomic_load_n(&holmes__heap_region_len, __ATOMIC_RELAXED);
+}
+
+typedef struct holmes__heap_rec {
+    uintptr_t ptr;   /* the object; 0 while its span is free */
+    uint64_t size;   /* bytes asked for */
+    uint64_t weight; /* bytes it stands for in the in-use estimate */
+    uint32_t start;  /* first page of its span */
+    uint32_t pages;  /* pages the object may use from start */
+    uint32_t bucket; /* heap_table bucket */
+    uint32_t next;   /* free-span list link: record index + 1 */
+    uint32_t cls;    /* span class: how many pages the span holds */
+} holmes__heap_rec;
+
+/* Reserves the region and its side tables once. Returns 0 or an error. */
+int holmes__heap_region_init(void);
+/* Places n bytes aligned to align (a power of two, or 0) in a zeroed span; NULL when full. */
+void *holmes__heap_region_alloc(size_t n, size_t align, holmes__heap_rec **rec);
+/* The record of a live sampled object, or NULL. Lock-free for a pointer its caller owns. */
+holmes__heap_rec *holmes__heap_region_find(const void *p);
+size_t holmes__heap_region_usable(const holmes__heap_rec *r);
+/* Returns the span's memory to the kernel and keeps the span for reuse. */
+void holmes__heap_region_release(holmes__heap_rec *r);
+
+/* ---- heap_table.c: deduplicated stacks, counters per (stack, size class) ---- */
+typedef struct holmes__heap_counts {
+    uint64_t alloc_count, alloc_bytes, free_count, free_bytes;
+} holmes__heap_counts;
+
+/* Maps the tables once. Returns 0 or an error. Caller holds the lock. */
+int holmes__heap_table_init(void);
+/*
+ * The bucket for a sampled allocation of n bytes at this stack; bucket 0
+ * (no stack) when the tables are full. Caller holds the lock.
+ */
+uint32_t holmes__heap_bucket_for(const uintptr_t *pcs, int depth, size_t n);
+/* Caller holds the lock; readers need none. */
+void holmes__heap_count(uint32_t bucket, size_t n, bool alloc);
+/* Lock-free readers: buckets are only ever added, their stacks never change. */
+uint32_t holmes__heap_bucket_count(void);
+void holmes__heap_bucket_read(uint32_t bucket, holmes__heap_counts *out);
+/* The bucket's stack (leaf first); returns its depth. */
+int holmes__heap_bucket_stack(uint32_t bucket, const uintptr_t **pcs);
+
+/* A copy of every bucket's counters at one moment (mmap'd). */
+typedef struct holmes__heap_snapshot {
+    holmes__heap_counts *counts;
+    uint32_t n;
+    size_t bytes;
+    uint64_t wall_ns;
+    uint64_t rate;
+} holmes__heap_snapshot;
+int holmes__heap_snapshot_take(holmes__heap_snapshot *s);
+void holmes__heap_snapshot_free(holmes__heap_snapshot *s);
+
+/* ---- shared helpers ---- */
+/* Anonymous memory that is only charged when touched, without huge pages. */
+void *holmes__heap_map(size_t bytes);
+
+#endif

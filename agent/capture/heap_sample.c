@@ -1,0 +1,283 @@
+/*
+ * Which allocations are sampled, and what happens to the ones that are.
+ *
+ * Sampling by bytes, as jemalloc's prof and tcmalloc do. Think of every
+ * byte the program allocates as a point on one line; sample points fall on
+ * that line as a Poisson process with rate 1/S (S = sample_bytes). The
+ * distance from one point to the next is then exponential:
+ *
+ *     P(gap > x) = exp(-x/S),  so with U uniform on (0,1],  gap = -S * ln(U)
+ *
+ * and an allocation of n bytes holds at least one point, and is sampled,
+ * with probability
+ *
+ *     p(n) = 1 - exp(-n/S)
+ *
+ * whatever came before it: the process is memoryless, so after a sample the
+ * next gap is drawn afresh from the end of the sampled allocation. Each
+ * thread keeps its own countdown to the next point (no shared cache line on
+ * the fast path) and its own xorshift generator to draw gaps.
+ *
+ * A sampled object of n bytes stands for n / p(n) bytes (Horvitz-Thompson:
+ * an unbiased estimate of the bytes allocated), which is what the in-use
+ * estimate adds up; the profile unsamples per bucket the way Go's pprof does.
+ *
+ * The sampled path takes one mutex. It is rare by construction (once per S
+ * bytes per thread), and fork() takes it around the fork so the child never
+ * inherits it locked.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "../unwind/unwind.h"
+#include "capture.h"
+#include "heap_int.h"
+
+#define DEFAULT_RATE (512u * 1024u) /* the documented default of [heap] sample_bytes */
+/* While sampling is off the countdown keeps running at no less than this mean. */
+#define IDLE_MIN_RATE (64u * 1024u)
+
+__thread int64_t holmes__heap_countdown __attribute__((tls_model("initial-exec")));
+
+typedef struct sampler_tls {
+    uint64_t rng;
+    uint32_t gen; /* the epoch this thread's countdown was drawn in */
+    int busy;     /* inside the sampled path: nested allocations go to glibc */
+} sampler_tls;
+
+static __thread sampler_tls self __attribute__((tls_model("initial-exec")));
+
+/* Every enable and disable starts an epoch: threads redraw at their next slow path. */
+static _Atomic uint32_t epoch = 1;
+static _Atomic uint64_t draw_rate = DEFAULT_RATE;
+static _Atomic uint64_t sample_rate = DEFAULT_RATE;
+static _Atomic bool sampling;
+static _Atomic uint64_t seeds;
+static _Atomic uint64_t n_sampled, n_freed, n_dropped, n_invalid;
+static _Atomic int64_t estimate; /* bytes the live sampled objects stand for */
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static bool ready;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+void holmes__heap_lock(void)
+{
+    pthread_mutex_lock(&lock);
+}
+
+void holmes__heap_unlock(void)
+{
+    pthread_mutex_unlock(&lock);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(holmes__heap_lock, holmes__heap_unlock, holmes__heap_unlock);
+}
+
+/* ---- the countdown ---- */
+
+static uint64_t splitmix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t next_random(sampler_tls *t)
+{
+    uint64_t x = t->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    t->rng = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+static int64_t draw(sampler_tls *t)
+{
+    uint64_t mean = atomic_load_explicit(&draw_rate, memory_order_relaxed);
+    if (mean <= 1)
+        return 0; /* every allocation */
+    double u = (double)((next_random(t) >> 11) + 1) * 0x1p-53; /* (0, 1] */
+    double gap = -log(u) * (double)mean;
+    if (gap < 1.0)
+        return 1;
+    return gap > 0x1p52 ? (int64_t)0x1p52 : (int64_t)gap;
+}
+
+HOLMES_HEAP_TEXT bool holmes__heap_decide(size_t n)
+{
+    sampler_tls *t = &self;
+    uint32_t now = atomic_load_explicit(&epoch, memory_order_relaxed);
+    if (t->gen != now) {
+        /* A new thread, or the rate changed: this allocation starts a fresh process. */
+        t->gen = now;
+        while (!t->rng)
+            t->rng = splitmix((uintptr_t)t ^ atomic_fetch_add(&seeds, 1) << 40);
+        int64_t left = (int64_t)((uint64_t)draw(t) - n);
+        holmes__heap_countdown = left;
+        if (left > 0)
+            return false;
+    }
+    holmes__heap_countdown = draw(t);
+    return atomic_load_explicit(&sampling, memory_order_relaxed) && !holmes__in_agent &&
+           !t->busy;
+}
+
+/* ---- sampled objects ---- */
+
+extern const char __start_holmes_heap_text[], __stop_holmes_heap_text[];
+
+static bool in_heap_text(uintptr_t ret)
+{
+    return ret > (uintptr_t)__start_holmes_heap_text && ret <= (uintptr_t)__stop_holmes_heap_text;
+}
+
+/* The caller's stack without the sampler's own frames; returns the depth. */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) int own_stack(uintptr_t *pcs,
+                                                                  const uintptr_t **first)
+{
+    int n = holmes__unwind_self(pcs, HOLMES_MAX_FRAMES, 0), skip = 0;
+    while (skip < n && in_heap_text(pcs[skip]))
+        skip++;
+    *first = pcs + skip;
+    return n - skip;
+}
+
+/* The bytes an object of n stands for: n / (1 - exp(-n/S)). */
+static uint64_t weight(size_t n, uint64_t rate)
+{
+    if (rate <= 1 || n == 0)
+        return n;
+    return (uint64_t)((double)n / -expm1(-(double)n / (double)rate));
+}
+
+static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align)
+{
+    holmes__heap_rec *r;
+    holmes__heap_lock();
+    void *p = ready ? holmes__heap_region_alloc(n, align, &r) : NULL;
+    if (p) {
+        r->size = n;
+        r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
+        r->bucket = holmes__heap_bucket_for(pcs, depth, n);
+        holmes__heap_count(r->bucket, n, true);
+        atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+        atomic_fetch_add_explicit(&n_sampled, 1, memory_order_relaxed);
+    } else {
+        atomic_fetch_add_explicit(&n_dropped, 1, memory_order_relaxed);
+    }
+    holmes__heap_unlock();
+    return p;
+}
+
+HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align)
+{
+    uintptr_t pcs[HOLMES_MAX_FRAMES];
+    const uintptr_t *first;
+    self.busy++;
+    int depth = own_stack(pcs, &first);
+    void *p = place(first, depth, n, align);
+    self.busy--;
+    return p;
+}
+
+HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
+{
+    holmes__heap_lock();
+    holmes__heap_rec *r = holmes__heap_region_find(p);
+    if (r) {
+        holmes__heap_count(r->bucket, r->size, false);
+        atomic_fetch_sub_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+        atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
+        holmes__heap_region_release(r);
+    } else {
+        atomic_fetch_add_explicit(&n_invalid, 1, memory_order_relaxed);
+    }
+    holmes__heap_unlock();
+}
+
+HOLMES_HEAP_TEXT size_t holmes__heap_sample_usable(const void *p)
+{
+    const holmes__heap_rec *r = holmes__heap_region_find(p);
+    return r ? holmes__heap_region_usable(r) : 0;
+}
+
+/* ---- switching on and off ---- */
+
+static int prepare(void)
+{
+    int rc = 0;
+    holmes__heap_lock();
+    if (!ready) {
+        rc = holmes__heap_region_init();
+        if (rc == 0)
+            rc = holmes__heap_table_init();
+        ready = rc == 0;
+    }
+    holmes__heap_unlock();
+    if (rc == 0)
+        pthread_once(&atfork_once, register_atfork);
+    return rc;
+}
+
+int holmes__heap_enable(uint64_t sample_bytes)
+{
+    if (sample_bytes == 0) {
+        holmes__heap_disable();
+        return 0;
+    }
+    HOLMES_AGENT_ENTER();
+    int rc = prepare();
+    HOLMES_AGENT_LEAVE();
+    if (rc != 0)
+        return rc;
+    atomic_store(&sample_rate, sample_bytes);
+    atomic_store(&draw_rate, sample_bytes);
+    atomic_fetch_add(&epoch, 1);
+    atomic_store(&sampling, true);
+    holmes__heap_countdown = 0; /* this thread starts afresh at its next allocation */
+    return 0;
+}
+
+/*
+ * Takes no lock: the agent calls it in a fork child, before the lock is
+ * handed back. Other threads see a new rate when their countdown runs out;
+ * the calling thread at once.
+ */
+void holmes__heap_disable(void)
+{
+    atomic_store(&sampling, false);
+    uint64_t rate = atomic_load(&sample_rate);
+    atomic_store(&draw_rate, rate < IDLE_MIN_RATE ? IDLE_MIN_RATE : rate);
+    atomic_fetch_add(&epoch, 1);
+    holmes__heap_countdown = 0;
+}
+
+bool holmes__heap_enabled(void)
+{
+    return atomic_load(&sampling);
+}
+
+uint64_t holmes__heap_inuse_bytes(void)
+{
+    int64_t e = atomic_load_explicit(&estimate, memory_order_relaxed);
+    return e > 0 ? (uint64_t)e : 0;
+}
+
+uint64_t holmes__heap_rate(void)
+{
+    return atomic_load(&sample_rate);
+}
+
+void holmes__heap_get_counters(holmes__heap_counters *c)
+{
+    c->sampled = atomic_load(&n_sampled);
+    c->freed = atomic_load(&n_freed);
+    c->dropped = atomic_load(&n_dropped);
+    c->invalid = atomic_load(&n_invalid);
+    c->rate = atomic_load(&sample_rate);
+}

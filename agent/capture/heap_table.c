@@ -1,0 +1,217 @@
+/*
+ * The stack depot and the buckets.
+ *
+ * A stack is stored once (deduplicated by hash and content) in a
+ * preallocated pool; a bucket holds the counters of one (stack, size class)
+ * pair. Keying buckets by size class as well, as Go keys its heap buckets by
+ * object size, keeps the objects in a bucket within 12.5% of each other's
+ * size, so unsampling a bucket by its average size stays accurate.
+ *
+ * Inserts happen under the sampler's lock; readers (the profile writer) take
+ * no lock: stacks and buckets are only ever appended and published by a
+ * release store of the count, and the counters are atomics. Frees are
+ * counted apart from allocations, so a reader that loads the free counters
+ * before the allocation counters never sees more freed than allocated.
+ *
+ * All of it lives in mappings sized for the limits below and charged only
+ * as they fill; when a limit is reached new stacks fall into bucket 0,
+ * which has no stack.
+ */
+#include <string.h>
+#include <sys/mman.h>
+
+#include "heap_int.h"
+
+#define MAX_STACKS ((uint32_t)1 << 16)
+#define MAX_POOL ((uint32_t)1 << 22) /* frames, over all stacks */
+#define MAX_BUCKETS ((uint32_t)1 << 17)
+
+typedef struct stack_ent {
+    uint64_t hash;
+    uint32_t off, depth; /* frames pool[off .. off+depth) */
+} stack_ent;
+
+typedef struct bucket {
+    uint32_t stack, size_class;
+    _Atomic uint64_t alloc_count, alloc_bytes, free_count, free_bytes;
+} bucket;
+
+static struct {
+    stack_ent *stacks;
+    uint32_t *stack_slots; /* open addressing: stack index + 1 */
+    uintptr_t *pool;
+    uint32_t pool_used;
+    _Atomic uint32_t nstacks;
+    bucket *buckets;
+    uint32_t *bucket_slots; /* open addressing: bucket index + 1 */
+    _Atomic uint32_t nbuckets;
+} T;
+
+int holmes__heap_table_init(void)
+{
+    T.stacks = holmes__heap_map(MAX_STACKS * sizeof(stack_ent));
+    T.stack_slots = holmes__heap_map(2 * MAX_STACKS * sizeof(uint32_t));
+    T.pool = holmes__heap_map(MAX_POOL * sizeof(uintptr_t));
+    T.buckets = holmes__heap_map(MAX_BUCKETS * sizeof(bucket));
+    T.bucket_slots = holmes__heap_map(2 * MAX_BUCKETS * sizeof(uint32_t));
+    if (!T.stacks || !T.stack_slots || !T.pool || !T.buckets || !T.bucket_slots)
+        return HOLMES_ENOMEM; /* the mappings stay: init is tried once per process */
+    /* Stack 0 is the empty stack and bucket 0 the catch-all, both always there. */
+    atomic_store(&T.nstacks, 1);
+    atomic_store(&T.nbuckets, 1);
+    return 0;
+}
+
+/* Sizes up to 128 are classes of their own; above, eight classes per doubling. */
+static uint32_t size_class(size_t n)
+{
+    if (n <= 128)
+        return (uint32_t)n;
+    unsigned e = 63u - (unsigned)__builtin_clzll(n);
+    return 128u + (e - 7u) * 8u + (uint32_t)((n >> (e - 3u)) & 7u);
+}
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0xff51afd7ed558ccdull;
+    return h ^ (h >> 32);
+}
+
+static uint64_t hash_stack(const uintptr_t *pcs, int depth)
+{
+    uint64_t h = mix(0x9e3779b97f4a7c15ull, (uint64_t)depth);
+    for (int i = 0; i < depth; i++)
+        h = mix(h, pcs[i]);
+    return h;
+}
+
+static bool same_stack(uint32_t i, uint64_t h, const uintptr_t *pcs, int depth)
+{
+    const stack_ent *s = &T.stacks[i];
+    return s->hash == h && s->depth == (uint32_t)depth &&
+           memcmp(&T.pool[s->off], pcs, (size_t)depth * sizeof(*pcs)) == 0;
+}
+
+static uint32_t add_stack(uint64_t h, const uintptr_t *pcs, int depth)
+{
+    uint32_t n = atomic_load_explicit(&T.nstacks, memory_order_relaxed);
+    if (n >= MAX_STACKS || (uint32_t)depth > MAX_POOL - T.pool_used)
+        return 0;
+    stack_ent *s = &T.stacks[n];
+    s->hash = h;
+    s->off = T.pool_used;
+    s->depth = (uint32_t)depth;
+    memcpy(&T.pool[s->off], pcs, (size_t)depth * sizeof(*pcs));
+    T.pool_used += (uint32_t)depth;
+    atomic_store_explicit(&T.nstacks, n + 1, memory_order_release);
+    return n;
+}
+
+static uint32_t stack_for(const uintptr_t *pcs, int depth)
+{
+    if (depth <= 0)
+        return 0;
+    uint64_t h = hash_stack(pcs, depth);
+    uint32_t mask = 2 * MAX_STACKS - 1;
+    for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+        uint32_t id = T.stack_slots[i];
+        if (!id) {
+            uint32_t s = add_stack(h, pcs, depth);
+            if (s)
+                T.stack_slots[i] = s + 1;
+            return s;
+        }
+        if (same_stack(id - 1, h, pcs, depth))
+            return id - 1;
+    }
+}
+
+static uint32_t add_bucket(uint32_t stack, uint32_t cls)
+{
+    uint32_t n = atomic_load_explicit(&T.nbuckets, memory_order_relaxed);
+    if (n >= MAX_BUCKETS)
+        return 0;
+    T.buckets[n].stack = stack;
+    T.buckets[n].size_class = cls;
+    atomic_store_explicit(&T.nbuckets, n + 1, memory_order_release);
+    return n;
+}
+
+uint32_t holmes__heap_bucket_for(const uintptr_t *pcs, int depth, size_t n)
+{
+    uint32_t stack = stack_for(pcs, depth), cls = size_class(n);
+    uint32_t mask = 2 * MAX_BUCKETS - 1;
+    for (uint32_t i = (uint32_t)mix(stack, cls) & mask;; i = (i + 1) & mask) {
+        uint32_t id = T.bucket_slots[i];
+        if (!id) {
+            uint32_t b = add_bucket(stack, cls);
+            if (b)
+                T.bucket_slots[i] = b + 1;
+            return b;
+        }
+        if (T.buckets[id - 1].stack == stack && T.buckets[id - 1].size_class == cls)
+            return id - 1;
+    }
+}
+
+/* Only the lock holder writes, so a load and a store do what an atomic add would. */
+static void bump(_Atomic uint64_t *c, uint64_t by)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + by,
+                          memory_order_release);
+}
+
+void holmes__heap_count(uint32_t b, size_t n, bool alloc)
+{
+    bucket *k = &T.buckets[b];
+    if (alloc) {
+        bump(&k->alloc_bytes, n);
+        bump(&k->alloc_count, 1);
+    } else {
+        bump(&k->free_bytes, n);
+        bump(&k->free_count, 1);
+    }
+}
+
+uint32_t holmes__heap_bucket_count(void)
+{
+    return T.buckets ? atomic_load_explicit(&T.nbuckets, memory_order_acquire) : 0;
+}
+
+void holmes__heap_bucket_read(uint32_t b, holmes__heap_counts *out)
+{
+    const bucket *k = &T.buckets[b];
+    out->free_count = atomic_load_explicit(&k->free_count, memory_order_acquire);
+    out->free_bytes = atomic_load_explicit(&k->free_bytes, memory_order_acquire);
+    out->alloc_count = atomic_load_explicit(&k->alloc_count, memory_order_acquire);
+    out->alloc_bytes = atomic_load_explicit(&k->alloc_bytes, memory_order_acquire);
+}
+
+int holmes__heap_bucket_stack(uint32_t b, const uintptr_t **pcs)
+{
+    const stack_ent *s = &T.stacks[T.buckets[b].stack];
+    *pcs = &T.pool[s->off];
+    return (int)s->depth;
+}
+
+int holmes__heap_snapshot_take(holmes__heap_snapshot *s)
+{
+    uint32_t n = holmes__heap_bucket_count();
+    size_t bytes = (n ? n : 1) * sizeof(holmes__heap_counts);
+    holmes__heap_counts *c = holmes__heap_map(bytes);
+    if (!c)
+        return HOLMES_ENOMEM;
+    for (uint32_t i = 0; i < n; i++)
+        holmes__heap_bucket_read(i, &c[i]);
+    s->counts = c;
+    s->n = n;
+    s->bytes = bytes;
+    return 0;
+}
+
+void holmes__heap_snapshot_free(holmes__heap_snapshot *s)
+{
+    if (s->counts)
+        munmap(s->counts, s->bytes);
+    memset(s, 0, sizeof(*s));
+}
