@@ -139,21 +139,25 @@ static void check_lines(const char *txt, const opened *o)
     CHECK(has(fd_line(txt, o->epfd), want));
 }
 
-/* Counts this process's descriptors whose link starts with prefix, as ls -l
- * /proc/self/fd would show them (minus the directory being listed). */
-static long count_links(const char *prefix)
+/* Counts this process's descriptors (minus the directory being listed)
+ * whose link starts with prefix and, when fmt is not 0, whose target has
+ * that file type: what ls -lL /proc/self/fd would show. */
+static long count_fds(const char *prefix, mode_t fmt)
 {
     DIR *d = opendir("/proc/self/fd");
     long n = 0;
     struct dirent *e;
     while (d && (e = readdir(d))) {
         char path[300], link[300];
+        struct stat st;
         snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
         ssize_t len = readlink(path, link, sizeof(link) - 1);
         if (len <= 0 || atoi(e->d_name) == dirfd(d))
             continue;
         link[len] = 0;
-        n += strncmp(link, prefix, strlen(prefix)) == 0;
+        if (strncmp(link, prefix, strlen(prefix)) != 0)
+            continue;
+        n += !fmt || (stat(path, &st) == 0 && (st.st_mode & S_IFMT) == fmt);
     }
     if (d)
         closedir(d);
@@ -176,12 +180,12 @@ static void test_fds(void)
     CHECK(has(txt.data, "tcp: 3 (1 listen)"));
     CHECK_EQ_INT(summary_count(txt.data, "udp"), 1);
     CHECK_EQ_INT(summary_count(txt.data, "unix"), 2);
-    CHECK_EQ_INT(summary_count(txt.data, "pipes"), count_links("pipe:"));
+    CHECK_EQ_INT(summary_count(txt.data, "pipes"), count_fds("pipe:", 0));
     CHECK_EQ_INT(summary_count(txt.data, "eventfd"), 1);
     CHECK_EQ_INT(summary_count(txt.data, "eventpoll"), 1);
-    CHECK_EQ_INT(summary_count(txt.data, "dirs"), 1);
-    CHECK_EQ_INT(summary_count(txt.data, "files"), count_links("/tmp/holmes_fds_test_"));
-    CHECK_EQ_INT(summary_count(txt.data, "devices"), count_links("/dev/"));
+    CHECK_EQ_INT(summary_count(txt.data, "dirs"), count_fds("/", S_IFDIR));
+    CHECK_EQ_INT(summary_count(txt.data, "files"), count_fds("/", S_IFREG));
+    CHECK_EQ_INT(summary_count(txt.data, "devices"), count_fds("/", S_IFCHR) + count_fds("/", S_IFBLK));
     if (check_failures)
         fprintf(stderr, "%s\n", txt.data);
     holmes__buf_free(&txt);
