@@ -88,8 +88,12 @@ typedef struct parser {
     uint32_t seen[NSLOTS];
     int seen_line[NSLOTS][MAX_SECTION_KEYS];
     int header_line[NSLOTS];
+    /* A key of this section was wrong: whole-section checks would only echo it. */
+    bool failed[NSLOTS];
     errbuf err;
 } parser;
+
+static void validate(const holmes__config *c, errbuf *e, const bool *skip);
 
 /* ---- defaults ---- */
 
@@ -347,6 +351,7 @@ static void set_pair(parser *p, const char *name, const char *value)
     }
     const holmes__key *k = holmes__key_find((holmes__section)p->sec, name);
     if (!k) {
+        p->failed[section_slot(p)] = true;
         unknown_key(p, name);
         return;
     }
@@ -356,6 +361,7 @@ static void set_pair(parser *p, const char *name, const char *value)
     void *base = p->sec == HOLMES_SEC_RULE ? (void *)&p->c->rules[p->rule] : (void *)p->c;
     if (!expand_env(value, expanded, sizeof(expanded), why, sizeof(why)) ||
         !holmes__key_store(k, base, expanded, why, sizeof(why))) {
+        p->failed[section_slot(p)] = true;
         errbuf_add(&p->err, p->origin, p->line, "[%s] %s: %s", p->sec_text, k->name, why);
         return;
     }
@@ -526,9 +532,10 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
     p->next = text ? text : "";
     ini_parse_stream(read_line, p, on_pair, p);
     flush_pending(p);
+    validate(c, &p->err, p->failed);
     int n = p->err.n;
     free(p);
-    return n + holmes__config_validate(c, errors, errors_cap);
+    return n;
 }
 
 /* ---- files ---- */
@@ -634,15 +641,22 @@ static void validate_rule(const holmes__config *c, const holmes__rule_cfg *r, er
                    r->name, holmes__metric_name(r->metric));
 }
 
+/* Checks every section but those `skip` (indexed by slot, may be NULL) marks as failed. */
+static void validate(const holmes__config *c, errbuf *e, const bool *skip)
+{
+    for (int i = 0; i < c->nrules && i < HOLMES_MAX_RULES; i++)
+        if (!skip || !skip[SLOT_RULE0 + i])
+            validate_rule(c, &c->rules[i], e);
+    if (c->pyroscope && c->pyro_url[0] == 0 && (!skip || !skip[3]))
+        errbuf_add(e, c->origin, c->pyro_line,
+                   "[reporter.pyroscope] url: required when the section is present");
+}
+
 int holmes__config_validate(const holmes__config *c, char *errors, size_t errors_cap)
 {
     errbuf e;
     errbuf_init(&e, errors, errors_cap, true);
-    for (int i = 0; i < c->nrules && i < HOLMES_MAX_RULES; i++)
-        validate_rule(c, &c->rules[i], &e);
-    if (c->pyroscope && c->pyro_url[0] == 0)
-        errbuf_add(&e, c->origin, c->pyro_line,
-                   "[reporter.pyroscope] url: required when the section is present");
+    validate(c, &e, NULL);
     return e.n;
 }
 

@@ -282,6 +282,15 @@ static void test_rule_checks(void)
     expect_error(text, "[rule.r32]: too many rules (at most 32)");
     CHECK_EQ_INT(cfg.nrules, HOLMES_MAX_RULES);
     expect_error("[rule.a/b]\n", "bad rule name");
+    /* A wrong key is reported once, not echoed by the whole-section checks. */
+    CHECK_EQ_INT(parse("[rule.disk]\nmetric = disk\n"), 1);
+    CHECK_EQ_INT(parse("[reporter.pyroscope]\nurl = pyroscope:4040\n"), 1);
+    /* holmes__config_validate appends to what the buffer holds. */
+    holmes__config_defaults(&cfg);
+    cfg.pyroscope = true;
+    snprintf(errors, sizeof(errors), "before\n");
+    CHECK_EQ_INT(holmes__config_validate(&cfg, errors, sizeof(errors)), 1);
+    CHECK_STR(errors, "before\n<api>: [reporter.pyroscope] url: required when the section is present\n");
 }
 
 static void test_pyroscope(void)
