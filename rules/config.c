@@ -76,9 +76,9 @@ typedef struct parser {
     const char *origin;
     const char *next; /* the next unread character of the text */
     int line;
-    int sec;       /* holmes__section of the current header; -1 before the first */
-    bool skip;     /* the current header was wrong and reported: ignore its keys */
-    int rule;      /* the rule the current header names */
+    int sec;   /* holmes__section of the current header; -1 before the first */
+    bool skip; /* the current header was wrong and reported: ignore its keys */
+    int rule;  /* the rule the current header names */
     char sec_text[HOLMES_NAME_MAX + 24]; /* the header as written, for messages */
     /* The key line handed to inih, which must reach the handler. */
     bool key_pending;
@@ -460,8 +460,8 @@ static bool key_line(parser *p, const char *s, size_t len, char *buf, size_t num
         vlen--;
     }
     if (sep + 4 > num || vlen >= sizeof(p->long_value)) {
-        errbuf_add(&p->err, p->origin, p->line, "line too long: %zu characters (at most %zu)",
-                   len, sizeof(p->long_value) - 1);
+        errbuf_add(&p->err, p->origin, p->line, "line too long: %zu characters (at most %zu)", len,
+                   sizeof(p->long_value) - 1);
         return false;
     }
     memcpy(p->long_value, value, vlen);
@@ -507,8 +507,7 @@ static char *read_line(char *buf, int num, void *stream)
     return NULL;
 }
 
-static void parser_init(parser *p, holmes__config *c, const char *origin, char *errors,
-                        size_t cap)
+static void parser_init(parser *p, holmes__config *c, const char *origin, char *errors, size_t cap)
 {
     memset(p, 0, offsetof(parser, err));
     p->c = c;
@@ -600,8 +599,7 @@ static int parse_file_rc(holmes__config *c, const char *path, char *errors, size
     return n;
 }
 
-int holmes__config_parse_file(holmes__config *c, const char *path, char *errors,
-                              size_t errors_cap)
+int holmes__config_parse_file(holmes__config *c, const char *path, char *errors, size_t errors_cap)
 {
     int rc;
     return parse_file_rc(c, path, errors, errors_cap, &rc);
@@ -778,8 +776,7 @@ HOLMES_EXPORT int holmes_config_load_file(holmes_config *cfg, const char *path)
     return finish_load(cfg, l, n, rc == -ENOENT ? HOLMES_ENOENT : rc ? HOLMES_EIO : HOLMES_ECONFIG);
 }
 
-HOLMES_EXPORT int holmes_config_load_string(holmes_config *cfg, const char *ini,
-                                            const char *origin)
+HOLMES_EXPORT int holmes_config_load_string(holmes_config *cfg, const char *ini, const char *origin)
 {
     if (!cfg || !ini)
         return HOLMES_EINVAL;

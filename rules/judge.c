@@ -127,8 +127,8 @@ void holmes__budget_record(holmes__budget *b, uint64_t now_ns)
 }
 
 /* Which clause holds for this value, abs first, then diff, then forecast. */
-static holmes__clause first_clause(const holmes__rule_cfg *r, const holmes__window *w,
-                                   double value, holmes__verdict *v, uint64_t now_ns)
+static holmes__clause first_clause(const holmes__rule_cfg *r, const holmes__window *w, double value,
+                                   holmes__verdict *v, uint64_t now_ns)
 {
     bool over_min = value >= r->min;
     if (r->forecast_ms > 0)
@@ -149,8 +149,8 @@ static bool in_cooldown(const holmes__rule_cfg *r, const holmes__rule_state *st,
 }
 
 holmes__verdict holmes__judge(const holmes__rule_cfg *rule, holmes__rule_state *st,
-                              const holmes__window *w, double value, uint64_t now_ns,
-                              bool judged, holmes__budget *budget, int budget_limit)
+                              const holmes__window *w, double value, uint64_t now_ns, bool judged,
+                              holmes__budget *budget, int budget_limit)
 {
     holmes__verdict v = {.clause = HOLMES_CLAUSE_NONE, .forecast_s = NAN};
     v.average = holmes__window_average(w);

@@ -41,9 +41,9 @@ typedef struct holmes__key {
     const char *name;
     holmes__ktype type;
     unsigned flags;
-    const char *def;     /* text parsed to set the default; NULL when derived (see def_doc) */
-    const char *def_doc; /* the default as the reference shows it, when not `def` */
-    double lo, hi;       /* the range in stored units (ms, bytes); hi INFINITY = unbounded */
+    const char *def;           /* text parsed to set the default; NULL when derived (see def_doc) */
+    const char *def_doc;       /* the default as the reference shows it, when not `def` */
+    double lo, hi;             /* the range in stored units (ms, bytes); hi INFINITY = unbounded */
     const char *const *values; /* enum names, in the order of the enum */
     /* Extra validation of a string value; writes why it is wrong and returns false. */
     bool (*check)(const char *value, char *why, size_t cap);

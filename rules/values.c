@@ -208,8 +208,8 @@ static int classic_signal(const char *name)
  */
 static bool reserved_signal(int sig)
 {
-    return sig == SIGKILL || sig == SIGSTOP || sig == SIGSEGV || sig == SIGBUS ||
-           sig == SIGFPE || sig == SIGILL || sig == SIGPROF;
+    return sig == SIGKILL || sig == SIGSTOP || sig == SIGSEGV || sig == SIGBUS || sig == SIGFPE ||
+           sig == SIGILL || sig == SIGPROF;
 }
 
 bool holmes__parse_signal(const char *s, int *out, char *why, size_t cap)

@@ -120,10 +120,8 @@ static void test_sizes(void)
         const char *text;
         uint64_t want;
     } ok[] = {
-        {"100", 100},        {"100B", 100},
-        {"1KB", 1000},       {"1MB", 1000000},
-        {"2GB", 2000000000}, {"512KiB", 512 * 1024},
-        {"10 MiB", 10 << 20}, {"1.5GiB", 3ull << 29},
+        {"100", 100},        {"100B", 100},          {"1KB", 1000},        {"1MB", 1000000},
+        {"2GB", 2000000000}, {"512KiB", 512 * 1024}, {"10 MiB", 10 << 20}, {"1.5GiB", 3ull << 29},
     };
     for (size_t i = 0; i < HOLMES_ARRAY_LEN(ok); i++) {
         char text[128];
@@ -157,7 +155,8 @@ static void test_durations(void)
     expect_error("[agent]\ninterval = 10\n",
                  "2: [agent] interval: a duration needs a unit: '10' (expected a number with ms, "
                  "s, m or h");
-    expect_error("[agent]\ninterval = 50ms\n", "interval: out of range: '50ms' (expected 100ms..60s)");
+    expect_error("[agent]\ninterval = 50ms\n",
+                 "interval: out of range: '50ms' (expected 100ms..60s)");
     expect_error("[agent]\ninterval = 2d\n", "not a duration: '2d'");
 }
 
@@ -261,9 +260,11 @@ static void test_syntax(void)
     CHECK(strstr(errors, "t.ini:3: [agent] window:") != NULL);
     CHECK(strstr(errors, "t.ini:4: expected 'key = value'") != NULL);
     CHECK(strstr(errors, "t.ini:5: [nope]: unknown section") != NULL);
-    expect_error("[agent]\nintervall = 1s\n", "[agent] intervall: unknown key (did you mean 'interval'?)");
+    expect_error("[agent]\nintervall = 1s\n",
+                 "[agent] intervall: unknown key (did you mean 'interval'?)");
     expect_error("[heap]\nzzzzzz = 1\n", "unknown key (expected one of sample_bytes, baseline)");
-    expect_error("[agent]\nwindow = 5\nwindow = 6\n", "3: [agent] window: set twice (first at line 2)");
+    expect_error("[agent]\nwindow = 5\nwindow = 6\n",
+                 "3: [agent] window: set twice (first at line 2)");
     expect_error("[rule.cpu]\n[rule.cpu]\n", "2: [rule.cpu]: section repeated (first at line 1)");
     expect_error("interval = 1s\n", "1: interval: key outside any section");
     expect_error("[agent\n", "1: malformed section header: '[agent'");
@@ -272,7 +273,8 @@ static void test_syntax(void)
 static void test_rule_checks(void)
 {
     expect_error("[rule.cpu]\nforecast = 1m\n", "[rule.cpu] forecast: only mem and heap");
-    expect_error("[rule.cpu]\nwake = true\n", "[rule.cpu] wake: only mem_pressure and cpu_pressure");
+    expect_error("[rule.cpu]\nwake = true\n",
+                 "[rule.cpu] wake: only mem_pressure and cpu_pressure");
     CHECK_EQ_INT(parse("[rule.cpu_pressure]\nwake = yes\n"), 0);
     CHECK(cfg.rules[0].wake);
     char text[4096] = "";
@@ -290,14 +292,16 @@ static void test_rule_checks(void)
     cfg.pyroscope = true;
     snprintf(errors, sizeof(errors), "before\n");
     CHECK_EQ_INT(holmes__config_validate(&cfg, errors, sizeof(errors)), 1);
-    CHECK_STR(errors, "before\n<api>: [reporter.pyroscope] url: required when the section is present\n");
+    CHECK_STR(errors,
+              "before\n<api>: [reporter.pyroscope] url: required when the section is present\n");
 }
 
 static void test_pyroscope(void)
 {
     expect_error("\n[reporter.pyroscope]\ntags = a=b\n",
                  "t.ini:2: [reporter.pyroscope] url: required when the section is present");
-    expect_error("[reporter.pyroscope]\nurl = ftp://x\n", "not an http:// or https:// URL: 'ftp://x'");
+    expect_error("[reporter.pyroscope]\nurl = ftp://x\n",
+                 "not an http:// or https:// URL: 'ftp://x'");
     expect_error("[reporter.pyroscope]\nurl = http://x\ntags = novalue\n", "not a tag list");
     expect_error("[reporter.pyroscope]\nurl = http://x\nbasic_auth = user\n", "user:password");
     CHECK_EQ_INT(parse("[reporter.file]\ndir = /var/d\n[reporter.pyroscope]\nurl = https://p\n"
