@@ -76,12 +76,12 @@ def _parse_rfc3339(text):
     return calendar.timegm(_t.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + frac)
 
 
-def test_steady_load_no_event():
+def test_no_event(label, ini_text, load, seconds):
+    """A service that never spikes must not fire, idle or steadily busy."""
     w = Workdir()
-    ini = w.write_ini(CPU_INI)
-    # 30 s of a steady 30 % load, then no spike at all.
-    run([example("cpu_spike"), ini, "30", "0", "0.3"], cwd=w.path, timeout=90)
-    check(w.events() == [], "steady load: no event expected, got %s" % [p for p, _ in w.events()])
+    ini = w.write_ini(ini_text)
+    run([example("cpu_spike"), ini, str(seconds), "0", str(load)], cwd=w.path, timeout=120)
+    check(w.events() == [], "%s: no event expected, got %s" % (label, [p for p, _ in w.events()]))
     w.cleanup()
 
 
@@ -112,5 +112,9 @@ if __name__ == "__main__":
     test_rule_fires("leak", head("mem_limit = 1GiB\n") + "[rule.mem]\nmin = 5\ndiff = 25\nabs = 20\n"
                     "capture = none\n[heap]\nsample_bytes = 0\n",
                     ["2", "300", "200", "1"], "mem", "mem")
-    test_steady_load_no_event()
+    # SPEC's acceptance: 30 s idle with diff = 25 fires nothing.
+    test_no_event("idle", CPU_INI, 0.02, 30)
+    # Every core busy the whole time is steady, not a storm: diff alone must
+    # not fire on it (abs is off here; 100 % would rightly cross abs = 70).
+    test_no_event("steady full load", CPU_INI.replace("abs = 70", "abs = off"), 1.0, 12)
     finish()
