@@ -71,6 +71,14 @@ static void restore_dump_signal(void)
     dump_signal_installed = 0;
 }
 
+void holmes__agent_set_dump_signal(int sig)
+{
+    if (sig == dump_signal_installed)
+        return;
+    restore_dump_signal();
+    install_dump_signal(sig);
+}
+
 /* ---- reporters ---- */
 
 static int add_reporters(holmes__agent *a)
@@ -198,6 +206,14 @@ static int start_locked(const holmes__config *cfg, const char *path)
 {
     if (agent)
         return HOLMES_EALREADY;
+    /* A configuration built key by key in code is checked as a whole here,
+     * as loading a file checks it. */
+    char errors[4096] = "";
+    if (holmes__config_validate(cfg, errors, sizeof(errors)) > 0) {
+        holmes__set_last_error(errors);
+        holmes__log(HOLMES_LOG_ERROR, "holmes not started: %s", errors);
+        return HOLMES_ECONFIG;
+    }
     holmes__agent *a = calloc(1, sizeof(*a));
     if (!a)
         return HOLMES_ENOMEM;

@@ -21,6 +21,15 @@
 /* Everything the event file says about one firing; rewritten when its captures end. */
 typedef struct holmes__event_info {
     bool manual;
+    /* Copied at firing: the capture thread writes the final event while a
+     * reload may change the live configuration. */
+    char app[HOLMES_NAME_MAX];
+    uint64_t interval_ms;
+    int window;
+    holmes__mem_source mem_source;
+    bool baseline;
+    holmes__limits limits;
+    holmes__sample process; /* the last tick's raw readings */
     holmes__rule_cfg rule; /* a copy: a reload may change the live one */
     holmes__clause clause;
     double value, average;
@@ -43,6 +52,10 @@ typedef struct holmes__job {
 typedef struct holmes__agent {
     holmes__config cfg;
     char config_path[HOLMES_PATH_MAX]; /* "" when started from a string */
+    struct {
+        uint64_t next_check_ns;
+        long long mtime_ns, size, ino; /* the file as last read */
+    } reload;
     int pid;
 
     holmes__sampler *sampler;
@@ -71,6 +84,14 @@ typedef struct holmes__agent {
     bool capturer_stop;
 } holmes__agent;
 
+/* agent.c: moves the dump signal's handler (0 = none). Watchdog thread only. */
+void holmes__agent_set_dump_signal(int sig);
+
+/* reload.c: called by the watchdog every tick; re-reads the INI file when it
+ * changed and applies it, or keeps the running configuration and logs the
+ * file:line errors of an invalid edit. */
+void holmes__reload_poll(holmes__agent *a);
+
 /* watchdog.c */
 void *holmes__watchdog_main(void *agent);
 void holmes__agent_wake(holmes__agent *a);
@@ -86,8 +107,8 @@ int holmes__dispatch_submit(holmes__agent *a, const holmes__job *job);
 
 /* event.c */
 /* Writes the event JSON (SPEC.md) into d->event_json, replacing it. */
-void holmes__event_write(const holmes__agent *a, holmes__dump *d, const holmes__event_info *info);
+void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *info);
 /* The file suffixes a set of captures produces, in order; returns their count. */
-int holmes__event_suffixes(const holmes__agent *a, uint32_t captures, const char **out, int cap);
+int holmes__event_suffixes(bool baseline, uint32_t captures, const char **out, int cap);
 
 #endif

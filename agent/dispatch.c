@@ -216,7 +216,7 @@ static void deliver(holmes__agent *a, holmes__job *job)
     job->dump->until_wall_ns = holmes__wall_ns();
     if (job->dump->from_wall_ns == 0)
         job->dump->from_wall_ns = job->dump->until_wall_ns;
-    holmes__event_write(a, job->dump, &job->info);
+    holmes__event_write(a->pid, job->dump, &job->info);
     job->dump->final = true;
     holmes__delivery_submit(a->delivery, job->dump);
     job->dump = NULL;

@@ -21,13 +21,13 @@ static const struct {
     {HOLMES_CAPTURE_WALL, "wall.pb.gz"},
 };
 
-int holmes__event_suffixes(const holmes__agent *a, uint32_t captures, const char **out, int cap)
+int holmes__event_suffixes(bool baseline, uint32_t captures, const char **out, int cap)
 {
     int n = 0;
     for (size_t i = 0; i < HOLMES_ARRAY_LEN(capture_files) && n < cap; i++) {
         if (!(captures & (1u << capture_files[i].kind)))
             continue;
-        if (strcmp(capture_files[i].suffix, "heap-base.pb.gz") == 0 && !a->cfg.baseline)
+        if (strcmp(capture_files[i].suffix, "heap-base.pb.gz") == 0 && !baseline)
             continue;
         out[n++] = capture_files[i].suffix;
     }
@@ -46,30 +46,30 @@ static void write_rule(holmes__json *j, const holmes__event_info *info)
     holmes__json_string(j, "capture", holmes__capture_name(r->capture));
 }
 
-static void write_samples(holmes__json *j, const holmes__agent *a, const holmes__event_info *info)
+static void write_samples(holmes__json *j, const holmes__event_info *info)
 {
     holmes__json_begin_array(j, "samples");
     for (int i = 0; i < info->nsamples; i++)
         holmes__json_double(j, NULL, info->samples[i]);
     holmes__json_end_array(j);
-    holmes__json_double(j, "interval", (double)a->cfg.interval_ms / 1000.0);
-    holmes__json_int(j, "window", a->cfg.window);
+    holmes__json_double(j, "interval", (double)info->interval_ms / 1000.0);
+    holmes__json_int(j, "window", info->window);
 }
 
-static void write_limits(holmes__json *j, const holmes__agent *a)
+static void write_limits(holmes__json *j, const holmes__event_info *info)
 {
-    const holmes__limits *lim = holmes__sampler_limits(a->sampler);
+    const holmes__limits *lim = &info->limits;
     holmes__json_double(j, "cpu_cores", lim->cpu_cores);
     holmes__json_string(j, "cpu_cores_source", lim->cpu_source);
     holmes__json_uint(j, "mem_limit", lim->mem_limit);
     holmes__json_string(j, "mem_limit_source", lim->mem_source);
-    holmes__json_string(j, "mem_source", a->cfg.mem_source == HOLMES_MEM_CGROUP ? "cgroup" : "rss");
+    holmes__json_string(j, "mem_source", info->mem_source == HOLMES_MEM_CGROUP ? "cgroup" : "rss");
 }
 
 /* The raw readings of the last tick, so a reader sees absolute numbers too. */
-static void write_process(holmes__json *j, const holmes__agent *a)
+static void write_process(holmes__json *j, const holmes__event_info *info)
 {
-    const holmes__sample *s = &a->last;
+    const holmes__sample *s = &info->process;
     holmes__json_begin_object(j, "process");
     holmes__json_uint(j, "rss_bytes", s->rss_bytes);
     holmes__json_uint(j, "cgroup_mem_bytes", s->cgroup_mem_bytes);
@@ -80,8 +80,7 @@ static void write_process(holmes__json *j, const holmes__agent *a)
     holmes__json_end_object(j);
 }
 
-static void write_files(holmes__json *j, const holmes__agent *a, const holmes__dump *d,
-                        const holmes__event_info *info)
+static void write_files(holmes__json *j, const holmes__dump *d, const holmes__event_info *info)
 {
     char name[512];
     holmes__json_begin_array(j, "files");
@@ -92,7 +91,7 @@ static void write_files(holmes__json *j, const holmes__agent *a, const holmes__d
         }
     } else {
         const char *suffixes[16];
-        int n = holmes__event_suffixes(a, info->captures, suffixes, 16);
+        int n = holmes__event_suffixes(info->baseline, info->captures, suffixes, 16);
         for (int i = 0; i < n; i++) {
             snprintf(name, sizeof(name), "%s.%s", d->stem, suffixes[i]);
             holmes__json_string(j, NULL, name);
@@ -127,15 +126,15 @@ static void write_captures(holmes__json *j, const holmes__event_info *info)
     holmes__json_end_array(j);
 }
 
-void holmes__event_write(const holmes__agent *a, holmes__dump *d, const holmes__event_info *info)
+void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *info)
 {
     char when[40];
     holmes__format_rfc3339(info->wall_ns, when);
     holmes__buf_free(&d->event_json);
     holmes__json j = {.b = &d->event_json};
     holmes__json_begin_object(&j, NULL);
-    holmes__json_string(&j, "app", a->cfg.name);
-    holmes__json_int(&j, "pid", a->pid);
+    holmes__json_string(&j, "app", info->app);
+    holmes__json_int(&j, "pid", pid);
     holmes__json_string(&j, "rule", d->rule);
     holmes__json_string(&j, "metric", d->metric);
     holmes__json_string(&j, "clause", d->clause);
@@ -144,15 +143,15 @@ void holmes__event_write(const holmes__agent *a, holmes__dump *d, const holmes__
     holmes__json_double(&j, "average", info->average);
     if (!info->manual)
         write_rule(&j, info);
-    write_samples(&j, a, info);
-    write_limits(&j, a);
-    write_process(&j, a);
+    write_samples(&j, info);
+    write_limits(&j, info);
+    write_process(&j, info);
     write_captures(&j, info);
     holmes__json_string(&j, "status", info->status);
     if (info->notes[0])
         holmes__json_string(&j, "notes", info->notes);
     write_stats(&j, info);
-    write_files(&j, a, d, info);
+    write_files(&j, d, info);
     holmes__json_string(&j, "stem", d->stem);
     holmes__json_end_object(&j);
 }

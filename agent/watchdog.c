@@ -96,6 +96,13 @@ void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__
     memset(&job, 0, sizeof(job));
     holmes__event_info *info = &job.info;
     info->manual = rule == NULL;
+    snprintf(info->app, sizeof(info->app), "%s", a->cfg.name);
+    info->interval_ms = a->cfg.interval_ms;
+    info->window = a->cfg.window;
+    info->mem_source = a->cfg.mem_source;
+    info->baseline = a->cfg.baseline;
+    info->limits = *holmes__sampler_limits(a->sampler);
+    info->process = a->last;
     if (rule) {
         info->rule = *rule;
         snapshot_window(&a->windows[rule->metric], info);
@@ -117,7 +124,7 @@ void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__
                 info->manual ? "manual" : rule->name, holmes__clause_name(clause),
                 info->manual ? "manual" : holmes__metric_name(rule->metric), value, average,
                 job.dump->stem);
-    holmes__event_write(a, job.dump, info);
+    holmes__event_write(a->pid, job.dump, info);
     if (!info->captures) {
         job.dump->final = true;
         holmes__delivery_submit(a->delivery, job.dump);
@@ -222,6 +229,8 @@ void *holmes__watchdog_main(void *arg)
         if (now < next)
             continue; /* woken early: only a dump request or a stop */
         tick(a);
+        holmes__reload_poll(a);
+        interval = a->cfg.interval_ms * 1000000ull;
         /* Ticks stay on a fixed grid; after a long stall (a suspended
          * process) the grid restarts instead of bursting missed ticks. */
         next += interval;
