@@ -12,7 +12,6 @@
  */
 #include "signal_walk.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
