@@ -194,6 +194,12 @@ static bool read_task_stat(pid_t tid, char name[16], char *state)
     return true;
 }
 
+/* The agent names every thread it starts "holmes..." (holmes__thread_create). */
+static bool is_agent_name(const char *name)
+{
+    return strncmp(name, "holmes", 6) == 0;
+}
+
 static uint32_t tid_hash(pid_t tid)
 {
     return (uint32_t)tid * 2654435761u;
@@ -215,7 +221,7 @@ static holmes__walk_slot *slot_for(holmes__walk *w, pid_t tid)
         snprintf(s->name, sizeof(s->name), "?");
         s->run_state = '?';
     }
-    s->agent = strncmp(s->name, "holmes", 6) == 0;
+    s->agent = is_agent_name(s->name);
     w->index[i] = ++w->n;
     return s;
 }
@@ -389,6 +395,8 @@ void holmes__walk_refresh(holmes__walk *w)
         holmes__walk_slot *s = &w->slots[i];
         if (!read_task_stat(s->tid, s->name, &s->run_state))
             s->run_state = 'X'; /* gone */
+        /* An agent thread may have been seen before it was named. */
+        s->agent = s->agent || is_agent_name(s->name);
     }
 }
 
