@@ -42,25 +42,50 @@
 #define REAL_MEMALIGN __libc_memalign
 #define REAL_VALLOC __libc_valloc
 #define REAL_PVALLOC __libc_pvalloc
-/* glibc exports these for exactly this use: allocators layered on its own. */
-extern void *__libc_malloc(size_t n);
-extern void __libc_free(void *p);
-extern void *__libc_calloc(size_t k, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void *__libc_memalign(size_t align, size_t n);
-extern void *__libc_valloc(size_t n);
-extern void *__libc_pvalloc(size_t n);
+/*
+ * glibc exports these for exactly this use: allocators layered on its own.
+ * noplt: the tail call jumps through the GOT directly, one jump instead of two.
+ */
+#define LIBC_ENTRY __attribute__((noplt))
+extern void *__libc_malloc(size_t n) LIBC_ENTRY;
+extern void __libc_free(void *p) LIBC_ENTRY;
+extern void *__libc_calloc(size_t k, size_t size) LIBC_ENTRY;
+extern void *__libc_realloc(void *p, size_t n) LIBC_ENTRY;
+extern void *__libc_memalign(size_t align, size_t n) LIBC_ENTRY;
+extern void *__libc_valloc(size_t n) LIBC_ENTRY;
+extern void *__libc_pvalloc(size_t n) LIBC_ENTRY;
 /* Gone from glibc's headers since 2.26, still exported for old binaries. */
 void cfree(void *p);
 #endif
 
-/* The fast path: true while the thread's countdown stays above zero. */
+/*
+ * The fast path: true while the thread's countdown stays above zero. On
+ * x86-64 it is one subtraction from the TLS slot and a branch on its flags
+ * (jle after sub tests countdown <= n, i.e. nothing left); compilers load,
+ * subtract, store and test instead.
+ */
+#if defined(__x86_64__) && !defined(HOLMES_NO_INTERPOSE)
+static inline __attribute__((always_inline)) bool unsampled(size_t n)
+{
+    __asm__ goto("movq holmes__heap_countdown@gottpoff(%%rip), %%rax\n\t"
+                 "subq %0, %%fs:(%%rax)\n\t"
+                 "jle %l[out]"
+                 :
+                 : "r"(n)
+                 : "rax", "cc"
+                 : out);
+    return true;
+out:
+    return false;
+}
+#else
 static inline __attribute__((always_inline)) bool unsampled(size_t n)
 {
     int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
     holmes__heap_countdown = left;
     return __builtin_expect(left > 0, 1);
 }
+#endif
 
 static inline __attribute__((always_inline)) bool foreign(const void *p)
 {

@@ -74,11 +74,14 @@ void holmes__heap_unlock(void);
 extern uintptr_t holmes__heap_region_lo HOLMES_INTERNAL;
 extern size_t holmes__heap_region_len HOLMES_INTERNAL;
 
-/* True for an address inside the region: one subtraction, one comparison. */
+/*
+ * True for an address inside the region: one subtraction, one comparison,
+ * both on memory operands. Plain loads on purpose: the two words are set
+ * once, before any object in the region exists.
+ */
 static inline bool holmes__heap_in_region(const void *p)
 {
-    return (uintptr_t)p - __atomic_load_n(&holmes__heap_region_lo, __ATOMIC_RELAXED) <
-           __atomic_load_n(&holmes__heap_region_len, __ATOMIC_RELAXED);
+    return (uintptr_t)p - holmes__heap_region_lo < holmes__heap_region_len;
 }
 
 typedef struct holmes__heap_rec {
