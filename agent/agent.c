@@ -221,6 +221,9 @@ static int start_locked(const holmes__config *cfg, const char *path)
     holmes__config_finish(&a->cfg);
     snprintf(a->config_path, sizeof(a->config_path), "%s", path ? path : "");
     a->pid = (int)getpid();
+    a->psi_woken = -1;
+    for (int i = 0; i < HOLMES_MAX_RULES; i++)
+        a->psi_fd[i] = -1;
     if (holmes__log_configure(a->cfg.log, a->cfg.log_level) != 0)
         holmes__log(HOLMES_LOG_WARN, "cannot open log %s; logging to stderr", a->cfg.log);
     int rc = build_agent(a);

@@ -71,6 +71,11 @@ typedef struct holmes__agent {
     /* The watchdog waits in poll() on this pipe: holmes_stop(), the dump
      * signal and holmes_dump_now() write a byte to wake it at once. */
     int wake_pipe[2];
+    /* Kernel PSI triggers of rules with wake = true (-1 = none): the
+     * watchdog polls them with the pipe and ticks at once when one fires. */
+    int psi_fd[HOLMES_MAX_RULES];
+    double psi_threshold[HOLMES_MAX_RULES]; /* percent the trigger stands for */
+    int psi_woken; /* the rule whose trigger woke this tick, or -1 */
     pthread_t watchdog;
     atomic_bool stopping;
     atomic_int dump_requests;
@@ -90,9 +95,11 @@ void holmes__agent_set_dump_signal(int sig);
 /* reload.c: called by the watchdog every tick; re-reads the INI file when it
  * changed and applies it, or keeps the running configuration and logs the
  * file:line errors of an invalid edit. */
-void holmes__reload_poll(holmes__agent *a);
+bool holmes__reload_poll(holmes__agent *a); /* true when a new configuration was applied */
 
 /* watchdog.c */
+void holmes__psi_triggers_open(holmes__agent *a); /* (re)registers triggers of wake rules */
+void holmes__psi_triggers_close(holmes__agent *a);
 void *holmes__watchdog_main(void *agent);
 void holmes__agent_wake(holmes__agent *a);
 /* Fires a rule (or a manual dump when rule is NULL) with the given verdict. */

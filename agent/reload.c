@@ -109,14 +109,15 @@ static void apply(holmes__agent *a, holmes__config *next)
                 a->cfg.window);
 }
 
-static void reload(holmes__agent *a)
+static bool reload(holmes__agent *a)
 {
+    bool applied = false;
     holmes__config *next = malloc(sizeof(*next));
     char *errors = malloc(8192);
     if (!next || !errors) {
         free(next);
         free(errors);
-        return;
+        return false;
     }
     errors[0] = 0;
     holmes__config_defaults(next);
@@ -126,18 +127,19 @@ static void reload(holmes__agent *a)
     } else {
         holmes__config_finish(next);
         apply(a, next);
+        applied = true;
     }
     free(next);
     free(errors);
+    return applied;
 }
 
-void holmes__reload_poll(holmes__agent *a)
+bool holmes__reload_poll(holmes__agent *a)
 {
     uint64_t now = holmes__now_ns();
     if (!a->config_path[0] || now < a->reload.next_check_ns)
-        return;
+        return false;
     bool first = a->reload.next_check_ns == 0;
     a->reload.next_check_ns = now + RELOAD_CHECK_NS;
-    if (file_changed(a) && !first)
-        reload(a);
+    return file_changed(a) && !first && reload(a);
 }

@@ -7,6 +7,7 @@
 #include "agent.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -28,17 +29,93 @@ static void drain_wake_pipe(holmes__agent *a)
     }
 }
 
-/* Sleeps until `deadline_ns` or a wake-up; returns early on either. */
-static void wait_until(holmes__agent *a, uint64_t deadline_ns)
+/* ---- kernel PSI triggers (wake = true) ---- */
+
+/* The trigger window: unprivileged processes may only use multiples of 2 s. */
+#define PSI_WINDOW_US 2000000u
+
+/*
+ * A trigger fires when the stall time within the window reaches a share of
+ * it. That share is the rule's own threshold (abs, else min), so the wake
+ * means what the rule asks; the judge still decides.
+ */
+static double trigger_percent(const holmes__rule_cfg *rule)
+{
+    double pct = isfinite(rule->abs) ? rule->abs : rule->min;
+    return pct < 1 ? 1 : pct > 100 ? 100 : pct;
+}
+
+static int open_trigger(holmes__agent *a, const holmes__rule_cfg *rule, double pct)
+{
+    const char *kind = rule->metric == HOLMES_METRIC_MEM_PRESSURE ? "memory" : "cpu";
+    char path[HOLMES_PATH_MAX], spec[64];
+    if (holmes__psi_path("", holmes__sampler_cgroup(a->sampler), kind, path, sizeof(path)) != 0)
+        return -1;
+    int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    unsigned stall = (unsigned)(pct / 100.0 * PSI_WINDOW_US);
+    int n = snprintf(spec, sizeof(spec), "some %u %u", stall, PSI_WINDOW_US);
+    if (write(fd, spec, (size_t)n + 1) < 0) {
+        close(fd);
+        return -1;
+    }
+    holmes__log(HOLMES_LOG_DEBUG, "rule %s: PSI trigger '%s' on %s", rule->name, spec, path);
+    return fd;
+}
+
+void holmes__psi_triggers_close(holmes__agent *a)
+{
+    for (int i = 0; i < HOLMES_MAX_RULES; i++) {
+        if (a->psi_fd[i] >= 0)
+            close(a->psi_fd[i]);
+        a->psi_fd[i] = -1;
+    }
+}
+
+void holmes__psi_triggers_open(holmes__agent *a)
+{
+    holmes__psi_triggers_close(a);
+    for (int i = 0; i < a->cfg.nrules; i++) {
+        const holmes__rule_cfg *rule = &a->cfg.rules[i];
+        if (!rule->wake)
+            continue;
+        a->psi_threshold[i] = trigger_percent(rule);
+        a->psi_fd[i] = open_trigger(a, rule, a->psi_threshold[i]);
+        if (a->psi_fd[i] < 0)
+            holmes__log(HOLMES_LOG_WARN, "rule %s: no kernel PSI trigger here (%s); it is judged "
+                                         "at every tick instead",
+                        rule->name, strerror(errno));
+    }
+}
+
+/*
+ * Sleeps until `deadline_ns` or a wake-up; returns early on either. Returns
+ * the index of a rule whose PSI trigger fired, or -1.
+ */
+static int wait_until(holmes__agent *a, uint64_t deadline_ns)
 {
     uint64_t now = holmes__now_ns();
     if (now >= deadline_ns)
-        return;
+        return -1;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
-    struct pollfd pfd = {.fd = a->wake_pipe[0], .events = POLLIN};
-    int rc = poll(&pfd, 1, ms > 60000 ? 60000 : (int)ms);
-    if (rc > 0)
+    struct pollfd pfd[1 + HOLMES_MAX_RULES];
+    int owner[1 + HOLMES_MAX_RULES], n = 1;
+    pfd[0] = (struct pollfd){.fd = a->wake_pipe[0], .events = POLLIN};
+    for (int i = 0; i < a->cfg.nrules; i++) {
+        if (a->psi_fd[i] < 0)
+            continue;
+        owner[n] = i;
+        pfd[n++] = (struct pollfd){.fd = a->psi_fd[i], .events = POLLPRI};
+    }
+    if (poll(pfd, (nfds_t)n, ms > 60000 ? 60000 : (int)ms) <= 0)
+        return -1;
+    if (pfd[0].revents)
         drain_wake_pipe(a);
+    for (int k = 1; k < n; k++)
+        if (pfd[k].revents & (POLLPRI | POLLERR))
+            return owner[k];
+    return -1;
 }
 
 static void snapshot_window(const holmes__window *w, holmes__event_info *info)
@@ -143,6 +220,13 @@ void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__
 /* Judges every rule of one metric against its window, then records the value. */
 static void judge_metric(holmes__agent *a, holmes__metric m, double value, uint64_t now)
 {
+    if (a->psi_woken >= 0 && a->cfg.rules[a->psi_woken].metric == m) {
+        /* avg10 lags a stall that just began; the kernel has asserted the
+         * stall reached the trigger's share within its 2 s window. */
+        double asserted = a->psi_threshold[a->psi_woken];
+        if (value < asserted)
+            value = asserted;
+    }
     int warmup = a->cfg.warmup < 0 ? a->cfg.window : a->cfg.warmup;
     bool judged = a->metric_samples[m] >= (uint64_t)warmup;
     holmes__window *w = &a->windows[m];
@@ -220,16 +304,24 @@ void *holmes__watchdog_main(void *arg)
     holmes__agent *a = arg;
     uint64_t interval = a->cfg.interval_ms * 1000000ull;
     uint64_t next = holmes__now_ns();
+    holmes__psi_triggers_open(a);
     while (!atomic_load(&a->stopping)) {
-        wait_until(a, next);
+        a->psi_woken = wait_until(a, next);
         if (atomic_load(&a->stopping))
             break;
         handle_dump_requests(a);
         uint64_t now = holmes__now_ns();
-        if (now < next)
+        if (now < next && a->psi_woken < 0)
             continue; /* woken early: only a dump request or a stop */
+        if (a->psi_woken >= 0) {
+            holmes__log(HOLMES_LOG_DEBUG, "rule %s: woken by its PSI trigger",
+                        a->cfg.rules[a->psi_woken].name);
+            next = now; /* this tick replaces the one due: the grid restarts here */
+        }
         tick(a);
-        holmes__reload_poll(a);
+        a->psi_woken = -1;
+        if (holmes__reload_poll(a))
+            holmes__psi_triggers_open(a);
         interval = a->cfg.interval_ms * 1000000ull;
         /* Ticks stay on a fixed grid; after a long stall (a suspended
          * process) the grid restarts instead of bursting missed ticks. */
@@ -237,5 +329,6 @@ void *holmes__watchdog_main(void *arg)
         if (holmes__now_ns() > next + interval)
             next = holmes__now_ns() + interval;
     }
+    holmes__psi_triggers_close(a);
     return NULL;
 }
