@@ -13,6 +13,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +339,34 @@ static void timers_delete(holmes__cpu_capture *c)
             timer_delete(c->threads[i].timer);
 }
 
+/* ---- fork ---- */
+
+/*
+ * A child forked during a capture has none of the parent's timers (POSIX
+ * timers are not inherited) and the agent is off in it; it would keep our
+ * handler and a capture marked as running, so no capture could ever start
+ * there. The child gets SIGPROF back as it was and the capture's memory is
+ * abandoned, as the agent abandons the rest of its state in a child.
+ */
+static struct sigaction cpu_previous; /* copy of the running capture's, for the child */
+
+static void cpu_atfork_child(void)
+{
+    if (!__atomic_load_n(&cpu_active, __ATOMIC_RELAXED))
+        return;
+    struct sigaction now;
+    if (sigaction(SIGPROF, NULL, &now) == 0 && sigprof_is_ours(&now))
+        sigaction(SIGPROF, &cpu_previous, NULL);
+    cpu_active = NULL;
+    cpu_inflight = 0;
+    cpu_running = 0;
+}
+
+static void cpu_atfork_register(void)
+{
+    pthread_atfork(NULL, NULL, cpu_atfork_child);
+}
+
 /* ---- the capture ---- */
 
 int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
@@ -361,6 +390,9 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
         __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
         return rc;
     }
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&atfork_once, cpu_atfork_register);
+    cpu_previous = c->previous;
     c->hz = hz;
     c->period_ns = 1000000000 / hz;
     c->start_wall_ns = holmes__wall_ns();

@@ -13,11 +13,10 @@
 #include "test_cpu_pprof.h"
 
 #define HZ 250
-#define CAPTURE_MS 2500
+#define CAPTURE_A_NS (1500 * 1000000ll) /* CPU burned in burn_a */
 
 static volatile int go, quit;
 static volatile unsigned long sink;
-static clockid_t clock_a;
 
 /* Burns about `n` iterations of arithmetic the compiler cannot drop. */
 __attribute__((noinline, noclone)) static void burn_a(long n)
@@ -44,11 +43,34 @@ __attribute__((noinline, noclone)) static void burn_c(long n)
     sink = x;
 }
 
-static long long clock_ns(clockid_t clk)
+/*
+ * CPU time each burner has spent inside its burn function. Each burns only
+ * while it is behind its share (A three parts, B one), so the ratio of CPU
+ * in burn_a to burn_b is 3:1 to within a few milliseconds however the
+ * machine schedules them; clock reads and sleeps stay outside that account.
+ */
+static long long burned_a, burned_b;
+#define SLACK_NS (5 * 1000000ll)
+
+static long long burned(long long *which)
 {
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+    return __atomic_load_n(which, __ATOMIC_RELAXED);
+}
+
+static void burn_share(void (*burn)(long), long long *mine, int my_parts, long long *other,
+                       int other_parts)
+{
+    while (!go)
+        cpu_test_sleep_ms(1);
+    while (!quit) {
+        if (burned(mine) * other_parts > burned(other) * my_parts + SLACK_NS) {
+            cpu_test_sleep_ms(1);
+            continue;
+        }
+        long long t0 = cpu_test_thread_ns();
+        burn(300000);
+        __atomic_store_n(mine, burned(mine) + cpu_test_thread_ns() - t0, __ATOMIC_RELAXED);
+    }
 }
 
 static volatile pid_t tid_a, tid_b, tid_c;
@@ -58,36 +80,16 @@ static void *thread_a(void *arg)
     (void)arg;
     tid_a = (pid_t)syscall(SYS_gettid);
     pthread_setname_np(pthread_self(), "burn-a");
-    while (!go)
-        cpu_test_sleep_ms(1);
-    while (!quit)
-        burn_a(200000);
+    burn_share(burn_a, &burned_a, 3, &burned_b, 1);
     return NULL;
 }
 
-/*
- * Spends in burn_b a third of the CPU thread A spends, measured on A's own
- * CPU clock: the 3:1 ratio then holds however loaded the machine is. Only
- * the time inside burn_b counts, so B's clock reads and sleeps do not eat
- * into burn_b's share.
- */
 static void *thread_b(void *arg)
 {
     (void)arg;
     tid_b = (pid_t)syscall(SYS_gettid);
     pthread_setname_np(pthread_self(), "burn-b");
-    while (!go)
-        cpu_test_sleep_ms(1);
-    long long base_a = clock_ns(clock_a), burned = 0;
-    while (!quit) {
-        if (burned * 3 < clock_ns(clock_a) - base_a) {
-            long long t0 = cpu_test_thread_ns();
-            burn_b(1000000);
-            burned += cpu_test_thread_ns() - t0;
-        } else {
-            cpu_test_sleep_ms(1);
-        }
-    }
+    burn_share(burn_b, &burned_b, 1, &burned_a, 3);
     return NULL;
 }
 
@@ -122,7 +124,6 @@ static void test_ratio_and_total(void)
     pthread_t a, b;
     go = quit = 0;
     pthread_create(&a, NULL, thread_a, NULL);
-    pthread_getcpuclockid(a, &clock_a);
     pthread_create(&b, NULL, thread_b, NULL);
     struct per_thread pt = {.tid = {wait_tid(&tid_a), wait_tid(&tid_b)}};
 
@@ -132,7 +133,8 @@ static void test_ratio_and_total(void)
         return;
     long long cpu0 = cpu_test_process_ns();
     go = 1;
-    for (int ms = 0; ms < CAPTURE_MS; ms += 100) {
+    /* Runs until A has burned its CPU, however long a loaded machine takes. */
+    while (burned(&burned_a) < CAPTURE_A_NS) {
         cpu_test_sleep_ms(100);
         holmes__cpu_capture_poll(c);
     }

@@ -181,10 +181,52 @@ static void test_late_signal(void)
     holmes__buf_free(&out);
 }
 
+/* A child forked during a capture gets SIGPROF back and can capture itself. */
+static int child_after_fork(void)
+{
+    struct sigaction now;
+    sigaction(SIGPROF, NULL, &now);
+    if (now.sa_handler != SIG_DFL || (now.sa_flags & SA_SIGINFO))
+        return 10;
+    holmes__cpu_capture *c;
+    if (holmes__cpu_capture_start(200, &c) != 0)
+        return 11;
+    burn_ms(100);
+    holmes__buf out = {0};
+    holmes__capture_stats st;
+    if (holmes__cpu_capture_stop(c, &out, &st) != 0 || st.samples < 10)
+        return 12;
+    return 0;
+}
+
+static void test_fork(void)
+{
+    signal(SIGPROF, SIG_DFL);
+    holmes__cpu_capture *c;
+    CHECK_EQ_INT(holmes__cpu_capture_start(200, &c), 0);
+    if (!c)
+        return;
+    burn_ms(20);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(child_after_fork());
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    burn_ms(50);
+    holmes__buf out = {0};
+    holmes__capture_stats st;
+    CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);
+    CHECK(st.samples >= 10);
+    holmes__buf_free(&out);
+}
+
 int main(void)
 {
     test_host_owns_sigprof();
     test_restores();
     test_late_signal();
+    test_fork();
     CHECK_DONE();
 }
