@@ -15,6 +15,7 @@ static const struct command {
 } commands[] = {
     {"check", holmes_cmd_check, "check FILE...            validate INI files (file:line errors)"},
     {"dump", holmes_cmd_dump, "dump PID [-s SIGNAL]     ask a running agent for a dump now"},
+    {"run", holmes_cmd_run, "run -c FILE [--inherit] -- CMD [ARGS...]  run CMD with the agent"},
     {"report", holmes_cmd_report, "report FILE [--base FILE] [--top N]  a profile's top functions"},
 };
 

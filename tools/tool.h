@@ -4,6 +4,7 @@
 
 int holmes_cmd_check(int argc, char **argv);
 int holmes_cmd_dump(int argc, char **argv);
+int holmes_cmd_run(int argc, char **argv);
 int holmes_cmd_report(int argc, char **argv);
 
 #endif

@@ -1,0 +1,218 @@
+/*
+ * Preload mode, zero code change:
+ *   LD_PRELOAD=/path/libholmes.so HOLMES_CONFIG=/etc/holmes.ini ./service
+ *
+ * A constructor starts the agent when, and only when, this library came in
+ * through LD_PRELOAD: a program linked with libholmes that starts its own
+ * agent must neither get a second one nor hear that the agent is off.
+ * Constructors of preloaded libraries run after libc's and before the
+ * program's own, so a program that starts threads or allocates from its
+ * constructors finds the agent already running (and the malloc wrappers work
+ * before that anyway). A destructor stops the agent at exit.
+ *
+ * Programs the service execs do not inherit the agent unless HOLMES_INHERIT=1:
+ * after starting, the constructor removes this library from LD_PRELOAD and
+ * unsets HOLMES_CONFIG in the process environment. /proc/PID/environ keeps
+ * showing the original block, so `holmes dump PID` still finds the config.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/base.h"
+
+/* How long exit() waits for the agent to stop before leaving it behind. */
+#define EXIT_STOP_S 3
+
+/* The process whose agent the constructor started, or 0. */
+static pid_t preload_pid;
+/* The stopper thread waits on stop_request and posts stop_done. */
+static sem_t stop_request, stop_done;
+
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* An LD_PRELOAD entry names this library: the same file, or a bare name the
+ * loader looked up in its search path. */
+static bool is_self(const char *entry, size_t len, const char *self)
+{
+    char path[PATH_MAX];
+    if (len == 0 || len >= sizeof(path))
+        return false;
+    memcpy(path, entry, len);
+    path[len] = 0;
+    if (!strchr(path, '/'))
+        return strncmp(path, "libholmes.so", 12) == 0;
+    return self && same_file(path, self);
+}
+
+/* Any object of ours names our file: its address is inside our mapping. */
+static const char *self_path(void)
+{
+    Dl_info info;
+    if (dladdr(&preload_pid, &info) == 0 || !info.dli_fname)
+        return NULL;
+    return info.dli_fname;
+}
+
+/* LD_PRELOAD separates entries by colons or spaces. */
+static bool next_entry(const char **p, const char **start, size_t *len)
+{
+    const char *s = *p;
+    while (*s == ':' || *s == ' ')
+        s++;
+    if (!*s)
+        return false;
+    *start = s;
+    while (*s && *s != ':' && *s != ' ')
+        s++;
+    *len = (size_t)(s - *start);
+    *p = s;
+    return true;
+}
+
+static bool preloaded(const char *self)
+{
+    const char *p = getenv("LD_PRELOAD"), *start;
+    size_t len;
+    while (p && next_entry(&p, &start, &len))
+        if (is_self(start, len, self))
+            return true;
+    return false;
+}
+
+/* Rewrites LD_PRELOAD without this library, so exec'd programs start clean. */
+static void drop_from_ld_preload(const char *self)
+{
+    const char *p = getenv("LD_PRELOAD"), *start;
+    if (!p)
+        return;
+    char *kept = malloc(strlen(p) + 1);
+    if (!kept)
+        return;
+    size_t len, n = 0;
+    while (next_entry(&p, &start, &len)) {
+        if (is_self(start, len, self))
+            continue;
+        if (n)
+            kept[n++] = ':';
+        memcpy(kept + n, start, len);
+        n += len;
+    }
+    kept[n] = 0;
+    if (n)
+        setenv("LD_PRELOAD", kept, 1);
+    else
+        unsetenv("LD_PRELOAD");
+    free(kept);
+}
+
+static bool inherit_wanted(void)
+{
+    const char *v = getenv("HOLMES_INHERIT");
+    return v && strcmp(v, "1") == 0;
+}
+
+/* Joins holmes_last_error()'s lines into one, so the failure is one log line. */
+static void log_config_errors(const char *path, int rc)
+{
+    char text[4096];
+    size_t n = 0;
+    for (const char *c = holmes_last_error(); *c && n + 3 < sizeof(text); c++) {
+        if (*c != '\n')
+            text[n++] = *c;
+        else if (c[1])
+            text[n++] = ';', text[n++] = ' ';
+    }
+    text[n] = 0;
+    holmes__log(HOLMES_LOG_ERROR, "agent off: HOLMES_CONFIG=%s: %s; the program runs without it",
+                path, text[0] ? text : holmes_strerror(rc));
+}
+
+/* Validates the file first, so an invalid one is reported as a single line. */
+static bool config_valid(const char *path)
+{
+    holmes_config *cfg = holmes_config_new();
+    if (!cfg)
+        return false;
+    int rc = holmes_config_load_file(cfg, path);
+    holmes_config_free(cfg);
+    if (rc != 0)
+        log_config_errors(path, rc);
+    return rc == 0;
+}
+
+/*
+ * exit() may run the destructor from a signal handler that interrupted a
+ * thread holding a lock the agent's threads need (malloc's, stdio's). The
+ * stop therefore runs on a thread of its own, made at start so that exit
+ * needs no allocation, and exit waits for it only a bounded time.
+ */
+static void *stopper_main(void *arg)
+{
+    (void)arg;
+    while (sem_wait(&stop_request) != 0) {
+    }
+    holmes_stop();
+    sem_post(&stop_done);
+    return NULL;
+}
+
+static void start_agent(const char *path)
+{
+    if (!config_valid(path) || holmes_start_file(path) != 0)
+        return;
+    pthread_t stopper;
+    sem_init(&stop_request, 0, 0);
+    sem_init(&stop_done, 0, 0);
+    if (holmes__thread_create(stopper_main, NULL, "holmes-exit", &stopper) != 0) {
+        holmes__log(HOLMES_LOG_WARN, "no exit thread: the agent is not stopped at exit");
+        return;
+    }
+    pthread_detach(stopper);
+    preload_pid = getpid();
+}
+
+__attribute__((constructor)) static void holmes_preload_init(void)
+{
+    const char *self = self_path();
+    if (!preloaded(self))
+        return;
+    const char *path = getenv("HOLMES_CONFIG");
+    if (path && *path)
+        start_agent(path);
+    else
+        holmes__log(HOLMES_LOG_WARN,
+                    "agent off: libholmes is preloaded but HOLMES_CONFIG is not set "
+                    "(set HOLMES_CONFIG=/path/to/holmes.ini, or use `holmes run -c FILE -- CMD`)");
+    if (inherit_wanted())
+        return;
+    drop_from_ld_preload(self);
+    unsetenv("HOLMES_CONFIG");
+}
+
+__attribute__((destructor)) static void holmes_preload_fini(void)
+{
+    /* A forked child has no agent (and no stopper thread) of its own. */
+    if (preload_pid == 0 || preload_pid != getpid())
+        return;
+    preload_pid = 0;
+    sem_post(&stop_request);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += EXIT_STOP_S;
+    while (sem_clockwait(&stop_done, CLOCK_MONOTONIC, &deadline) != 0 && errno == EINTR) {
+    }
+}
