@@ -110,6 +110,9 @@ static void test_slow_reporter_delays_only_itself(void)
         holmes__delivery_submit(q, numbered_dump(i, i == 2));
     /* The fast reporter gets all three while the slow one sits on the first. */
     CHECK(wait_count(&fast, &fast.delivered, 3));
+    /* The slow thread may not have been scheduled yet: wait for it to
+     * enter, then it must still hold the first dump. */
+    CHECK(wait_count(&slow, &slow.entered, 1));
     CHECK_EQ_INT(gate_get(&slow, &slow.delivered), 0);
     CHECK_EQ_INT(gate_get(&slow, &slow.entered), 1);
     CHECK_EQ_INT(fast.finals, 1);
