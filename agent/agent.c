@@ -64,9 +64,13 @@ static void install_dump_signal(int sig)
         dump_signal_installed = sig;
 }
 
+/* A service that set its own handler after ours (a preloaded agent starts
+ * before main) keeps it: only our own handler is taken back. */
 static void restore_dump_signal(void)
 {
-    if (dump_signal_installed)
+    struct sigaction now;
+    if (dump_signal_installed && sigaction(dump_signal_installed, NULL, &now) == 0 &&
+        !(now.sa_flags & SA_SIGINFO) && now.sa_handler == on_dump_signal)
         sigaction(dump_signal_installed, &dump_signal_saved, NULL);
     dump_signal_installed = 0;
 }
