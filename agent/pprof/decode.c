@@ -395,6 +395,59 @@ static void add_mapping_key(walk *w, const Perftools__Profiles__Mapping *m)
              (unsigned long long)size, (unsigned long long)m->file_offset);
 }
 
+/* pprof's removeMatching: drops nested start..end groups, in place. */
+static size_t remove_matching(char *s, size_t len, char start, char end)
+{
+    int nesting = 0;
+    size_t first = 0;
+    for (size_t cur = 0; cur < len; cur++) {
+        if (s[cur] == start && ++nesting == 1) {
+            first = cur;
+        } else if (s[cur] == end && --nesting < 0) {
+            return len; /* a mismatch: keep what was done so far */
+        } else if (s[cur] == end && nesting == 0) {
+            memmove(s + first, s + cur + 1, len - cur - 1);
+            len -= cur + 1 - first;
+            cur = first - 1; /* wraps for first == 0; the loop's ++ brings it back */
+        }
+    }
+    return len;
+}
+
+/* pprof's looksLikeDemangledCPlusPlus, skipping Java and Go generic names. */
+static bool looks_like_cplusplus(const char *s)
+{
+    if (strstr(s, ".<") || strstr(s, "]).")) {
+        return false;
+    }
+    return strpbrk(s, "<>[]") || strstr(s, "::");
+}
+
+/*
+ * The name pprof shows: a name that differs from the system name was
+ * demangled by the profiler and is kept; otherwise pprof takes the system
+ * name and, when it looks like demangled C++, drops parameters and template
+ * arguments. (A still-mangled _Z name, which pprof would demangle, is shown
+ * as it is.)
+ */
+static uint32_t display_name(walk *w, const char *name, const char *sys,
+                             const Perftools__Profiles__Mapping *m)
+{
+    if (*name && strcmp(name, sys))
+        return intern_str(w->s, name);
+    if (!*sys)
+        return fallback_name(w, m);
+    if (!looks_like_cplusplus(sys))
+        return intern_str(w->s, sys);
+    w->tmp.len = 0;
+    text_add(&w->tmp, "%s", sys);
+    if (w->tmp.failed)
+        return NO_ID;
+    size_t len = remove_matching(w->tmp.data, w->tmp.len, '(', ')');
+    len = remove_matching(w->tmp.data, len, '<', '>');
+    return len ? intern(w->s, w->tmp.data, len) : fallback_name(w, m);
+}
+
 static uint32_t line_frame(walk *w, const Perftools__Profiles__Line *ln,
                            const Perftools__Profiles__Mapping *m)
 {
@@ -406,13 +459,13 @@ static uint32_t line_frame(walk *w, const Perftools__Profiles__Line *ln,
         return NO_ID;
     }
     const Perftools__Profiles__Function *f = fi != (size_t)-1 ? w->pb->function[fi] : NULL;
-    const char *name = f ? str_at(w, f->name) : "";
+    const char *name = f ? str_at(w, f->name) : "", *sys = f ? str_at(w, f->system_name) : "";
     if (f)
-        text_add(&w->key, "\x1d%lld\x1f%s\x1f%s\x1f%s\x1f%lld", (long long)f->start_line, name,
-                 str_at(w, f->system_name), str_at(w, f->filename), (long long)ln->line);
+        text_add(&w->key, "\x1d%lld\x1f%s\x1f%s\x1f%s\x1f%lld", (long long)f->start_line, name, sys,
+                 str_at(w, f->filename), (long long)ln->line);
     else
         text_add(&w->key, "\x1d-\x1f%lld", (long long)ln->line);
-    return *name ? intern_str(w->s, name) : fallback_name(w, m);
+    return display_name(w, name, sys, m);
 }
 
 static bool push_frame(walk *w, uint32_t id, size_t *cap)
