@@ -322,7 +322,8 @@ static int lock_item(const pyro *p, const char *name)
 
 /*
  * Frees room for `need` more bytes by dropping the oldest items that are not
- * being sent. Returns false when the new item alone exceeds the bound.
+ * being sent. Returns false when there is no room even so (the new item alone
+ * exceeds the bound, or what is left is in flight): the bound always holds.
  */
 static bool make_room(pyro *p, uint64_t need)
 {
@@ -351,7 +352,7 @@ static bool make_room(pyro *p, uint64_t need)
         close(fd);
     }
     free(ents);
-    return true;
+    return total + need <= p->spool_max;
 }
 
 /* Removes temporaries left by a crash, unless a live process is writing them. */
@@ -396,8 +397,10 @@ static void spool_one(pyro *p, const holmes__dump *d, const holmes__dump_file *f
     spool_path(p, name, path, sizeof(path));
     int rc = b.failed || f->data.failed ? -ENOMEM : 0;
     if (rc == 0 && !make_room(p, b.len)) {
-        holmes__log(HOLMES_LOG_WARN, "pyroscope: %s.%s (%zu bytes) exceeds the spool bound; dropped",
-                    d->stem, f->suffix, b.len);
+        holmes__log(HOLMES_LOG_WARN,
+                    "pyroscope: no room for %s.%s (%zu bytes) within the spool bound of %llu "
+                    "bytes; dropped",
+                    d->stem, f->suffix, b.len, (unsigned long long)p->spool_max);
     } else if (rc == 0 && (rc = holmes__write_atomic(path, b.data, b.len)) == 0) {
         kick(p);
     }
@@ -638,8 +641,9 @@ static unsigned jitter(pyro *p, unsigned ms)
     return ms / 2 + (unsigned)(p->rng % (ms / 2 + 1));
 }
 
-static void after_attempt(pyro *p, const item *it, enum outcome o, const char *why,
-                          unsigned *backoff)
+/* Settles one attempt; returns how long to wait before the next one (ms). */
+static unsigned after_attempt(pyro *p, const item *it, enum outcome o, const char *why,
+                              unsigned *backoff)
 {
     if (o == RETRY) {
         p->failures++;
@@ -647,9 +651,8 @@ static void after_attempt(pyro *p, const item *it, enum outcome o, const char *w
         holmes__log_limited(&p->retry_rl, 30, HOLMES_LOG_WARN,
                             "pyroscope: upload of %s failed (%s); kept in %s, retrying in %u ms",
                             it->file ? it->file : it->name, why, p->spool, wait);
-        wait_backoff(p, wait);
         *backoff = *backoff > p->backoff_cap_ms / 2 ? p->backoff_cap_ms : *backoff * 2;
-        return;
+        return wait;
     }
     *backoff = p->backoff_start_ms;
     char path[HOLMES_PATH_MAX + 160], msg[600];
@@ -660,11 +663,12 @@ static void after_attempt(pyro *p, const item *it, enum outcome o, const char *w
             holmes__log(HOLMES_LOG_INFO, "pyroscope: server reachable again after %u failed "
                         "attempt(s); delivered %s", p->failures, it->file ? it->file : it->name);
         p->failures = 0;
-        return;
+        return 0;
     }
     snprintf(msg, sizeof(msg), "server rejected %s with %s", it->file ? it->file : "an upload",
              why);
     move_to_failed(p, it->name, msg);
+    return 0;
 }
 
 static void *uploader_main(void *arg)
@@ -691,9 +695,11 @@ static void *uploader_main(void *arg)
         }
         char why[300];
         enum outcome o = send_item(p, e, headers, &it, why, sizeof(why));
-        if (!stopping(p))
-            after_attempt(p, &it, o, why, &backoff);
+        unsigned wait = stopping(p) ? 0 : after_attempt(p, &it, o, why, &backoff);
+        /* Unlocked while waiting: a full spool may drop this oldest item. */
         item_release(&it);
+        if (wait)
+            wait_backoff(p, wait);
     }
     curl_slist_free_all(headers);
     if (e)
