@@ -131,12 +131,15 @@ static size_t page_size(void)
     return (size_t)getpagesize();
 }
 
+/* The return address into the caller of the family: the profile's leaf if the walk fails. */
+#define CALLER ((uintptr_t)__builtin_return_address(0))
+
 /* A sampled allocation when the sampler takes it, glibc's otherwise. */
 static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, size_t align,
-                                                                   bool zero)
+                                                                   bool zero, uintptr_t caller)
 {
     if (holmes__heap_decide(n)) {
-        void *p = holmes__heap_sample_alloc(n, align);
+        void *p = holmes__heap_sample_alloc(n, align, caller);
         if (p)
             return p; /* the region hands out zeroed memory */
     }
@@ -149,7 +152,7 @@ HEAP_API void *FAMILY(malloc)(size_t n)
 {
     if (unsampled(n))
         return REAL_MALLOC(n);
-    return alloc_slow(n, 0, false);
+    return alloc_slow(n, 0, false, CALLER);
 }
 
 HEAP_API void FAMILY(free)(void *p)
@@ -169,15 +172,16 @@ HEAP_API void *FAMILY(calloc)(size_t k, size_t size)
     }
     if (unsampled(n))
         return REAL_CALLOC(k, size);
-    return alloc_slow(n, 0, true);
+    return alloc_slow(n, 0, true, CALLER);
 }
 
 /* glibc's block, resized into a sampled one when the sampler takes the new size. */
-static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *p, size_t n)
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *p, size_t n,
+                                                                          uintptr_t caller)
 {
     if ((p && n == 0) || !holmes__heap_decide(n))
         return REAL_REALLOC(p, n);
-    void *q = holmes__heap_sample_alloc(n, 0);
+    void *q = holmes__heap_sample_alloc(n, 0, caller);
     if (!q)
         return REAL_REALLOC(p, n);
     if (p) {
@@ -189,7 +193,8 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *
 }
 
 /* A sampled block always moves: the new size is an allocation of its own. */
-static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p, size_t n)
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p, size_t n,
+                                                                        uintptr_t caller)
 {
     size_t old = holmes__heap_sample_usable(p);
     if (!old) {
@@ -200,7 +205,7 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
         holmes__heap_sample_free(p);
         return NULL;
     }
-    void *q = FAMILY(malloc)(n);
+    void *q = unsampled(n) ? REAL_MALLOC(n) : alloc_slow(n, 0, false, caller);
     if (!q)
         return NULL;
     memcpy(q, p, old < n ? old : n);
@@ -211,10 +216,10 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
 HEAP_API void *FAMILY(realloc)(void *p, size_t n)
 {
     if (!foreign(p))
-        return realloc_sampled(p, n);
+        return realloc_sampled(p, n, CALLER);
     if (unsampled(n))
         return REAL_REALLOC(p, n);
-    return realloc_libc_slow(p, n);
+    return realloc_libc_slow(p, n, CALLER);
 }
 
 HEAP_API void *FAMILY(reallocarray)(void *p, size_t k, size_t size)
@@ -240,19 +245,20 @@ static size_t memalign_rule(size_t align)
     return (align & (align - 1)) ? (size_t)1 << (64 - __builtin_clzll(align)) : align;
 }
 
-static HOLMES_HEAP_TEXT __attribute__((noinline)) void *memalign_slow(size_t align, size_t n)
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *memalign_slow(size_t align, size_t n,
+                                                                      uintptr_t caller)
 {
     size_t a = memalign_rule(align);
     if (!a)
         return REAL_MEMALIGN(align, n); /* sets errno as glibc does */
-    return alloc_slow(n, a > 16 ? a : 0, false);
+    return alloc_slow(n, a > 16 ? a : 0, false, caller);
 }
 
 HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
 {
     if (unsampled(n))
         return REAL_MEMALIGN(align, n);
-    return memalign_slow(align, n);
+    return memalign_slow(align, n, CALLER);
 }
 
 /* glibc 2.36's aligned_alloc is its memalign. */
@@ -260,7 +266,7 @@ HEAP_API void *FAMILY(aligned_alloc)(size_t align, size_t n)
 {
     if (unsampled(n))
         return REAL_MEMALIGN(align, n);
-    return memalign_slow(align, n);
+    return memalign_slow(align, n, CALLER);
 }
 
 HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
@@ -268,7 +274,7 @@ HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
     if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
         return EINVAL;
     int saved = errno; /* posix_memalign reports through its result only */
-    void *p = unsampled(n) ? REAL_MEMALIGN(align, n) : memalign_slow(align, n);
+    void *p = unsampled(n) ? REAL_MEMALIGN(align, n) : memalign_slow(align, n, CALLER);
     errno = saved;
     if (!p)
         return ENOMEM;
@@ -280,7 +286,7 @@ HEAP_API void *FAMILY(valloc)(size_t n)
 {
     if (unsampled(n))
         return REAL_VALLOC(n);
-    return alloc_slow(n, page_size(), false);
+    return alloc_slow(n, page_size(), false, CALLER);
 }
 
 HEAP_API void *FAMILY(pvalloc)(size_t n)
@@ -293,7 +299,7 @@ HEAP_API void *FAMILY(pvalloc)(size_t n)
     rounded &= ~(page - 1);
     if (unsampled(rounded))
         return REAL_PVALLOC(n);
-    return alloc_slow(rounded ? rounded : page, page, false);
+    return alloc_slow(rounded ? rounded : page, page, false, CALLER);
 }
 
 HEAP_API size_t FAMILY(malloc_usable_size)(void *p)

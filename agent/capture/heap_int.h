@@ -50,8 +50,12 @@ extern __thread int64_t holmes__heap_countdown HOLMES_INTERNAL
 
 /* Re-arms the countdown; true when this allocation of n bytes is to be sampled. */
 bool holmes__heap_decide(size_t n);
-/* A sampled allocation in the region, zero-filled; NULL when full (counted as dropped). */
-void *holmes__heap_sample_alloc(size_t n, size_t align);
+/*
+ * A sampled allocation in the region, zero-filled; NULL when full (counted
+ * as dropped). caller: the return address into the code that called the
+ * family, the one frame kept when the stack cannot be walked.
+ */
+void *holmes__heap_sample_alloc(size_t n, size_t align, uintptr_t caller);
 void holmes__heap_sample_free(void *p);
 /* Usable size of a sampled object, or 0 when p is not a live one. */
 size_t holmes__heap_sample_usable(const void *p);

@@ -136,13 +136,25 @@ static bool in_heap_text(uintptr_t ret)
     return ret > (uintptr_t)__start_holmes_heap_text && ret <= (uintptr_t)__stop_holmes_heap_text;
 }
 
-/* The caller's stack without the sampler's own frames; returns the depth. */
-static HOLMES_HEAP_TEXT __attribute__((noinline)) int own_stack(uintptr_t *pcs,
+/*
+ * The caller's stack without the sampler's own frames; returns the depth.
+ * On a stack the walker does not know (a thread started after its last
+ * look at the memory map) only the caller's return address is kept: the
+ * walker's per-thread setup (holmes__unwind_thread_init) calls
+ * pthread_getattr_np, which holds the thread's own lock while it calls
+ * realloc, so calling it from inside malloc could deadlock.
+ */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) int own_stack(uintptr_t *pcs, uintptr_t caller,
                                                                   const uintptr_t **first)
 {
     int n = holmes__unwind_self(pcs, HOLMES_MAX_FRAMES, 0), skip = 0;
     while (skip < n && in_heap_text(pcs[skip]))
         skip++;
+    if (skip == n && caller && !in_heap_text(caller)) {
+        pcs[0] = caller;
+        *first = pcs;
+        return 1;
+    }
     *first = pcs + skip;
     return n - skip;
 }
@@ -174,12 +186,12 @@ static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align)
     return p;
 }
 
-HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align)
+HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, uintptr_t caller)
 {
     uintptr_t pcs[HOLMES_MAX_FRAMES];
     const uintptr_t *first;
     self.busy++;
-    int depth = own_stack(pcs, &first);
+    int depth = own_stack(pcs, caller, &first);
     void *p = place(first, depth, n, align);
     self.busy--;
     return p;

@@ -3,6 +3,7 @@
  * two threads allocating and freeing for a second leave counters that add
  * up exactly; and a process whose threads keep allocating can fork, and
  * the child can malloc and free (also the parent's sampled blocks) and exit.
+ * Threads that were running before sampling was enabled are sampled too.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -117,6 +118,41 @@ static void test_every_allocation(void)
     holmes__heap_disable();
 }
 
+/* ---- a thread that was running before sampling began ---- */
+
+static pthread_barrier_t early_ready, early_enabled;
+
+static void *early_main(void *arg)
+{
+    long *late_sampled = arg;
+    T_FREE(T_MALLOC(100)); /* its countdown now runs at the idle rate */
+    pthread_barrier_wait(&early_ready);
+    pthread_barrier_wait(&early_enabled);
+    /* 16 MiB: far past the old countdown, after which every allocation is sampled. */
+    for (int i = 0; i < 4096; i++) {
+        void *p = T_MALLOC(4096);
+        if (i >= 4096 - 100)
+            *late_sampled += sampled(p);
+        T_FREE(p);
+    }
+    return NULL;
+}
+
+static void test_thread_from_before(void)
+{
+    pthread_t t;
+    long late_sampled = 0;
+    pthread_barrier_init(&early_ready, NULL, 2);
+    pthread_barrier_init(&early_enabled, NULL, 2);
+    CHECK_EQ_INT(pthread_create(&t, NULL, early_main, &late_sampled), 0);
+    pthread_barrier_wait(&early_ready);
+    CHECK_EQ_INT(holmes__heap_enable(1), 0);
+    pthread_barrier_wait(&early_enabled);
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(late_sampled, 100);
+    holmes__heap_disable();
+}
+
 /* ---- fork while threads allocate ---- */
 
 static atomic_bool stop;
@@ -166,7 +202,10 @@ static void test_fork(void)
             _exit(child_work(inherited));
         int status = -1;
         CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
-        ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            ok++;
+        else
+            fprintf(stderr, "child %d: status 0x%x\n", (int)pid, status);
         T_FREE(inherited);
     }
     atomic_store(&stop, true);
@@ -180,7 +219,15 @@ static void test_fork(void)
 int main(void)
 {
     CHECK_EQ_INT(holmes__unwind_prepare(), 0);
+    test_thread_from_before();
     test_every_allocation();
+#ifdef __SANITIZE_ADDRESS__
+    /* GCC 12's ASan allocator keeps no fork handlers: a child inherits its
+     * lock held by another thread and hangs in ASan's malloc, not ours. */
+    fprintf(stderr, "fork test skipped under AddressSanitizer\n");
+    (void)test_fork;
+#else
     test_fork();
+#endif
     CHECK_DONE();
 }
