@@ -46,7 +46,11 @@
  * glibc exports these for exactly this use: allocators layered on its own.
  * noplt: the tail call jumps through the GOT directly, one jump instead of two.
  */
+#if __has_attribute(noplt)
 #define LIBC_ENTRY __attribute__((noplt))
+#else
+#define LIBC_ENTRY
+#endif
 extern void *__libc_malloc(size_t n) LIBC_ENTRY;
 extern void __libc_free(void *p) LIBC_ENTRY;
 extern void *__libc_calloc(size_t k, size_t size) LIBC_ENTRY;
