@@ -65,6 +65,7 @@ typedef struct holmes__agent {
     holmes__budget budget;
     holmes__sample last;
     bool baseline_taken;
+    int maps_age; /* ticks since the unwinder last re-read the thread stacks */
 
     holmes__delivery *delivery;
 

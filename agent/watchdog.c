@@ -5,6 +5,7 @@
  * 5-second CPU profile or a slow server never delays the next sample.
  */
 #include "agent.h"
+#include "unwind/unwind.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -279,6 +280,23 @@ static void maybe_take_baseline(holmes__agent *a)
         holmes__log(HOLMES_LOG_DEBUG, "heap baseline taken");
 }
 
+/*
+ * Keeps the unwinder's view current for the heap sampler, which cannot read
+ * /proc from inside malloc: modules when the loader's counters moved (cheap
+ * otherwise), thread stacks when the thread count changed, or every 10 ticks
+ * for a thread that replaced another within one tick.
+ */
+static void refresh_unwinder(holmes__agent *a, const holmes__sample *s)
+{
+    if (!holmes__heap_enabled())
+        return;
+    holmes__unwind_prepare();
+    if (s->threads != a->last.threads || ++a->maps_age >= 10) {
+        holmes__unwind_refresh_maps();
+        a->maps_age = 0;
+    }
+}
+
 static void tick(holmes__agent *a)
 {
     holmes__sample s;
@@ -289,6 +307,7 @@ static void tick(holmes__agent *a)
             judge_metric(a, (holmes__metric)m, s.value[m], s.t_ns);
     }
     log_memory_events(a, &s);
+    refresh_unwinder(a, &s);
     a->last = s;
     maybe_take_baseline(a);
 }
