@@ -223,6 +223,13 @@ def main():
         if CHROMIUM:
             check_screenshot("heap growth", svg, got)
 
+        heap = os.path.join(tr.FIXTURES, "leak.heap.pb.gz")
+        heap_base = os.path.join(tr.FIXTURES, "leak.heap-base.pb.gz")
+        svg = draw(heap, os.path.join(work, "agent.heap.svg"), index=3, base=heap_base)
+        check_svg("agent heap growth", svg, heap, ["--base", heap_base])
+        threads = os.path.join(tr.FIXTURES, "thread_storm.threads.pb.gz")
+        check_svg("agent threads", draw(threads, os.path.join(work, "agent.threads.svg")), threads)
+
         go = tr.go_profiles(work)
         if go:
             svg = draw(go[0], os.path.join(work, "go.cpu.svg"))

@@ -25,6 +25,11 @@ import holmes_test as ht  # noqa: E402
 FIXTURES = os.path.join(ht.SRC, "tests", "fixtures", "pprof")
 
 
+def fx(name):
+    """A profile the agent wrote, kept under tests/fixtures/pprof."""
+    return os.path.join(FIXTURES, name)
+
+
 # ---- a pprof writer (profile.proto by hand, standard library only) ----
 
 def _varint(v):
@@ -368,6 +373,13 @@ def main():
         compare("agent cpu", agent_cpu)
         compare("agent cpu samples", agent_cpu, sample_index="samples")
         compare("agent cpu --cum", agent_cpu, cum=True)
+        for index in (None, "alloc_space", "inuse_objects"):
+            compare("agent heap %s" % index, fx("leak.heap.pb.gz"), sample_index=index)
+        compare("agent heap -base", fx("leak.heap.pb.gz"), base=fx("leak.heap-base.pb.gz"))
+        compare("agent heap -base alloc_space", fx("leak.heap.pb.gz"),
+                base=fx("leak.heap-base.pb.gz"), sample_index="alloc_space")
+        compare("agent threads", fx("thread_storm.threads.pb.gz"))
+        compare("agent wall", fx("cpu_spike.wall.pb.gz"))
 
         tricky = cpu_tricky().write(os.path.join(work, "tricky.cpu.pb.gz"))
         got = compare("tricky", tricky)
