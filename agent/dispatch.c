@@ -59,6 +59,34 @@ static void add_file(holmes__job *job, const char *suffix, const char *kind, hol
     }
 }
 
+/* A flame graph beside the profile (`<kind>.svg`), from the profile itself. */
+static void add_flamegraph(holmes__job *job, const char *kind, const holmes__buf *pb,
+                           const holmes__buf *base)
+{
+    char suffix[32], title[400];
+    holmes__buf svg = {0};
+    snprintf(suffix, sizeof(suffix), "%s.svg", kind);
+    snprintf(title, sizeof(title), "%s %s: %s", job->dump->app, kind, job->dump->stem);
+    int rc = holmes__flamegraph_svg(pb->data, pb->len, base ? base->data : NULL,
+                                    base ? base->len : 0, -1, title, &svg);
+    if (rc != 0) {
+        note(&job->info, "%s: no flame graph: %s", suffix, holmes_strerror(rc));
+        holmes__buf_free(&svg);
+        return;
+    }
+    add_file(job, suffix, "", &svg);
+}
+
+/* Adds a profile and its flame graph. */
+static void add_profile(holmes__job *job, const char *kind, holmes__buf *pb)
+{
+    char suffix[32];
+    snprintf(suffix, sizeof(suffix), "%s.pb.gz", kind);
+    if (!pb->failed)
+        add_flamegraph(job, kind, pb, NULL);
+    add_file(job, suffix, kind, pb);
+}
+
 static void record_stats(holmes__job *job, holmes__capture kind, const holmes__capture_stats *st)
 {
     job->info.stats[kind] = *st;
@@ -80,8 +108,11 @@ static void capture_heap(holmes__job *job)
         return;
     }
     record_stats(job, HOLMES_CAPTURE_HEAP, &st);
-    add_file(job, "heap.pb.gz", "heap", &now);
     rc = holmes__heap_baseline_profile(&base);
+    /* The growth since the baseline gets a flame graph of its own. */
+    if (rc == 0 && !now.failed && !base.failed)
+        add_flamegraph(job, "heap-growth", &now, &base);
+    add_profile(job, "heap", &now);
     if (rc == 0)
         add_file(job, "heap-base.pb.gz", "heap-base", &base);
     else
@@ -100,7 +131,7 @@ static void capture_threads(holmes__job *job)
         return;
     }
     record_stats(job, HOLMES_CAPTURE_THREADS, &st);
-    add_file(job, "threads.pb.gz", "threads", &pb);
+    add_profile(job, "threads", &pb);
     add_file(job, "threads.txt", "", &txt);
 }
 
@@ -190,7 +221,7 @@ static void finish_cpu(active_job *aj)
         return;
     }
     record_stats(&aj->job, HOLMES_CAPTURE_CPU, &st);
-    add_file(&aj->job, "cpu.pb.gz", "cpu", &out);
+    add_profile(&aj->job, "cpu", &out);
 }
 
 static void finish_wall(active_job *aj)
@@ -205,7 +236,7 @@ static void finish_wall(active_job *aj)
         return;
     }
     record_stats(&aj->job, HOLMES_CAPTURE_WALL, &st);
-    add_file(&aj->job, "wall.pb.gz", "wall", &out);
+    add_profile(&aj->job, "wall", &out);
 }
 
 /* The event is rewritten with what was actually captured, and delivered. */

@@ -15,10 +15,12 @@ static const struct {
     holmes__capture kind;
     const char *suffix;
 } capture_files[] = {
-    {HOLMES_CAPTURE_CPU, "cpu.pb.gz"},         {HOLMES_CAPTURE_HEAP, "heap.pb.gz"},
-    {HOLMES_CAPTURE_HEAP, "heap-base.pb.gz"},  {HOLMES_CAPTURE_THREADS, "threads.pb.gz"},
+    {HOLMES_CAPTURE_CPU, "cpu.pb.gz"},         {HOLMES_CAPTURE_CPU, "cpu.svg"},
+    {HOLMES_CAPTURE_HEAP, "heap.pb.gz"},       {HOLMES_CAPTURE_HEAP, "heap.svg"},
+    {HOLMES_CAPTURE_HEAP, "heap-base.pb.gz"},  {HOLMES_CAPTURE_HEAP, "heap-growth.svg"},
+    {HOLMES_CAPTURE_THREADS, "threads.pb.gz"}, {HOLMES_CAPTURE_THREADS, "threads.svg"},
     {HOLMES_CAPTURE_THREADS, "threads.txt"},   {HOLMES_CAPTURE_FDS, "fds.txt"},
-    {HOLMES_CAPTURE_WALL, "wall.pb.gz"},
+    {HOLMES_CAPTURE_WALL, "wall.pb.gz"},       {HOLMES_CAPTURE_WALL, "wall.svg"},
 };
 
 int holmes__event_suffixes(bool baseline, uint32_t captures, const char **out, int cap)
@@ -27,7 +29,8 @@ int holmes__event_suffixes(bool baseline, uint32_t captures, const char **out, i
     for (size_t i = 0; i < HOLMES_ARRAY_LEN(capture_files) && n < cap; i++) {
         if (!(captures & (1u << capture_files[i].kind)))
             continue;
-        if (strcmp(capture_files[i].suffix, "heap-base.pb.gz") == 0 && !baseline)
+        const char *sfx = capture_files[i].suffix;
+        if ((!strcmp(sfx, "heap-base.pb.gz") || !strcmp(sfx, "heap-growth.svg")) && !baseline)
             continue;
         out[n++] = capture_files[i].suffix;
     }
