@@ -34,4 +34,5 @@ echo
 echo "== top functions of $(basename "$profile")"
 "$bin/holmes" report "$profile" --top 10
 echo
-echo "Open it interactively with: go tool pprof -http=:8080 $profile"
+echo "Flame graph (open in a browser): ${profile%.pb.gz}.svg"
+echo "Interactive: go tool pprof -http=:8080 $profile"
