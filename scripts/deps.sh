@@ -5,7 +5,7 @@ set -euo pipefail
 want=${1:-build}
 build_pkgs=(build-essential cmake pkg-config libproc2-dev libinih-dev libcurl4-openssl-dev
   libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libelf-dev golang-go)
-test_pkgs=(python3 clang libclang-rt-14-dev binutils procps chromium memcached libmemcached-tools
+test_pkgs=(python3 clang libclang-rt-14-dev binutils procps chromium memcached libmemcached-tools nginx-light
   libxml2-utils strace libc6-dbg libpython3.11)
 bench_pkgs=(valgrind google-perftools libgoogle-perftools-dev heaptrack sqlite3 linux-perf)
 pkgs=("${build_pkgs[@]}")

@@ -13,10 +13,23 @@
 #include "holmes/holmes.h"
 #include "tool.h"
 
+/* "RTMIN+2", "RTMAX-1": real-time signals are named relative to their range. */
+static int realtime_signal(const char *name)
+{
+    int base = !strncmp(name, "RTMIN", 5) ? SIGRTMIN : !strncmp(name, "RTMAX", 5) ? SIGRTMAX : 0;
+    if (!base)
+        return 0;
+    int offset = name[5] ? atoi(name + 5) : 0;
+    int sig = base + offset;
+    return sig >= SIGRTMIN && sig <= SIGRTMAX ? sig : 0;
+}
+
 static int signal_by_name(const char *name)
 {
     if (!strncmp(name, "SIG", 3))
         name += 3;
+    if (realtime_signal(name))
+        return realtime_signal(name);
     for (int s = 1; s < NSIG; s++) {
         const char *abbrev = sigabbrev_np(s);
         if (abbrev && !strcmp(abbrev, name))
@@ -74,7 +87,7 @@ static int configured_signal(int pid)
     int sig = 0;
     while (fgets(line, sizeof(line), f)) {
         char key[64], value[64];
-        if (sscanf(line, " %63[a-z_] = %63[A-Za-z0-9]", key, value) == 2 &&
+        if (sscanf(line, " %63[a-z_] = %63[A-Za-z0-9+-]", key, value) == 2 &&
             !strcmp(key, "dump_signal"))
             sig = strcmp(value, "none") ? signal_by_name(value) : 0;
     }
