@@ -55,7 +55,6 @@ __attribute__((noinline)) static void e2e_burn_hot(double seconds)
     }
 }
 
-
 /* The allocation site the heap profile must name; blocks are kept on purpose. */
 __attribute__((noinline)) static void *e2e_grow_cache(size_t bytes)
 {
