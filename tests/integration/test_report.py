@@ -360,6 +360,23 @@ def bad_inputs(work, good):
                  ["--sample_index", "nosuch", good]):
         _, err = holmes_report(args, expect_rc=2)
         ht.check(err.strip() != "", "usage error %r says nothing" % args)
+    # Damaged profiles (bytes flipped inside the protobuf, then gzip'd again)
+    # either decode to something or fail with one line: never a crash.
+    with gzip.open(good) as f:
+        raw = f.read()
+    rng = random.Random(11)
+    for i in range(60):
+        damaged = bytearray(raw)
+        for _ in range(rng.randint(1, 8)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path = os.path.join(work, "damaged%02d.pb.gz" % i)
+        with open(path, "wb") as f:
+            cut = rng.randint(len(raw) // 2, len(raw)) if i % 2 else len(raw)
+            f.write(gzip.compress(bytes(damaged[:cut])))
+        rc, out, err = ht.run([ht.tool(), "report", path], check_rc=False)
+        ht.check(rc in (0, 1), "%s: exit %d (a crash?): %s" % (path, rc, err[-500:]))
+        ht.check(rc == 0 or (len(err.strip().splitlines()) == 1 and path in err),
+                 "%s: want one error line naming the file: %r" % (path, err))
     # Two profiles of different kinds cannot be subtracted.
     heap = heap_profile().write(os.path.join(work, "kind.heap.pb.gz"))
     _, err = holmes_report([good, "--base", heap], expect_rc=1)
