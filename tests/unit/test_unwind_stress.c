@@ -149,14 +149,21 @@ int main(void)
     pthread_join(worker_tid, NULL);
     pthread_join(loader_tid, NULL);
 
-    fprintf(stderr, "%ld loads, %ld prepares, %ld walks (%ld on the worker, %ld deep), %ld nested\n",
+    fprintf(stderr,
+            "%ld loads, %ld prepares, %ld walks (%ld on the worker, %ld deep), %ld nested\n",
             atomic_load(&loads), atomic_load(&prepares), atomic_load(&walks),
             atomic_load(&worker_walks), atomic_load(&deep_walks), atomic_load(&nested));
     CHECK(atomic_load(&loads) > 0);
     CHECK(atomic_load(&prepares) > 1);
     CHECK(atomic_load(&walks) > 100);
-    /* The worker's stack is bounded by its TLS: its walks see spin1..3 and the thread start. */
-    CHECK(atomic_load(&deep_walks) > atomic_load(&worker_walks) / 2);
+#if !defined(__SANITIZE_THREAD__)
+    /*
+     * The worker's stack is bounded by its TLS: the walks the recursion guard
+     * did not refuse see spin1..3 and the thread start. (TSan delivers signals late, with stale
+     * registers, mostly inside the walk's own atomics where the recursion guard answers 0.)
+     */
+    CHECK(atomic_load(&deep_walks) > (atomic_load(&worker_walks) - atomic_load(&nested)) / 2);
+#endif
     holmes__unwind_release();
     CHECK_DONE();
 }
