@@ -225,139 +225,174 @@ static void restore_rule(cfa_state *s, const cfa_state *init, uint64_t reg)
 
 #define STATE_STACK 16
 
+/* The rules as they stand, and the remember_state/restore_state stack. */
+typedef struct program {
+    cfa_state *s;
+    const cfa_state *init; /* what DW_CFA_restore goes back to */
+    cfa_state stack[STATE_STACK];
+    unsigned depth;
+} program;
+
+/*
+ * Decodes a location instruction: returns true and sets *advance if op is
+ * one (false otherwise, consuming nothing). *bad is set on a malformed one.
+ */
+static bool location_op(reader *r, const cie_info *cie, uint8_t op, uintptr_t loc,
+                        uint64_t *advance, bool *bad)
+{
+    bool ind;
+    switch (op >> 6 == 1 ? 0x40 : op) {
+    case 0x40:
+        *advance = (op & 0x3f) * cie->code_align;
+        return true; /* advance_loc */
+    case 0x02:
+        *advance = rd_fixed(r, 1) * cie->code_align;
+        return true;
+    case 0x03:
+        *advance = rd_fixed(r, 2) * cie->code_align;
+        return true;
+    case 0x04:
+        *advance = rd_fixed(r, 4) * cie->code_align;
+        return true;
+    case 0x01: { /* set_loc */
+        uint64_t to = rd_pointer(r, cie->fde_enc, 0, &ind);
+        *bad = ind || to < loc;
+        *advance = *bad ? 0 : to - loc;
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
+static bool state_op(program *p, uint8_t op)
+{
+    if (op == 0x0a) { /* remember_state */
+        if (p->depth == STATE_STACK)
+            return false;
+        p->stack[p->depth++] = *p->s;
+    } else { /* restore_state: every rule, the CFA's included */
+        if (p->depth == 0)
+            return false;
+        *p->s = p->stack[--p->depth];
+    }
+    return true;
+}
+
+/* Applies one rule instruction; false for one this compiler does not know. */
+static bool rule_op(reader *r, const cie_info *cie, program *p, uint8_t op)
+{
+    cfa_state *s = p->s;
+    int64_t da = cie->data_align;
+    uint64_t reg;
+    switch (op >> 6 == 2 ? 0x80 : op >> 6 == 3 ? 0xc0 : op) {
+    case 0x80:
+        set_rule(s, op & 0x3f, RULE_OFFSET, (int64_t)rd_uleb(r) * da);
+        break; /* offset */
+    case 0xc0:
+        restore_rule(s, p->init, op & 0x3f);
+        break; /* restore */
+    case 0x00:
+        break; /* nop */
+    case 0x05:
+        reg = rd_uleb(r);
+        set_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(r) * da);
+        break;
+    case 0x06:
+        restore_rule(s, p->init, rd_uleb(r));
+        break;
+    case 0x07:
+        set_rule(s, rd_uleb(r), RULE_UNDEF, 0);
+        break;
+    case 0x08:
+        set_rule(s, rd_uleb(r), RULE_SAME, 0);
+        break;
+    case 0x09:
+        reg = rd_uleb(r);
+        rd_uleb(r);
+        set_rule(s, reg, RULE_OTHER, 0);
+        break; /* register */
+    case 0x0a:
+    case 0x0b:
+        return state_op(p, op);
+    case 0x0c: /* def_cfa */
+        s->cfa_reg = (unsigned)rd_uleb(r);
+        s->cfa_off = (int64_t)rd_uleb(r);
+        s->cfa_expr = false;
+        break;
+    case 0x0d:
+        s->cfa_reg = (unsigned)rd_uleb(r);
+        s->cfa_expr = false;
+        break; /* def_cfa_register */
+    case 0x0e:
+        s->cfa_off = (int64_t)rd_uleb(r);
+        break; /* def_cfa_offset */
+    case 0x0f:
+        s->cfa_expr = true;
+        rd_skip(r, rd_uleb(r));
+        break; /* def_cfa_expression */
+    case 0x10:
+    case 0x16: /* expression, val_expression */
+        reg = rd_uleb(r);
+        set_rule(s, reg, RULE_OTHER, 0);
+        rd_skip(r, rd_uleb(r));
+        break;
+    case 0x11:
+        reg = rd_uleb(r);
+        set_rule(s, reg, RULE_OFFSET, rd_sleb(r) * da);
+        break;
+    case 0x12: /* def_cfa_sf */
+        s->cfa_reg = (unsigned)rd_uleb(r);
+        s->cfa_off = rd_sleb(r) * da;
+        s->cfa_expr = false;
+        break;
+    case 0x13:
+        s->cfa_off = rd_sleb(r) * da;
+        break; /* def_cfa_offset_sf */
+    case 0x14:
+        reg = rd_uleb(r);
+        rd_uleb(r);
+        set_rule(s, reg, RULE_OTHER, 0);
+        break; /* val_offset */
+    case 0x15:
+        reg = rd_uleb(r);
+        rd_sleb(r);
+        set_rule(s, reg, RULE_OTHER, 0);
+        break;
+    case 0x2e:
+        rd_uleb(r);
+        break; /* GNU_args_size: rsp-based CFA rules already count it */
+    case 0x2f: /* GNU_negative_offset_extended */
+        reg = rd_uleb(r);
+        set_rule(s, reg, RULE_OFFSET, -(int64_t)rd_uleb(r) * da);
+        break;
+    default:
+        return false;
+    }
+    return true;
+}
+
 /*
  * Runs one call-frame program. With c == NULL it is a CIE's initial program
- * (no rows); otherwise rows are emitted each time the location advances.
+ * (no rows); otherwise a row is emitted each time the location advances.
  * Returns false on an instruction it cannot follow; rows stop there.
  */
 static bool run_program(reader *r, const cie_info *cie, cfa_state *s, fde_ctx *c)
 {
-    cfa_state stack[STATE_STACK];
-    unsigned depth = 0;
+    program p = {.s = s, .init = c ? &c->init : s};
     uintptr_t loc = c ? c->pc_begin : 0;
-    const cfa_state *init = c ? &c->init : s;
     while (r->p < r->end && !r->bad) {
         uint8_t op = (uint8_t)rd_fixed(r, 1);
-        uint64_t advance = 0, reg;
-        bool ind;
-        switch (op >> 6) {
-        case 1:
-            advance = (op & 0x3f) * cie->code_align;
-            goto advance_loc;
-        case 2:
-            set_rule(s, op & 0x3f, RULE_OFFSET, (int64_t)rd_uleb(r) * cie->data_align);
+        uint64_t advance = 0;
+        bool bad = false;
+        if (!location_op(r, cie, op, loc, &advance, &bad)) {
+            if (!rule_op(r, cie, &p, op))
+                return false;
             continue;
-        case 3:
-            restore_rule(s, init, op & 0x3f);
-            continue;
-        default:
-            break;
         }
-        switch (op) {
-        case 0x00:
-            continue; /* nop */
-        case 0x01: {  /* set_loc */
-            uint64_t to = rd_pointer(r, cie->fde_enc, 0, &ind);
-            if (ind || to < loc)
-                return false;
-            advance = to - loc;
-            goto advance_loc;
-        }
-        case 0x02:
-            advance = rd_fixed(r, 1) * cie->code_align;
-            goto advance_loc;
-        case 0x03:
-            advance = rd_fixed(r, 2) * cie->code_align;
-            goto advance_loc;
-        case 0x04:
-            advance = rd_fixed(r, 4) * cie->code_align;
-            goto advance_loc;
-        case 0x05:
-            reg = rd_uleb(r);
-            set_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(r) * cie->data_align);
-            continue;
-        case 0x06:
-            restore_rule(s, init, rd_uleb(r));
-            continue;
-        case 0x07:
-            set_rule(s, rd_uleb(r), RULE_UNDEF, 0);
-            continue;
-        case 0x08:
-            set_rule(s, rd_uleb(r), RULE_SAME, 0);
-            continue;
-        case 0x09:
-            reg = rd_uleb(r);
-            rd_uleb(r);
-            set_rule(s, reg, RULE_OTHER, 0);
-            continue;
-        case 0x0a: /* remember_state */
-            if (depth == STATE_STACK)
-                return false;
-            stack[depth++] = *s;
-            continue;
-        case 0x0b: /* restore_state: every rule, the CFA's included */
-            if (depth == 0)
-                return false;
-            *s = stack[--depth];
-            continue;
-        case 0x0c:
-            s->cfa_reg = (unsigned)rd_uleb(r);
-            s->cfa_off = (int64_t)rd_uleb(r);
-            s->cfa_expr = false;
-            continue;
-        case 0x0d:
-            s->cfa_reg = (unsigned)rd_uleb(r);
-            s->cfa_expr = false;
-            continue;
-        case 0x0e:
-            s->cfa_off = (int64_t)rd_uleb(r);
-            continue;
-        case 0x0f:
-            s->cfa_expr = true;
-            rd_skip(r, rd_uleb(r));
-            continue;
-        case 0x10:
-        case 0x16: /* expression, val_expression */
-            reg = rd_uleb(r);
-            set_rule(s, reg, RULE_OTHER, 0);
-            rd_skip(r, rd_uleb(r));
-            continue;
-        case 0x11:
-            reg = rd_uleb(r);
-            set_rule(s, reg, RULE_OFFSET, rd_sleb(r) * cie->data_align);
-            continue;
-        case 0x12:
-            s->cfa_reg = (unsigned)rd_uleb(r);
-            s->cfa_off = rd_sleb(r) * cie->data_align;
-            s->cfa_expr = false;
-            continue;
-        case 0x13:
-            s->cfa_off = rd_sleb(r) * cie->data_align;
-            continue;
-        case 0x14:
-            reg = rd_uleb(r);
-            rd_uleb(r);
-            set_rule(s, reg, RULE_OTHER, 0);
-            continue;
-        case 0x15:
-            reg = rd_uleb(r);
-            rd_sleb(r);
-            set_rule(s, reg, RULE_OTHER, 0);
-            continue;
-        case 0x2e:
-            rd_uleb(r);
-            continue; /* GNU_args_size: rsp-based CFA rules already account for it */
-        case 0x2f:
-            reg = rd_uleb(r);
-            set_rule(s, reg, RULE_OFFSET, -(int64_t)rd_uleb(r) * cie->data_align);
-            continue;
-        default:
+        if (bad)
             return false;
-        }
-    advance_loc:
-        if (!c)
-            continue; /* a CIE's initial program has no locations */
-        if (advance && loc < c->pc_end)
+        if (c && advance && loc < c->pc_end)
             emit(c, loc, encode_rule(s));
         loc += advance;
     }

@@ -124,21 +124,32 @@ static const holmes__unw_module *old_module(const holmes__unw_gen *g, uintptr_t 
     return NULL;
 }
 
-static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
+/*
+ * ld.so maps and unmaps modules with raw system calls under its own lock,
+ * neither of which TSan sees: reading a module loaded at a recycled address
+ * looks to it like a race with the writes of the previous occupant. The
+ * reads here are ordered by the loader's lock (dl_iterate_phdr holds it).
+ */
+#if defined(__SANITIZE_THREAD__)
+void AnnotateIgnoreReadsBegin(const char *file, int line);
+void AnnotateIgnoreReadsEnd(const char *file, int line);
+#define IMAGE_READS_BEGIN() AnnotateIgnoreReadsBegin(__FILE__, __LINE__)
+#define IMAGE_READS_END() AnnotateIgnoreReadsEnd(__FILE__, __LINE__)
+#else
+#define IMAGE_READS_BEGIN() ((void)0)
+#define IMAGE_READS_END() ((void)0)
+#endif
+
+static void compile_module(build *b, const holmes__cfi_image *img, const char *name)
 {
-    build *b = arg;
-    (void)size;
-    holmes__cfi_image img;
-    if (!image_of(info, &img))
-        return 0;
-    holmes__unw_module m = {.start = img.start, .end = img.end};
-    m.ident = holmes__cfi_ident(&img, info->dlpi_name ? info->dlpi_name : "");
+    holmes__unw_module m = {.start = img->start, .end = img->end};
+    m.ident = holmes__cfi_ident(img, name);
     size_t first = b->rows.len / sizeof(uint64_t);
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
     if (prev) {
         holmes__buf_append(&b->rows, prev->rows, prev->nrows * sizeof(uint64_t));
         m.nrows = prev->nrows;
-    } else if (holmes__cfi_compile(&img, &b->rows) == 0 && !b->rows.failed) {
+    } else if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed) {
         m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + first,
                                           b->rows.len / sizeof(uint64_t) - first);
     }
@@ -146,6 +157,17 @@ static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
     m.rows = (const uint64_t *)(uintptr_t)first;
     if (m.nrows)
         holmes__buf_append(&b->mods, &m, sizeof m);
+}
+
+static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    build *b = arg;
+    (void)size;
+    holmes__cfi_image img;
+    IMAGE_READS_BEGIN();
+    if (image_of(info, &img))
+        compile_module(b, &img, info->dlpi_name ? info->dlpi_name : "");
+    IMAGE_READS_END();
     if (b->rows.failed || b->mods.failed) {
         b->err = HOLMES_ENOMEM;
         return 1;
