@@ -1,7 +1,9 @@
 /*
  * leak: a service whose session cache never evicts. After an idle period it
  * grows steadily through cache_insert_session until it holds TARGET_MIB,
- * then holds it. Usage: leak CONFIG [IDLE_S] [TARGET_MIB] [MIB_PER_S] [HOLD_S]
+ * then holds it. Usage: leak CONFIG [IDLE_S] [TARGET_MIB] [MIB_PER_S] [HOLD_S] [DUMP]
+ * With DUMP = 1 it asks the agent for a dump (holmes_dump_now) once it holds
+ * its target, and prints the exact bytes it holds, so a test can compare.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -33,6 +35,19 @@ __attribute__((noinline)) static void cache_insert_session(size_t size)
     cache_bytes += sizeof(*s) + size;
 }
 
+/* Reference data loaded at startup and kept: the steady state a heap
+ * baseline holds, which `pprof -base` must not show as growth. */
+static void *reference_data[256];
+
+__attribute__((noinline)) static void load_reference_data(void)
+{
+    for (int i = 0; i < 256; i++) {
+        reference_data[i] = malloc(256 * 1024);
+        if (reference_data[i])
+            memset(reference_data[i], 0x11, 256 * 1024);
+    }
+}
+
 /* Steady short-lived allocations, the noise of a healthy service. */
 __attribute__((noinline)) static void handle_request(void)
 {
@@ -51,18 +66,21 @@ static void sleep_s(double s)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s CONFIG [IDLE_S] [TARGET_MIB] [MIB_PER_S] [HOLD_S]\n", argv[0]);
+        fprintf(stderr, "usage: %s CONFIG [IDLE_S] [TARGET_MIB] [MIB_PER_S] [HOLD_S] [DUMP]\n",
+                argv[0]);
         return 2;
     }
     double idle = argc > 2 ? atof(argv[2]) : 10;
     size_t target = (size_t)(argc > 3 ? atof(argv[3]) : 512) << 20;
     double rate = argc > 4 ? atof(argv[4]) : 64;
     double hold = argc > 5 ? atof(argv[5]) : 5;
+    int dump = argc > 6 ? atoi(argv[6]) : 0;
     int rc = holmes_start_file(argv[1]);
     if (rc != 0) {
         fprintf(stderr, "holmes_start_file: %s\n%s\n", holmes_strerror(rc), holmes_last_error());
         return 1;
     }
+    load_reference_data();
     printf("leak: idle for %.1f s\n", idle);
     fflush(stdout);
     for (double t = 0; t < idle; t += 0.01) {
@@ -84,6 +102,8 @@ int main(int argc, char **argv)
     }
     printf("leak: holding %zu bytes live in %zu sessions\n", cache_bytes, n);
     fflush(stdout);
+    if (dump && holmes_dump_now() != 0)
+        fprintf(stderr, "leak: holmes_dump_now failed\n");
     sleep_s(hold);
     holmes_stop();
     return 0;
