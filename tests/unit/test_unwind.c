@@ -261,6 +261,37 @@ static void test_sigprof(void)
         dump("sigprof", prof_pcs, n);
 }
 
+/* ---- through a signal frame: handler, __restore_rt, the interrupted code ---- */
+
+static uintptr_t tramp_pcs[HOLMES_MAX_FRAMES];
+static int tramp_n;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    tramp_n = holmes__unwind_self(tramp_pcs, HOLMES_MAX_FRAMES, 0);
+}
+
+NOINLINE void raiser(void)
+{
+    raise(SIGUSR1);
+    sink++;
+}
+
+static NOINLINE void test_signal_frame(void)
+{
+    signal(SIGUSR1, on_usr1);
+    raiser();
+    int handler = find_frame(tramp_pcs, tramp_n, 0, "on_usr1");
+    int interrupted = find_frame(tramp_pcs, tramp_n, 1, "raiser");
+    CHECK_EQ_INT(handler, 0);
+    CHECK(interrupted > 1); /* __restore_rt and raise's own frames in between */
+    CHECK(find_frame(tramp_pcs, tramp_n, interrupted + 1, "test_signal_frame") > interrupted);
+    CHECK(find_frame(tramp_pcs, tramp_n, interrupted + 1, "main") > interrupted);
+    if (check_failures)
+        dump("signal frame", tramp_pcs, tramp_n);
+}
+
 /* ---- (d) garbage ---- */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -422,6 +453,7 @@ int main(void)
     test_chain();
     test_qsort();
     test_sigprof();
+    test_signal_frame();
     test_garbage_context();
     test_smashed_stack();
     test_late_thread();
