@@ -282,17 +282,16 @@ static void maybe_take_baseline(holmes__agent *a)
 
 /*
  * Keeps the unwinder's view current for the heap sampler, which cannot read
- * /proc from inside malloc: modules when the loader's counters moved (cheap
- * otherwise), thread stacks when the thread count changed, or every 10 ticks
- * for a thread that replaced another within one tick.
+ * /proc from inside malloc. A refresh re-reads the memory map (about 50 us),
+ * so it runs when the thread count changed (new thread stacks), and every
+ * 10 ticks for modules loaded or threads replaced within one tick.
  */
 static void refresh_unwinder(holmes__agent *a, const holmes__sample *s)
 {
     if (!holmes__heap_enabled())
         return;
-    holmes__unwind_prepare();
     if (s->threads != a->last.threads || ++a->maps_age >= 10) {
-        holmes__unwind_refresh_maps();
+        holmes__unwind_prepare();
         a->maps_age = 0;
     }
 }

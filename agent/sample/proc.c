@@ -7,7 +7,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libproc2/pids.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,16 +17,18 @@
 
 #include "../base/base.h"
 
+/*
+ * The process's stat and statm are read and parsed here rather than through
+ * libproc2: its readers keep 265 KiB of per-thread buffers that are never
+ * freed when the reading thread (our watchdog) ends, so every start/stop
+ * leaked them, and a select reads /proc/uptime and status besides, twice
+ * the cost of the two small files a tick needs.
+ */
 struct holmes__proc_reader {
-    struct pids_info *pids; /* NULL: parse <root>/proc/self/{stat,statm} */
     uint64_t ns_per_tick;
     uint64_t page_size;
     char root[HOLMES_PATH_MAX];
 };
-
-/* The order here is the order of the results in a pids stack. */
-static enum pids_item pid_items[] = {PIDS_TICS_ALL, PIDS_MEM_RES, PIDS_NLWP};
-enum { ITEM_TICS, ITEM_RSS_KIB, ITEM_THREADS };
 
 holmes__proc_reader *holmes__proc_reader_new(const char *root)
 {
@@ -38,12 +39,6 @@ holmes__proc_reader *holmes__proc_reader_new(const char *root)
     r->ns_per_tick = 1000000000ull / (uint64_t)(hz > 0 ? hz : 100);
     r->page_size = (uint64_t)(page > 0 ? page : 4096);
     snprintf(r->root, sizeof(r->root), "%s", root);
-    /* libproc2 only knows the real /proc; a test root is parsed by hand. */
-    if (root[0] == 0 &&
-        procps_pids_new(&r->pids, pid_items, (int)HOLMES_ARRAY_LEN(pid_items)) < 0) {
-        holmes__log(HOLMES_LOG_WARN, "sampler: libproc2 did not start; reading /proc/self/stat");
-        r->pids = NULL;
-    }
     return r;
 }
 
@@ -51,29 +46,7 @@ void holmes__proc_reader_free(holmes__proc_reader *r)
 {
     if (!r)
         return;
-    if (r->pids)
-        procps_pids_unref(&r->pids);
     free(r);
-}
-
-static int read_pids(holmes__proc_reader *r, holmes__proc_stats *out)
-{
-    /* getpid() on every read, so a forked child measures itself. */
-    unsigned pid = (unsigned)getpid();
-    struct pids_fetch *f = procps_pids_select(r->pids, &pid, 1, PIDS_SELECT_PID);
-    if (!f || !f->counts || f->counts->total < 1)
-        return -ESRCH;
-    struct pids_stack *st = f->stacks[0];
-    out->cpu_ns = PIDS_VAL(ITEM_TICS, ull_int, st, r->pids) * r->ns_per_tick;
-    /* Clock ticks are 10 ms: at a 100 ms interval that is 10% of a core of
-     * noise per sample. The process CPU clock counts nanoseconds, so it
-     * replaces the ticks for our own process. */
-    struct timespec ts;
-    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0)
-        out->cpu_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    out->rss_bytes = (uint64_t)PIDS_VAL(ITEM_RSS_KIB, ul_int, st, r->pids) * 1024u;
-    out->threads = PIDS_VAL(ITEM_THREADS, s_int, st, r->pids);
-    return 0;
 }
 
 /* The stat fields counted from 1 as in proc(5); the command (2) may hold
@@ -127,7 +100,14 @@ static int read_stat_files(holmes__proc_reader *r, holmes__proc_stats *out)
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    return r->pids ? read_pids(r, out) : read_stat_files(r, out);
+    int rc = read_stat_files(r, out);
+    /* Clock ticks are 10 ms: at a 100 ms interval that is 10% of a core of
+     * noise per sample. For the real process the CPU clock counts
+     * nanoseconds, so it replaces the ticks. */
+    struct timespec ts;
+    if (rc == 0 && r->root[0] == 0 && clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0)
+        out->cpu_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return rc;
 }
 
 /* ---- descriptors ---- */

@@ -1,6 +1,6 @@
 /*
  * The sampler: everything it needs is found once at creation (the cgroup,
- * the limits, the PSI files, the libproc2 handle); a tick only reads small
+ * the limits, the PSI files); a tick only reads small
  * files into stack buffers. A metric that cannot be read is left out of the
  * sample and logged at most once an hour; the others go on.
  */

@@ -110,14 +110,13 @@ typedef struct holmes__proc_stats {
 } holmes__proc_stats;
 typedef struct holmes__proc_reader holmes__proc_reader;
 /*
- * For root "" the reader uses libproc2 (which always reads the real /proc);
- * under any other root, and if libproc2 cannot start, it parses
- * <root>/proc/self/stat and statm itself. NULL without memory.
+ * Parses <root>/proc/self/stat and statm; for the real process (root "")
+ * CPU time comes from the nanosecond process clock. NULL without memory.
  */
 holmes__proc_reader *holmes__proc_reader_new(const char *root);
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out);
 void holmes__proc_reader_free(holmes__proc_reader *r);
-/* Parses /proc/<pid>/stat and statm text (the fallback path). It leaves
+/* Parses /proc/<pid>/stat and statm text. It leaves
  * clock ticks in cpu_ns and pages in rss_bytes: the reader scales them. */
 int holmes__parse_proc_stat(const char *stat, const char *statm, holmes__proc_stats *out);
 
