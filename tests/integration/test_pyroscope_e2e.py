@@ -19,7 +19,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, finish, pprof, prog  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, pprof, prog  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = "e2e-svc"
@@ -257,7 +257,7 @@ name = e2e-svc
 interval = 200ms
 window = 5
 cpu_cores = 1
-mem_limit = 256MiB
+mem_limit = 1GiB
 log_level = debug
 [heap]
 sample_bytes = 64KiB
@@ -266,10 +266,11 @@ abs = 40
 diff = off
 cooldown = 1h
 duration = 2s
-[rule.heap]
-abs = 20
+[rule.mem]
+abs = 25
 diff = off
 cooldown = 1h
+capture = heap
 [rule.threads]
 abs = 30
 diff = off
@@ -288,7 +289,8 @@ dir = @DUMPS@
 # (command, rule, metric, clause, kinds uploaded, seconds the capture lasts)
 PHASES = [
     ("burn 4", "cpu", "cpu", "abs", ["cpu"], 2),
-    ("alloc 80", "heap", "heap", "abs", ["heap", "heap-base"], 0),
+    # RSS, not the sampler's estimate: sanitizer builds have no heap sampler.
+    ("alloc 300", "mem", "mem", "abs", ["heap", "heap-base"], 0),
     ("threads 40 3", "threads", "threads", "abs", ["threads"], 0),
     ("fds 80 3", "wall", "fds", "abs", ["wall"], 2),
     # holmes_dump_now(): every enabled capture, wall too since a rule uses it.
@@ -298,7 +300,7 @@ PHASES = [
 # What `go tool pprof -top` must name in each kind's profile.
 TOP_OF = {
     ("cpu", "cpu"): "e2e_burn_hot",
-    ("heap", "heap"): "e2e_grow_cache",
+    ("mem", "heap"): "e2e_grow_cache",
     ("threads", "threads"): "clock_nanosleep",
     ("wall", "wall"): "clock_nanosleep",
 }
@@ -316,7 +318,8 @@ def check_pprof(label, server, upload, workdir):
     check(re.search(r"^Type: %s$" % PPROF_TYPE[kind], top, re.M),
           "%s: pprof type is not %s:\n%s" % (label, PPROF_TYPE[kind], top[:600]))
     name = TOP_OF.get((rule, kind))
-    if name:
+    # Sanitizer builds keep their own malloc: the heap profile is empty there.
+    if name and not (SANITIZE and kind == "heap"):
         check(name in top, "%s: %s not in pprof -top:\n%s" % (label, name, top[:1500]))
 
 
