@@ -26,11 +26,11 @@ run_suite() { # name, cmake args...
   (cd "$dir" && ctest --output-on-failure --timeout 600 -j"$jobs") 2>&1 | tee "$log" | grep -E '^( *[0-9]+/[0-9]+ Test|[0-9]+% tests|The following|\s+[0-9]+ - )' || true
   local p f
   p=$(grep -cE 'Test +#[0-9]+: .* Passed' "$log")
-  f=$(grep -cE 'Test +#[0-9]+: .* (\*\*\*|Failed|Exception|Timeout)' "$log")
+  f=$(grep -cE 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log")
   passed=$((passed + p)); failed=$((failed + f))
   if [[ $f -gt 0 || $p -eq 0 ]]; then
     failures+=("$name: $f failed"); [[ $p -eq 0 ]] && failed=$((failed + 1))
-    grep -E 'Test +#[0-9]+: .* (\*\*\*|Failed|Exception|Timeout)' "$log" | sed "s/^/   $name: /"
+    grep -E 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log" | sed "s/^/   $name: /"
   fi
 }
 
