@@ -7,6 +7,7 @@
  * while serving: a steady load that must not look like a storm.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -14,9 +15,9 @@
 
 #include <holmes/holmes.h>
 
-static volatile int spiking;
-static volatile int done;
-static volatile double sink;
+static atomic_int spiking;
+static atomic_int done;
+static _Atomic double sink; /* where results go, so the work is not optimized away */
 static double load = 0.02;
 
 static double now_s(void)

@@ -5,6 +5,7 @@
  * Usage: thread_storm CONFIG [IDLE_S] [HOLD_S]
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -17,7 +18,7 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t held = PTHREAD_MUTEX_INITIALIZER;
-static int quit;
+static atomic_int quit;
 static int pipefd[2];
 
 __attribute__((noinline)) static void wait_for_job(void)
@@ -30,7 +31,7 @@ __attribute__((noinline)) static void wait_for_job(void)
 
 __attribute__((noinline)) static void backoff_retry(void)
 {
-    while (!__atomic_load_n(&quit, __ATOMIC_RELAXED)) {
+    while (!quit) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
