@@ -17,7 +17,7 @@
 
 static atomic_int spiking;
 static atomic_int done;
-static _Atomic double sink; /* where results go, so the work is not optimized away */
+static atomic_long sink; /* where results go, so the work is not optimized away */
 static double load = 0.02;
 
 static double now_s(void)
@@ -44,7 +44,7 @@ __attribute__((noinline)) static void handle_request(void)
 {
     double start = now_s();
     while (now_s() - start < 0.020 * load)
-        sink += compute_price_matrix(2000);
+        sink += (long)compute_price_matrix(2000);
     usleep((useconds_t)(20000 * (1 - load)));
 }
 
@@ -53,7 +53,7 @@ static void *worker(void *arg)
     (void)arg;
     while (!done) {
         if (spiking)
-            sink += compute_price_matrix(1 << 20);
+            sink += (long)compute_price_matrix(1 << 20);
         else
             handle_request();
     }
