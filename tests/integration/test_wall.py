@@ -1,0 +1,78 @@
+"""capture = wall shows where a slow request waits: the handler sleeps 100 ms
+and computes 10 ms; the wall profile gives about 90% of the handler's time to
+the sleep, while a CPU profile of the same run does not show it at all."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from holmes_test import SANITIZE, Workdir, check, finish, pprof, prog, run  # noqa: E402
+
+INI = """
+[agent]
+name = slow
+interval = 200ms
+window = 2
+warmup = 1
+[rule.waits]
+metric = threads
+min = 0
+diff = off
+abs = 1
+capture = wall
+duration = 4s
+hz = 100
+[rule.burns]
+metric = threads
+min = 0
+diff = off
+abs = 1
+capture = cpu
+duration = 4s
+hz = 200
+[reporter.file]
+dir = @DUMPS@
+"""
+
+
+def share(profile, function, tag_filter=None):
+    """The function's cumulative time as a percentage of handle_request's."""
+    args = ["-top", "-cum", "-nodecount=200"] + (tag_filter or []) + [profile]
+    cum = {}
+    for line in pprof(args).splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[4].endswith("%"):
+            cum[parts[-1]] = float(parts[4].rstrip("%"))
+    whole = cum.get("handle_request", 0.0)
+    return 100.0 * cum.get(function, 0.0) / whole if whole else 0.0
+
+
+def main():
+    w = Workdir()
+    ini = w.write_ini(INI)
+    run([prog("slow_handler"), ini, "6"], cwd=w.path, timeout=60)
+    walls, cpus = w.files("*.waits.*.wall.pb.gz"), w.files("*.burns.*.cpu.pb.gz")
+    check(len(walls) == 1 and len(cpus) == 1, "expected one wall and one CPU profile: %s" % w.files())
+    if walls and cpus:
+        only_handler = ["-tagfocus=thread_name=^handler$"]
+        sleep = share(walls[0], "wait_for_backend", only_handler)
+        burn = share(walls[0], "render_response", only_handler)
+        print("wall: wait_for_backend %.1f%%, render_response %.1f%%" % (sleep, burn))
+        if SANITIZE == "thread":
+            print("SKIP attribution under TSan: it delays signals to blocked threads")
+        else:
+            check(80 <= sleep <= 97, "wall: the sleep has %.1f%% of the handler, not ~90%%" % sleep)
+            check(3 <= burn <= 20, "wall: the computing has %.1f%%, not ~10%%" % burn)
+        cpu_sleep = share(cpus[0], "wait_for_backend")
+        cpu_burn = share(cpus[0], "render_response")
+        print("cpu: wait_for_backend %.1f%%, render_response %.1f%%" % (cpu_sleep, cpu_burn))
+        # Entering and leaving nanosleep costs a little real CPU; the 100 ms
+        # of sleeping itself must not appear.
+        check(cpu_sleep < 5.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
+        if SANITIZE != "thread":
+            check(cpu_burn > 50, "the CPU profile misses the computing (%.1f%%)" % cpu_burn)
+    w.cleanup()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
