@@ -15,6 +15,8 @@
 
 #include <holmes/holmes.h>
 
+#include "sleep_full.h"
+
 static atomic_int spiking;
 static atomic_int done;
 static atomic_long sink; /* where results go, so the work is not optimized away */
@@ -45,7 +47,7 @@ __attribute__((noinline)) static void handle_request(void)
     double start = now_s();
     while (now_s() - start < 0.020 * load)
         sink += (long)compute_price_matrix(2000);
-    usleep((useconds_t)(20000 * (1 - load)));
+    sleep_full(0.020 * (1 - load));
 }
 
 static void *worker(void *arg)
@@ -81,15 +83,15 @@ int main(int argc, char **argv)
         pthread_create(&t[i], NULL, worker, NULL);
     printf("cpu_spike: serving lightly for %.1f s\n", idle);
     fflush(stdout);
-    usleep((useconds_t)(idle * 1e6));
+    sleep_full(idle);
     printf("cpu_spike: spike start %.3f\n", now_s());
     fflush(stdout);
     spiking = 1;
-    usleep((useconds_t)(spike * 1e6));
+    sleep_full(spike);
     spiking = 0;
     printf("cpu_spike: spike end %.3f\n", now_s());
     fflush(stdout);
-    usleep(500000);
+    sleep_full(0.5);
     done = 1;
     for (int i = 0; i < nworkers; i++)
         pthread_join(t[i], NULL);

@@ -14,6 +14,8 @@
 
 #include <holmes/holmes.h>
 
+#include "sleep_full.h"
+
 static int listen_on_loopback(int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -68,16 +70,16 @@ int main(int argc, char **argv)
         return 1;
     printf("fd_leak: listening on 127.0.0.1:%d\n", port);
     fflush(stdout);
-    usleep((useconds_t)(idle * 1e6));
+    sleep_full(idle);
     for (int r = 0; r < rounds; r++) {
         open_log(r);
         open_connection(listener, port);
         open_pipe();
-        usleep(50000);
+        sleep_full(0.05);
     }
     printf("fd_leak: leaked %d rounds\n", rounds);
     fflush(stdout);
-    usleep((useconds_t)(hold * 1e6));
+    sleep_full(hold);
     holmes_stop();
     return 0;
 }

@@ -13,6 +13,8 @@
 
 #include <holmes/holmes.h>
 
+#include "sleep_full.h"
+
 struct session {
     struct session *next;
     size_t size;
@@ -58,11 +60,6 @@ __attribute__((noinline)) static void handle_request(void)
     }
 }
 
-static void sleep_s(double s)
-{
-    usleep((useconds_t)(s * 1e6));
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -85,7 +82,7 @@ int main(int argc, char **argv)
     fflush(stdout);
     for (double t = 0; t < idle; t += 0.01) {
         handle_request();
-        sleep_s(0.01);
+        sleep_full(0.01);
     }
     printf("leak: growing to %zu MiB at %.0f MiB/s\n", target >> 20, rate);
     fflush(stdout);
@@ -98,13 +95,13 @@ int main(int argc, char **argv)
             added += size;
         }
         handle_request();
-        sleep_s(0.01);
+        sleep_full(0.01);
     }
     printf("leak: holding %zu bytes live in %zu sessions\n", cache_bytes, n);
     fflush(stdout);
     if (dump && holmes_dump_now() != 0)
         fprintf(stderr, "leak: holmes_dump_now failed\n");
-    sleep_s(hold);
+    sleep_full(hold);
     holmes_stop();
     return 0;
 }

@@ -13,6 +13,8 @@
 
 #include <holmes/holmes.h>
 
+#include "sleep_full.h"
+
 #define NTHREADS 200
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -78,14 +80,14 @@ int main(int argc, char **argv)
     }
     if (pipe(pipefd) != 0)
         return 1;
-    usleep((useconds_t)(idle * 1e6));
+    sleep_full(idle);
     pthread_mutex_lock(&held);
     pthread_t t[NTHREADS];
     for (long i = 0; i < NTHREADS; i++)
         pthread_create(&t[i], NULL, worker, (void *)i);
     printf("thread_storm: %d threads started\n", NTHREADS);
     fflush(stdout);
-    usleep((useconds_t)(hold * 1e6));
+    sleep_full(hold);
     pthread_mutex_lock(&lock);
     quit = 1;
     pthread_cond_broadcast(&cond);
