@@ -208,6 +208,26 @@ HOLMES_EXPORT const char *holmes_last_error(void)
 }
 
 /* ---- mmap-backed buffer ---- */
+
+/*
+ * ThreadSanitizer does not intercept mremap(): a buffer moved by it leaves
+ * stale shadow behind, and the next thread that gets those pages reports
+ * races with the former owner. Its builds grow by mmap, copy and munmap.
+ */
+static void *buf_remap(void *old, size_t old_cap, size_t cap)
+{
+#if defined(__SANITIZE_THREAD__)
+    void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+        memcpy(p, old, old_cap);
+        munmap(old, old_cap);
+    }
+    return p;
+#else
+    return mremap(old, old_cap, cap, MREMAP_MAYMOVE);
+#endif
+}
+
 static bool buf_grow(holmes__buf *b, size_t need)
 {
     if (b->failed)
@@ -217,7 +237,7 @@ static bool buf_grow(holmes__buf *b, size_t need)
     size_t cap = b->cap ? b->cap : 64 * 1024;
     while (cap < b->len + need)
         cap *= 2;
-    void *p = b->data ? mremap(b->data, b->cap, cap, MREMAP_MAYMOVE)
+    void *p = b->data ? buf_remap(b->data, b->cap, cap)
                       : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         b->failed = true;
