@@ -209,19 +209,27 @@ static void run_instant(holmes__job *job)
         capture_fds(job);
 }
 
+/* Files a timed capture's profile, or notes why there is none. */
+static void take_timed(active_job *aj, holmes__capture kind, int rc, holmes__buf *out,
+                       const holmes__capture_stats *st)
+{
+    const char *name = holmes__capture_name(kind);
+    if (rc != 0) {
+        note(&aj->job.info, "%s: %s", name, holmes_strerror(rc));
+        holmes__buf_free(out);
+        return;
+    }
+    record_stats(&aj->job, kind, st);
+    add_profile(&aj->job, name, out);
+}
+
 static void finish_cpu(active_job *aj)
 {
     holmes__buf out = {0};
     holmes__capture_stats st = {0};
     int rc = holmes__cpu_capture_stop(aj->cpu, &out, &st);
     aj->cpu = NULL;
-    if (rc != 0) {
-        note(&aj->job.info, "cpu: %s", holmes_strerror(rc));
-        holmes__buf_free(&out);
-        return;
-    }
-    record_stats(&aj->job, HOLMES_CAPTURE_CPU, &st);
-    add_profile(&aj->job, "cpu", &out);
+    take_timed(aj, HOLMES_CAPTURE_CPU, rc, &out, &st);
 }
 
 static void finish_wall(active_job *aj)
@@ -230,13 +238,7 @@ static void finish_wall(active_job *aj)
     holmes__capture_stats st = {0};
     int rc = holmes__wall_capture_stop(aj->wall, &out, &st);
     aj->wall = NULL;
-    if (rc != 0) {
-        note(&aj->job.info, "wall: %s", holmes_strerror(rc));
-        holmes__buf_free(&out);
-        return;
-    }
-    record_stats(&aj->job, HOLMES_CAPTURE_WALL, &st);
-    add_profile(&aj->job, "wall", &out);
+    take_timed(aj, HOLMES_CAPTURE_WALL, rc, &out, &st);
 }
 
 /* The event is rewritten with what was actually captured, and delivered. */
