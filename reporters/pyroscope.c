@@ -34,9 +34,14 @@
  * The name sorts by age; the item is written through a temporary name and
  * rename(), and the uploader holds flock() on it while sending, so two
  * processes sharing a spool never send the same item twice.
+ *
+ * libcurl is not linked: the uploader thread loads it (curl_lazy.h) before
+ * its first upload, so a service that configures no Pyroscope reporter never
+ * maps it, and a constructor (a preloaded agent starts in one) never loads
+ * it. Without a usable libcurl the reporter logs one line and turns itself
+ * off; the file reporter goes on writing every dump.
  */
 #include <ctype.h>
-#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +55,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "curl_lazy.h"
 #include "pyroscope.h"
 #include "reporter.h"
 #include "sync.h"
@@ -67,11 +73,17 @@ typedef struct pyro {
     uint64_t spool_max; /* 0: unbounded */
     char tags[HOLMES_PATH_MAX]; /* configured tags, sanitized: "k=v,k=v" */
     unsigned backoff_start_ms, backoff_cap_ms;
-    CURLM *multi; /* created up front so close() can wake a transfer */
+    /*
+     * The uploader's libcurl and multi handle, set and cleared by the
+     * uploader under `lock`, so that close() can wake a transfer in flight.
+     */
+    const holmes__curl *curl;
+    CURLM *multi;
     pthread_t uploader;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     bool stop, kicked;
+    bool off; /* libcurl could not be loaded: nothing is spooled any more */
     unsigned seq;
     unsigned failures; /* consecutive failed attempts, for the recovery log line */
     uint64_t rng;
@@ -96,16 +108,8 @@ enum outcome { SENT, RETRY, FINAL };
 
 /* ---- process-wide setup ---- */
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
 static pthread_once_t backoff_once = PTHREAD_ONCE_INIT;
 static unsigned backoff_start_ms = 1000, backoff_cap_ms = 60000;
-
-/* Never from a constructor: curl_global_init may load TLS libraries. */
-static void curl_init(void)
-{
-    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static void backoff_from_env(void)
 {
@@ -419,11 +423,12 @@ static bool is_profile(const holmes__dump_file *f)
 
 static int pyro_deliver(void *self, const holmes__dump *d)
 {
-    if (!d->final)
+    pyro *p = self;
+    if (!d->final || __atomic_load_n(&p->off, __ATOMIC_ACQUIRE))
         return 0;
     for (int i = 0; i < d->nfiles; i++) {
         if (is_profile(&d->files[i]))
-            spool_one(self, d, &d->files[i]);
+            spool_one(p, d, &d->files[i]);
     }
     return 0;
 }
@@ -542,23 +547,24 @@ static size_t keep_response(char *data, size_t size, size_t n, void *ud)
 /* Runs one transfer on the multi handle, so that close() can interrupt it. */
 static CURLcode perform(pyro *p, CURL *e)
 {
+    const holmes__curl *c = p->curl;
     CURLcode res = CURLE_ABORTED_BY_CALLBACK;
-    if (curl_multi_add_handle(p->multi, e) != CURLM_OK)
+    if (c->multi_add_handle(p->multi, e) != CURLM_OK)
         return CURLE_FAILED_INIT;
     int running = 1;
     while (running && !stopping(p)) {
-        if (curl_multi_perform(p->multi, &running) != CURLM_OK)
+        if (c->multi_perform(p->multi, &running) != CURLM_OK)
             break;
         if (running)
-            curl_multi_poll(p->multi, NULL, 0, 1000, NULL);
+            c->multi_poll(p->multi, NULL, 0, 1000, NULL);
     }
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(p->multi, &left)) != NULL) {
+    while ((m = c->multi_info_read(p->multi, &left)) != NULL) {
         if (m->msg == CURLMSG_DONE)
             res = m->data.result;
     }
-    curl_multi_remove_handle(p->multi, e);
+    c->multi_remove_handle(p->multi, e);
     return res;
 }
 
@@ -574,32 +580,33 @@ static enum outcome classify(long status)
 static enum outcome send_item(pyro *p, CURL *e, struct curl_slist *headers, const item *it,
                               char *why, size_t why_cap)
 {
+    const holmes__curl *c = p->curl;
     char url[HOLMES_PATH_MAX * 8];
     snprintf(url, sizeof(url), "%s/ingest?%s", p->url, it->query);
     response resp = {0};
-    curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, it->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)it->body_len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, p->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, p->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_response);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "holmes-c/" HOLMES_VERSION_STRING);
+    c->easy_reset(e);
+    c->easy_setopt(e, CURLOPT_URL, url);
+    c->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    c->easy_setopt(e, CURLOPT_POST, 1L);
+    c->easy_setopt(e, CURLOPT_POSTFIELDS, it->body);
+    c->easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)it->body_len);
+    c->easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    c->easy_setopt(e, CURLOPT_TIMEOUT_MS, p->timeout_ms);
+    c->easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, p->timeout_ms);
+    c->easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_response);
+    c->easy_setopt(e, CURLOPT_WRITEDATA, &resp);
+    c->easy_setopt(e, CURLOPT_USERAGENT, "holmes-c/" HOLMES_VERSION_STRING);
     if (p->userpwd[0]) {
-        curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-        curl_easy_setopt(e, CURLOPT_USERPWD, p->userpwd);
+        c->easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        c->easy_setopt(e, CURLOPT_USERPWD, p->userpwd);
     }
     CURLcode rc = perform(p, e);
     if (rc != CURLE_OK) {
-        snprintf(why, why_cap, "%s", curl_easy_strerror(rc));
+        snprintf(why, why_cap, "%s", c->easy_strerror(rc));
         return RETRY;
     }
     long status = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    c->easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     resp.text[strcspn(resp.text, "\r\n")] = 0;
     snprintf(why, why_cap, "HTTP %ld%s%s", status, resp.len ? ": " : "", resp.text);
     return classify(status);
@@ -671,18 +678,19 @@ static unsigned after_attempt(pyro *p, const item *it, enum outcome o, const cha
     return 0;
 }
 
-static void *uploader_main(void *arg)
+/* Sends spooled items until stopped. */
+static void upload_loop(pyro *p)
 {
-    pyro *p = arg;
-    CURL *e = curl_easy_init();
+    const holmes__curl *c = p->curl;
+    CURL *e = c->easy_init();
     struct curl_slist *headers = NULL;
     char tenant[300];
-    headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
+    headers = c->slist_append(headers, "Content-Type: application/octet-stream");
     /* No "Expect: 100-continue" round trip: the body is small and wanted. */
-    headers = curl_slist_append(headers, "Expect:");
+    headers = c->slist_append(headers, "Expect:");
     snprintf(tenant, sizeof(tenant), "X-Scope-OrgID: %s", p->tenant);
     if (p->tenant[0])
-        headers = curl_slist_append(headers, tenant);
+        headers = c->slist_append(headers, tenant);
     if (!e || !headers)
         holmes__log(HOLMES_LOG_ERROR, "pyroscope: cannot set up libcurl; uploads stay in %s",
                     p->spool);
@@ -701,9 +709,39 @@ static void *uploader_main(void *arg)
         if (wait)
             wait_backoff(p, wait);
     }
-    curl_slist_free_all(headers);
+    c->slist_free_all(headers);
     if (e)
-        curl_easy_cleanup(e);
+        c->easy_cleanup(e);
+}
+
+/* Sets the uploader's libcurl and multi handle (or clears them) for close() to see. */
+static void set_transfer(pyro *p, const holmes__curl *c, CURLM *multi)
+{
+    pthread_mutex_lock(&p->lock);
+    p->curl = c;
+    p->multi = multi;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void *uploader_main(void *arg)
+{
+    pyro *p = arg;
+    const holmes__curl *c = holmes__curl_load();
+    if (!c) {
+        /* holmes__curl_load said why, once per process. */
+        __atomic_store_n(&p->off, true, __ATOMIC_RELEASE);
+        return NULL;
+    }
+    CURLM *multi = c->multi_init();
+    if (!multi) {
+        holmes__log(HOLMES_LOG_ERROR, "pyroscope: cannot set up libcurl; uploads stay in %s",
+                    p->spool);
+        return NULL;
+    }
+    set_transfer(p, c, multi);
+    upload_loop(p);
+    set_transfer(p, c, NULL);
+    c->multi_cleanup(multi);
     return NULL;
 }
 
@@ -711,8 +749,6 @@ static void *uploader_main(void *arg)
 
 static void pyro_free(pyro *p)
 {
-    if (p->multi)
-        curl_multi_cleanup(p->multi);
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
     free(p);
@@ -740,12 +776,6 @@ static void configure(pyro *p, const holmes__config *cfg)
 
 static int start(pyro *p)
 {
-    pthread_once(&curl_once, curl_init);
-    if (curl_init_rc != CURLE_OK) {
-        holmes__log(HOLMES_LOG_ERROR, "pyroscope: libcurl init failed: %s",
-                    curl_easy_strerror(curl_init_rc));
-        return HOLMES_EIO;
-    }
     int rc = holmes__mkdirs(p->spool);
     if (rc != 0) {
         holmes__log(HOLMES_LOG_ERROR, "pyroscope: cannot create spool %s: %s", p->spool,
@@ -753,9 +783,6 @@ static int start(pyro *p)
         return HOLMES_EIO;
     }
     clean_temporaries(p);
-    p->multi = curl_multi_init();
-    if (!p->multi)
-        return HOLMES_ENOMEM;
     if (holmes__thread_create(uploader_main, p, "holmes-upload", &p->uploader) != 0) {
         holmes__log(HOLMES_LOG_ERROR, "pyroscope: cannot start the uploader thread");
         return HOLMES_ETHREAD;
@@ -795,8 +822,10 @@ static void pyro_close(void *self)
     pthread_mutex_lock(&p->lock);
     __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->cond);
+    /* The uploader clears multi under this lock before it cleans it up. */
+    if (p->multi)
+        p->curl->multi_wakeup(p->multi);
     pthread_mutex_unlock(&p->lock);
-    curl_multi_wakeup(p->multi);
     pthread_join(p->uploader, NULL);
     pyro_free(p);
 }
