@@ -36,6 +36,12 @@ int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__c
 int holmes__heap_enable(uint64_t sample_bytes);
 void holmes__heap_disable(void);
 bool holmes__heap_enabled(void);
+/*
+ * Returns to the kernel the pages of freed sampled objects kept for reuse:
+ * those beyond a few MiB, or all of them when no sampled allocation reused
+ * one since the previous call. Call from the watchdog's tick.
+ */
+void holmes__heap_maintain(void);
 /* Estimated bytes in use through malloc (from the sampled live table). */
 uint64_t holmes__heap_inuse_bytes(void);
 /* Writes the current heap profile (gzip'd pprof). */

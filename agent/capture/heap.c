@@ -143,9 +143,9 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, siz
                                                                    bool zero, uintptr_t caller)
 {
     if (holmes__heap_decide(n)) {
-        void *p = holmes__heap_sample_alloc(n, align, caller);
+        void *p = holmes__heap_sample_alloc(n, align, zero, caller);
         if (p)
-            return p; /* the region hands out zeroed memory */
+            return p;
     }
     if (align)
         return REAL_MEMALIGN(align, n);
@@ -185,7 +185,7 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *
 {
     if ((p && n == 0) || !holmes__heap_decide(n))
         return REAL_REALLOC(p, n);
-    void *q = holmes__heap_sample_alloc(n, 0, caller);
+    void *q = holmes__heap_sample_alloc(n, 0, false, caller);
     if (!q)
         return REAL_REALLOC(p, n);
     if (p) {

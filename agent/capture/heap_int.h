@@ -51,11 +51,12 @@ extern __thread int64_t holmes__heap_countdown HOLMES_INTERNAL
 /* Re-arms the countdown; true when this allocation of n bytes is to be sampled. */
 bool holmes__heap_decide(size_t n);
 /*
- * A sampled allocation in the region, zero-filled; NULL when full (counted
- * as dropped). caller: the return address into the code that called the
- * family, the one frame kept when the stack cannot be walked.
+ * A sampled allocation in the region, its n bytes zeroed when zero is true;
+ * NULL when full (counted as dropped). caller: the return address into the
+ * code that called the family, the one frame kept when the stack cannot be
+ * walked.
  */
-void *holmes__heap_sample_alloc(size_t n, size_t align, uintptr_t caller);
+void *holmes__heap_sample_alloc(size_t n, size_t align, bool zero, uintptr_t caller);
 void holmes__heap_sample_free(void *p);
 /* Usable size of a sampled object, or 0 when p is not a live one. */
 size_t holmes__heap_sample_usable(const void *p);
@@ -70,11 +71,15 @@ typedef struct holmes__heap_counters {
 void holmes__heap_get_counters(holmes__heap_counters *c);
 uint64_t holmes__heap_rate(void);
 
-/* Takes the lock that guards the region and the tables' inserts. */
+/*
+ * The sampler's locks, each taken around fork() by its own handlers. None
+ * is ever held while another is taken, so their order does not matter.
+ * heap_sample.c's guards switching on (the region's and tables' setup).
+ */
 void holmes__heap_lock(void);
 void holmes__heap_unlock(void);
 
-/* ---- heap_region.c: caller holds the lock unless said otherwise ---- */
+/* ---- heap_region.c: thread-safe, its own lock held for list operations only ---- */
 extern uintptr_t holmes__heap_region_lo HOLMES_INTERNAL;
 extern size_t holmes__heap_region_len HOLMES_INTERNAL;
 
@@ -97,32 +102,49 @@ typedef struct holmes__heap_rec {
     uint32_t bucket; /* heap_table bucket */
     uint32_t next;   /* free-span list link: record index + 1 */
     uint32_t cls;    /* span class: how many pages the span holds */
+    uint32_t warm;   /* the span's pages may hold a previous object's bytes */
 } holmes__heap_rec;
+
+/* Most bytes of freed sampled spans kept resident for reuse (the warm lists). */
+#define HOLMES_HEAP_CACHE_MAX ((size_t)4 << 20)
 
 /* Reserves the region and its side tables once. Returns 0 or an error. */
 int holmes__heap_region_init(void);
-/* Places n bytes aligned to align (a power of two, or 0) in a zeroed span; NULL when full. */
+/*
+ * Places n bytes aligned to align (a power of two, or 0) in a span; NULL
+ * when full. The memory is zero unless (*rec)->warm.
+ */
 void *holmes__heap_region_alloc(size_t n, size_t align, holmes__heap_rec **rec);
 /* The record of a live sampled object, or NULL. Lock-free for a pointer its caller owns. */
 holmes__heap_rec *holmes__heap_region_find(const void *p);
+/* Finds a live object's record and marks it dead, so exactly one free gets it; NULL if none. */
+holmes__heap_rec *holmes__heap_region_claim(const void *p);
 size_t holmes__heap_region_usable(const holmes__heap_rec *r);
-/* Returns the span's memory to the kernel and keeps the span for reuse. */
+/* Puts a claimed record's span back for reuse (warm, or returned to the kernel when big). */
 void holmes__heap_region_release(holmes__heap_rec *r);
+/* Fork handlers of the region's lock; the child's also recovers an interrupted trim. */
+void holmes__heap_region_lock(void);
+void holmes__heap_region_unlock(void);
+void holmes__heap_region_fork_child(void);
 
 /* ---- heap_table.c: deduplicated stacks, counters per (stack, size class) ---- */
 typedef struct holmes__heap_counts {
     uint64_t alloc_count, alloc_bytes, free_count, free_bytes;
 } holmes__heap_counts;
 
-/* Maps the tables once. Returns 0 or an error. Caller holds the lock. */
+/* Maps the tables once. Returns 0 or an error. Caller holds holmes__heap_lock. */
 int holmes__heap_table_init(void);
 /*
  * The bucket for a sampled allocation of n bytes at this stack; bucket 0
- * (no stack) when the tables are full. Caller holds the lock.
+ * (no stack) when the tables are full. Lock-free for a known stack and size
+ * class; inserts take the tables' own lock.
  */
 uint32_t holmes__heap_bucket_for(const uintptr_t *pcs, int depth, size_t n);
-/* Caller holds the lock; readers need none. */
+/* Lock-free, writers and readers alike. */
 void holmes__heap_count(uint32_t bucket, size_t n, bool alloc);
+/* Fork handlers of the tables' insert lock. */
+void holmes__heap_table_lock(void);
+void holmes__heap_table_unlock(void);
 /* Lock-free readers: buckets are only ever added, their stacks never change. */
 uint32_t holmes__heap_bucket_count(void);
 void holmes__heap_bucket_read(uint32_t bucket, holmes__heap_counts *out);

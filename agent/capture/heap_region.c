@@ -16,14 +16,33 @@
  * region) finds an object's record from its address, so objects carry no
  * header and keep whatever alignment was asked for.
  *
+ * Free spans wait on two lists per class. A freed small span (up to
+ * CACHE_SPAN_PAGES) goes on the class's warm list with its pages still
+ * resident, and the next sampled allocation of that class takes it back:
+ * returning it with MADV_DONTNEED at every free cost a system call, a TLB
+ * shootdown on every other core running the service, and a page fault when
+ * the span was reused. The warm lists hold at most CACHE_HIGH bytes; past
+ * that, the freeing thread trims them to CACHE_LOW, and the watchdog's tick
+ * (holmes__heap_maintain) trims them to CACHE_LOW, or empties them when no
+ * allocation took a warm span since the previous tick. Trimmed spans, and
+ * big spans at once, are returned with MADV_DONTNEED and go on the class's
+ * cold list: their pages read as zeros. A warm span holds the previous
+ * object's bytes, so the caller zeroes what calloc hands out.
+ *
+ * One adaptive mutex guards the lists; it is held for a few list
+ * operations only, never across a system call.
+ *
  * Everything here is bounded: when the address space, the records or the
  * page map run out, the allocation is not sampled (the caller counts it as
  * dropped) and glibc serves it.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "heap_int.h"
 
 #define REGION_MAX ((size_t)64 << 30) /* tried first, halved on failure */
@@ -31,6 +50,10 @@
 #define MAX_RECORDS ((uint32_t)1 << 20)
 #define COMMIT_STEP ((size_t)1 << 20) /* mprotect the region in steps this large */
 #define SPAN_CLASSES 128u
+#define CACHE_SPAN_PAGES 16u /* spans of up to 64 KiB (4 KiB pages) are kept warm */
+#define CACHE_HIGH HOLMES_HEAP_CACHE_MAX
+#define CACHE_LOW (HOLMES_HEAP_CACHE_MAX / 2)
+#define TRIM_BATCH 64u /* spans released per unlocked round of system calls */
 
 uintptr_t holmes__heap_region_lo;
 size_t holmes__heap_region_len;
@@ -45,8 +68,18 @@ static struct {
     uint32_t *pagemap; /* per page: record index + 1 of the object that starts on it */
     holmes__heap_rec *recs;
     uint32_t nrecs;
-    uint32_t free_spans[SPAN_CLASSES]; /* record index + 1 of the first free span */
+    /* Record index + 1 of the first free span of each class. */
+    uint32_t cold[SPAN_CLASSES]; /* returned to the kernel: reads as zeros, costs nothing */
+    uint32_t warm[SPAN_CLASSES]; /* pages kept resident, previous object's bytes in them */
+    size_t warm_pages;           /* over every warm list */
+    uint64_t warm_hits;          /* allocations served warm since the last maintain */
+    bool trimming;               /* a thread is releasing the spans in limbo */
+    uint32_t nlimbo;
+    uint32_t limbo[TRIM_BATCH]; /* off every list while their pages are released */
 } R;
+
+/* Adaptive: the sections are a few list operations, so a waiter spins instead of sleeping. */
+static pthread_mutex_t region_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
 void *holmes__heap_map(size_t bytes)
 {
@@ -128,20 +161,39 @@ static bool commit(size_t end)
     return true;
 }
 
-static holmes__heap_rec *pop_free(uint32_t cls)
+static holmes__heap_rec *pop(uint32_t *list)
 {
-    uint32_t i = R.free_spans[cls];
+    uint32_t i = *list;
     if (!i)
         return NULL;
     holmes__heap_rec *r = &R.recs[i - 1];
-    R.free_spans[cls] = r->next;
+    *list = r->next;
     return r;
 }
 
-/* A free span of this class, a new one past the bump, or a larger free one. */
+static void push(uint32_t *list, holmes__heap_rec *r)
+{
+    r->next = *list;
+    *list = (uint32_t)(r - R.recs) + 1;
+}
+
+static holmes__heap_rec *pop_warm(uint32_t cls)
+{
+    holmes__heap_rec *r = pop(&R.warm[cls]);
+    if (r)
+        R.warm_pages -= class_pages(cls);
+    return r;
+}
+
+/* A free span of this class (warm first), a new one past the bump, or a larger free one. */
 static holmes__heap_rec *take_span(uint32_t cls)
 {
-    holmes__heap_rec *r = pop_free(cls);
+    holmes__heap_rec *r = pop_warm(cls);
+    if (r) {
+        R.warm_hits++;
+        return r;
+    }
+    r = pop(&R.cold[cls]);
     if (r)
         return r;
     size_t n = class_pages(cls);
@@ -149,11 +201,15 @@ static holmes__heap_rec *take_span(uint32_t cls)
         r = &R.recs[R.nrecs++];
         r->start = (uint32_t)R.bump;
         r->cls = cls;
+        r->warm = 0;
         R.bump += n;
         return r;
     }
-    for (uint32_t c = cls + 1; c < SPAN_CLASSES && !r; c++)
-        r = pop_free(c);
+    for (uint32_t c = cls + 1; c < SPAN_CLASSES && !r; c++) {
+        r = pop(&R.cold[c]);
+        if (!r)
+            r = pop_warm(c);
+    }
     return r;
 }
 
@@ -167,7 +223,9 @@ void *holmes__heap_region_alloc(size_t n, size_t align, holmes__heap_rec **rec)
     uint32_t cls = span_class(pages);
     if (cls >= SPAN_CLASSES)
         return NULL;
+    pthread_mutex_lock(&region_lock);
     holmes__heap_rec *r = take_span(cls);
+    pthread_mutex_unlock(&region_lock);
     if (!r)
         return NULL;
     uintptr_t start = (uintptr_t)R.base + ((uintptr_t)r->start << R.shift);
@@ -199,12 +257,134 @@ size_t holmes__heap_region_usable(const holmes__heap_rec *r)
     return end - r->ptr;
 }
 
+holmes__heap_rec *holmes__heap_region_claim(const void *p)
+{
+    holmes__heap_rec *r = holmes__heap_region_find(p);
+    uintptr_t want = (uintptr_t)p;
+    /* Of two frees of one object racing each other, one wins; the other is invalid. */
+    if (!r || !__atomic_compare_exchange_n(&r->ptr, &want, 0, false, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_RELAXED))
+        return NULL;
+    __atomic_store_n(&R.pagemap[((uintptr_t)p - (uintptr_t)R.base) >> R.shift], 0,
+                     __ATOMIC_RELAXED);
+    return r;
+}
+
+static int by_start(const void *a, const void *b)
+{
+    uint32_t x = R.recs[*(const uint32_t *)a - 1].start, y = R.recs[*(const uint32_t *)b - 1].start;
+    return (x > y) - (x < y);
+}
+
+/* Returns the limbo spans' pages to the kernel, neighbours in one call. Lock not held. */
+static void release_limbo(void)
+{
+    qsort(R.limbo, R.nlimbo, sizeof(R.limbo[0]), by_start);
+    for (uint32_t i = 0; i < R.nlimbo;) {
+        const holmes__heap_rec *r = &R.recs[R.limbo[i] - 1];
+        size_t from = r->start, to = from + class_pages(r->cls);
+        for (i++; i < R.nlimbo && R.recs[R.limbo[i] - 1].start == to; i++)
+            to += class_pages(R.recs[R.limbo[i] - 1].cls);
+        madvise(R.base + (from << R.shift), (to - from) << R.shift, MADV_DONTNEED);
+    }
+}
+
+/* Moves warm spans, the biggest classes first, into limbo. Lock held. */
+static void fill_limbo(size_t keep_pages)
+{
+    for (uint32_t c = SPAN_CLASSES; c-- > 0 && R.nlimbo < TRIM_BATCH && R.warm_pages > keep_pages;) {
+        holmes__heap_rec *r;
+        while (R.nlimbo < TRIM_BATCH && R.warm_pages > keep_pages && (r = pop_warm(c)))
+            R.limbo[R.nlimbo++] = (uint32_t)(r - R.recs) + 1;
+    }
+}
+
+/*
+ * Returns warm spans to the kernel until at most keep_pages stay warm, a
+ * batch at a time with the lock released around the system calls. One
+ * thread trims at a time; another that finds it busy leaves the work to it.
+ */
+static void trim(size_t keep_pages)
+{
+    pthread_mutex_lock(&region_lock);
+    if (!R.trimming) {
+        R.trimming = true;
+        while (R.warm_pages > keep_pages) {
+            fill_limbo(keep_pages);
+            if (!R.nlimbo)
+                break;
+            pthread_mutex_unlock(&region_lock);
+            release_limbo();
+            pthread_mutex_lock(&region_lock);
+            for (uint32_t i = 0; i < R.nlimbo; i++) {
+                holmes__heap_rec *r = &R.recs[R.limbo[i] - 1];
+                r->warm = 0;
+                push(&R.cold[r->cls], r);
+            }
+            R.nlimbo = 0;
+        }
+        R.trimming = false;
+    }
+    pthread_mutex_unlock(&region_lock);
+}
+
 void holmes__heap_region_release(holmes__heap_rec *r)
 {
-    uint32_t cls = r->cls;
-    __atomic_store_n(&R.pagemap[(r->ptr - (uintptr_t)R.base) >> R.shift], 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&r->ptr, 0, __ATOMIC_RELAXED);
-    madvise(R.base + ((size_t)r->start << R.shift), class_pages(cls) << R.shift, MADV_DONTNEED);
-    r->next = R.free_spans[cls];
-    R.free_spans[cls] = (uint32_t)(r - R.recs) + 1;
+    size_t pages = class_pages(r->cls);
+    if (pages <= CACHE_SPAN_PAGES) {
+        pthread_mutex_lock(&region_lock);
+        r->warm = 1;
+        push(&R.warm[r->cls], r);
+        R.warm_pages += pages;
+        bool over = R.warm_pages > CACHE_HIGH >> R.shift;
+        pthread_mutex_unlock(&region_lock);
+        if (over)
+            trim(CACHE_LOW >> R.shift);
+        return;
+    }
+    madvise(R.base + ((size_t)r->start << R.shift), pages << R.shift, MADV_DONTNEED);
+    pthread_mutex_lock(&region_lock);
+    r->warm = 0;
+    push(&R.cold[r->cls], r);
+    pthread_mutex_unlock(&region_lock);
+}
+
+void holmes__heap_maintain(void)
+{
+    pthread_mutex_lock(&region_lock);
+    bool idle = R.warm_hits == 0;
+    R.warm_hits = 0;
+    size_t page_shift = R.shift;
+    pthread_mutex_unlock(&region_lock);
+    trim(idle ? 0 : CACHE_LOW >> page_shift);
+}
+
+void holmes__heap_region_lock(void)
+{
+    pthread_mutex_lock(&region_lock);
+}
+
+void holmes__heap_region_unlock(void)
+{
+    pthread_mutex_unlock(&region_lock);
+}
+
+/*
+ * In a fork child the thread that was trimming is gone: its limbo spans go
+ * back on the warm lists (their pages may or may not have been released
+ * before the fork, so they count as holding data).
+ */
+void holmes__heap_region_fork_child(void)
+{
+    if (R.trimming) {
+        for (uint32_t i = 0; i < R.nlimbo; i++) {
+            holmes__heap_rec *r = &R.recs[R.limbo[i] - 1];
+            r->warm = 1;
+            push(&R.warm[r->cls], r);
+            R.warm_pages += class_pages(r->cls);
+        }
+        R.nlimbo = 0;
+        R.trimming = false;
+    }
+    pthread_mutex_unlock(&region_lock);
 }

@@ -22,9 +22,14 @@
  * an unbiased estimate of the bytes allocated), which is what the in-use
  * estimate adds up; the profile unsamples per bucket the way Go's pprof does.
  *
- * The sampled path takes one mutex. It is rare by construction (once per S
- * bytes per thread), and fork() takes it around the fork so the child never
- * inherits it locked.
+ * The sampled path is rare by construction (once per S bytes per thread),
+ * but two threads of a malloc-heavy service meet on it often enough that
+ * one lock around all of it made them wait for each other. So it takes no
+ * lock of its own: the counters are atomics, the stack depot is read
+ * without a lock and locks only to insert, and the region locks its free
+ * lists for a few list operations, never around a system call. Each lock
+ * is taken around fork() by its own handlers, so no child inherits one
+ * held.
  */
 #include <math.h>
 #include <pthread.h>
@@ -57,8 +62,9 @@ static _Atomic uint64_t seeds;
 static _Atomic uint64_t n_sampled, n_freed, n_dropped, n_invalid;
 static _Atomic int64_t estimate; /* bytes the live sampled objects stand for */
 
+/* Guards switching on: the region's and the tables' setup. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static bool ready;
+static _Atomic bool ready;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 void holmes__heap_lock(void)
@@ -74,6 +80,9 @@ void holmes__heap_unlock(void)
 static void register_atfork(void)
 {
     pthread_atfork(holmes__heap_lock, holmes__heap_unlock, holmes__heap_unlock);
+    pthread_atfork(holmes__heap_table_lock, holmes__heap_table_unlock, holmes__heap_table_unlock);
+    pthread_atfork(holmes__heap_region_lock, holmes__heap_region_unlock,
+                   holmes__heap_region_fork_child);
 }
 
 /* ---- the countdown ---- */
@@ -167,49 +176,51 @@ static uint64_t weight(size_t n, uint64_t rate)
     return (uint64_t)((double)n / -expm1(-(double)n / (double)rate));
 }
 
-static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align)
+static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool zero)
 {
     holmes__heap_rec *r;
-    holmes__heap_lock();
-    void *p = ready ? holmes__heap_region_alloc(n, align, &r) : NULL;
-    if (p) {
-        r->size = n;
-        r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
-        r->bucket = holmes__heap_bucket_for(pcs, depth, n);
-        holmes__heap_count(r->bucket, n, true);
-        atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
-        atomic_fetch_add_explicit(&n_sampled, 1, memory_order_relaxed);
-    } else {
+    void *p = atomic_load_explicit(&ready, memory_order_acquire)
+                  ? holmes__heap_region_alloc(n, align, &r)
+                  : NULL;
+    if (!p) {
         atomic_fetch_add_explicit(&n_dropped, 1, memory_order_relaxed);
+        return NULL;
     }
-    holmes__heap_unlock();
+    /* A reused span holds its last object's bytes; memset beats the page faults of a fresh one. */
+    if (zero && r->warm)
+        memset(p, 0, n);
+    r->size = n;
+    r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
+    r->bucket = holmes__heap_bucket_for(pcs, depth, n);
+    holmes__heap_count(r->bucket, n, true);
+    atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+    atomic_fetch_add_explicit(&n_sampled, 1, memory_order_relaxed);
     return p;
 }
 
-HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, uintptr_t caller)
+HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, bool zero,
+                                                 uintptr_t caller)
 {
     uintptr_t pcs[HOLMES_MAX_FRAMES];
     const uintptr_t *first;
     self.busy++;
     int depth = own_stack(pcs, caller, &first);
-    void *p = place(first, depth, n, align);
+    void *p = place(first, depth, n, align, zero);
     self.busy--;
     return p;
 }
 
 HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
 {
-    holmes__heap_lock();
-    holmes__heap_rec *r = holmes__heap_region_find(p);
-    if (r) {
-        holmes__heap_count(r->bucket, r->size, false);
-        atomic_fetch_sub_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
-        atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
-        holmes__heap_region_release(r);
-    } else {
+    holmes__heap_rec *r = holmes__heap_region_claim(p);
+    if (!r) {
         atomic_fetch_add_explicit(&n_invalid, 1, memory_order_relaxed);
+        return;
     }
-    holmes__heap_unlock();
+    holmes__heap_count(r->bucket, r->size, false);
+    atomic_fetch_sub_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+    atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
+    holmes__heap_region_release(r);
 }
 
 HOLMES_HEAP_TEXT size_t holmes__heap_sample_usable(const void *p)
@@ -228,7 +239,7 @@ static int prepare(void)
         rc = holmes__heap_region_init();
         if (rc == 0)
             rc = holmes__heap_table_init();
-        ready = rc == 0;
+        atomic_store_explicit(&ready, rc == 0, memory_order_release);
     }
     holmes__heap_unlock();
     if (rc == 0)

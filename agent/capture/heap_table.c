@@ -7,16 +7,19 @@
  * object size, keeps the objects in a bucket within 12.5% of each other's
  * size, so unsampling a bucket by its average size stays accurate.
  *
- * Inserts happen under the sampler's lock; readers (the profile writer) take
- * no lock: stacks and buckets are only ever appended and published by a
- * release store of the count, and the counters are atomics. Frees are
- * counted apart from allocations, so a reader that loads the free counters
- * before the allocation counters never sees more freed than allocated.
+ * Lookups take no lock: stacks and buckets are only ever appended, filled
+ * in before a release store publishes them (their hash slot for lookups,
+ * the count for the profile writer), and never change after. Inserts take
+ * one lock and probe again under it. The counters are atomic adds. Frees
+ * are counted apart from allocations, and an object's free after its
+ * allocation, so a reader that loads the free counters before the
+ * allocation counters never sees more freed than allocated.
  *
  * All of it lives in mappings sized for the limits below and charged only
  * as they fill; when a limit is reached new stacks fall into bucket 0,
  * which has no stack.
  */
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -46,6 +49,26 @@ static struct {
     uint32_t *bucket_slots; /* open addressing: bucket index + 1 */
     _Atomic uint32_t nbuckets;
 } T;
+
+static pthread_mutex_t insert_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void holmes__heap_table_lock(void)
+{
+    pthread_mutex_lock(&insert_lock);
+}
+
+void holmes__heap_table_unlock(void)
+{
+    pthread_mutex_unlock(&insert_lock);
+}
+
+/* What a lookup looks for: a stack, or a (stack, size class) pair. */
+typedef struct table_key {
+    uint64_t hash;
+    const uintptr_t *pcs;
+    int depth;
+    uint32_t stack, cls;
+} table_key;
 
 int holmes__heap_table_init(void)
 {
@@ -85,80 +108,98 @@ static uint64_t hash_stack(const uintptr_t *pcs, int depth)
     return h;
 }
 
-static bool same_stack(uint32_t i, uint64_t h, const uintptr_t *pcs, int depth)
+static bool same_stack(uint32_t i, const table_key *k)
 {
     const stack_ent *s = &T.stacks[i];
-    return s->hash == h && s->depth == (uint32_t)depth &&
-           memcmp(&T.pool[s->off], pcs, (size_t)depth * sizeof(*pcs)) == 0;
+    return s->hash == k->hash && s->depth == (uint32_t)k->depth &&
+           memcmp(&T.pool[s->off], k->pcs, (size_t)k->depth * sizeof(*k->pcs)) == 0;
 }
 
-static uint32_t add_stack(uint64_t h, const uintptr_t *pcs, int depth)
+static uint32_t add_stack(const table_key *k)
 {
     uint32_t n = atomic_load_explicit(&T.nstacks, memory_order_relaxed);
-    if (n >= MAX_STACKS || (uint32_t)depth > MAX_POOL - T.pool_used)
+    if (n >= MAX_STACKS || (uint32_t)k->depth > MAX_POOL - T.pool_used)
         return 0;
     stack_ent *s = &T.stacks[n];
-    s->hash = h;
+    s->hash = k->hash;
     s->off = T.pool_used;
-    s->depth = (uint32_t)depth;
-    memcpy(&T.pool[s->off], pcs, (size_t)depth * sizeof(*pcs));
-    T.pool_used += (uint32_t)depth;
+    s->depth = (uint32_t)k->depth;
+    memcpy(&T.pool[s->off], k->pcs, (size_t)k->depth * sizeof(*k->pcs));
+    T.pool_used += (uint32_t)k->depth;
     atomic_store_explicit(&T.nstacks, n + 1, memory_order_release);
     return n;
 }
 
-static uint32_t stack_for(const uintptr_t *pcs, int depth)
+static bool same_bucket(uint32_t i, const table_key *k)
 {
-    if (depth <= 0)
-        return 0;
-    uint64_t h = hash_stack(pcs, depth);
-    uint32_t mask = 2 * MAX_STACKS - 1;
-    for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
-        uint32_t id = T.stack_slots[i];
-        if (!id) {
-            uint32_t s = add_stack(h, pcs, depth);
-            if (s)
-                T.stack_slots[i] = s + 1;
-            return s;
-        }
-        if (same_stack(id - 1, h, pcs, depth))
-            return id - 1;
-    }
+    return T.buckets[i].stack == k->stack && T.buckets[i].size_class == k->cls;
 }
 
-static uint32_t add_bucket(uint32_t stack, uint32_t cls)
+static uint32_t add_bucket(const table_key *k)
 {
     uint32_t n = atomic_load_explicit(&T.nbuckets, memory_order_relaxed);
     if (n >= MAX_BUCKETS)
         return 0;
-    T.buckets[n].stack = stack;
-    T.buckets[n].size_class = cls;
+    T.buckets[n].stack = k->stack;
+    T.buckets[n].size_class = k->cls;
     atomic_store_explicit(&T.nbuckets, n + 1, memory_order_release);
     return n;
 }
 
-uint32_t holmes__heap_bucket_for(const uintptr_t *pcs, int depth, size_t n)
+/*
+ * Walks the probe sequence from *i to the entry matching k (returns its
+ * index + 1) or to an empty slot (returns 0, *i at it). The tables hold
+ * twice as many slots as entries, so an empty slot is always found.
+ */
+static uint32_t probe(uint32_t *slots, uint32_t mask, uint32_t *i,
+                      bool (*same)(uint32_t, const table_key *), const table_key *k)
 {
-    uint32_t stack = stack_for(pcs, depth), cls = size_class(n);
-    uint32_t mask = 2 * MAX_BUCKETS - 1;
-    for (uint32_t i = (uint32_t)mix(stack, cls) & mask;; i = (i + 1) & mask) {
-        uint32_t id = T.bucket_slots[i];
-        if (!id) {
-            uint32_t b = add_bucket(stack, cls);
-            if (b)
-                T.bucket_slots[i] = b + 1;
-            return b;
-        }
-        if (T.buckets[id - 1].stack == stack && T.buckets[id - 1].size_class == cls)
-            return id - 1;
+    for (;; *i = (*i + 1) & mask) {
+        uint32_t id = __atomic_load_n(&slots[*i], __ATOMIC_ACQUIRE);
+        if (!id || same(id - 1, k))
+            return id;
     }
 }
 
-/* Only the lock holder writes, so a load and a store do what an atomic add would. */
+/*
+ * The entry for k, added when missing; 0 (the catch-all) when its table is
+ * full. Entries only appear in empty slots, so the probe under the lock
+ * goes on from the empty slot the lock-free one stopped at.
+ */
+static uint32_t find_or_add(uint32_t *slots, uint32_t nslots,
+                            bool (*same)(uint32_t, const table_key *),
+                            uint32_t (*add)(const table_key *), const table_key *k)
+{
+    uint32_t mask = nslots - 1, i = (uint32_t)k->hash & mask;
+    uint32_t id = probe(slots, mask, &i, same, k);
+    if (id)
+        return id - 1;
+    pthread_mutex_lock(&insert_lock);
+    id = probe(slots, mask, &i, same, k);
+    if (!id) {
+        id = add(k) + 1;
+        if (id > 1)
+            __atomic_store_n(&slots[i], id, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&insert_lock);
+    return id - 1;
+}
+
+uint32_t holmes__heap_bucket_for(const uintptr_t *pcs, int depth, size_t n)
+{
+    table_key k = {.pcs = pcs, .depth = depth, .cls = size_class(n)};
+    if (depth > 0) {
+        k.hash = hash_stack(pcs, depth);
+        k.stack = find_or_add(T.stack_slots, 2 * MAX_STACKS, same_stack, add_stack, &k);
+    }
+    k.hash = mix(k.stack, k.cls);
+    return find_or_add(T.bucket_slots, 2 * MAX_BUCKETS, same_bucket, add_bucket, &k);
+}
+
+/* Release: an object's free, counted after its allocation, is never seen before it. */
 static void bump(_Atomic uint64_t *c, uint64_t by)
 {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + by,
-                          memory_order_release);
+    atomic_fetch_add_explicit(c, by, memory_order_release);
 }
 
 void holmes__heap_count(uint32_t b, size_t n, bool alloc)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -182,6 +183,73 @@ static void test_big_and_reuse(void)
     T_FREE(q);
 }
 
+/* A freed small sampled object's span is the next one's of its size class, and calloc zeroes it. */
+static void test_warm_reuse(void)
+{
+    CHECK_EQ_INT(holmes__heap_enable(1), 0);
+    unsigned char *p = T_MALLOC(3000);
+    CHECK(p && sampled(p));
+    if (!p)
+        return;
+    memset(p, 0xff, T_USABLE(p));
+    __asm__ volatile("" : : "r"(p) : "memory"); /* the bytes are stored before the free */
+    T_FREE(p);
+    unsigned char *q = T_CALLOC(1, 3000);
+    CHECK(q == p);
+    CHECK(q && all_zero(q, 3000));
+    T_FREE(q);
+    unsigned char *r = T_MALLOC(2000);
+    CHECK(r == p);
+    T_FREE(r);
+}
+
+/* Pages of these objects' spans that are resident. */
+static size_t resident_pages(unsigned char **objs, size_t n, size_t span)
+{
+    size_t pages = 0;
+    unsigned char vec[16];
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t start = (uintptr_t)objs[i] & ~(PAGE - 1);
+        if (mincore((void *)start, span, vec) != 0)
+            return SIZE_MAX;
+        for (size_t k = 0; k < span / PAGE; k++)
+            pages += vec[k] & 1;
+    }
+    return pages;
+}
+
+/*
+ * Freed sampled objects keep at most HOLMES_HEAP_CACHE_MAX bytes resident,
+ * and the watchdog's maintenance gives all of it back once nothing reuses it.
+ */
+static void test_warm_bounded(void)
+{
+    enum { N = 2048, SIZE = 8000 }; /* two pages each: 16 MiB with 4 KiB pages */
+    CHECK_EQ_INT(holmes__heap_enable(1), 0);
+    static unsigned char *objs[N];
+    size_t span = 2 * PAGE;
+    for (size_t i = 0; i < N; i++) {
+        objs[i] = T_MALLOC(SIZE);
+        CHECK(objs[i] && sampled(objs[i]));
+        if (!objs[i])
+            return;
+        memset(objs[i], 1, SIZE);
+    }
+    size_t live = resident_pages(objs, N, span);
+    CHECK(live >= N * (SIZE / PAGE));
+    for (size_t i = 0; i < N; i++)
+        T_FREE(objs[i]);
+    size_t kept = resident_pages(objs, N, span);
+    fprintf(stderr, "freed 2048 objects: %zu of %zu pages still resident\n", kept, live);
+    CHECK(kept > 0 && kept * PAGE <= HOLMES_HEAP_CACHE_MAX);
+    holmes__heap_maintain(); /* the frees' own tick: the cache may have served allocations */
+    holmes__heap_maintain(); /* a tick with no allocation: everything goes */
+    CHECK_EQ_INT(resident_pages(objs, N, span), 0);
+    unsigned char *z = T_CALLOC(1, SIZE); /* a released span reads as zeros */
+    CHECK(z && sampled(z) && all_zero(z, SIZE));
+    T_FREE(z);
+}
+
 /* The agent's own allocations (holmes__in_agent) are never recorded. */
 static void test_agent_allocations(void)
 {
@@ -229,6 +297,8 @@ int main(void)
     test_family(0);
     test_realloc();
     test_big_and_reuse();
+    test_warm_reuse();
+    test_warm_bounded();
     test_agent_allocations();
     test_disable();
     holmes__heap_counters c = heap_counters();
