@@ -250,19 +250,47 @@ static void judge_metric(holmes__agent *a, holmes__metric m, double value, uint6
     a->metric_samples[m]++;
 }
 
-static void log_memory_events(holmes__agent *a, const holmes__sample *s)
+/*
+ * The cgroup's memory events: the limit was hit (v2 "max", v1 failcnt), or
+ * the OOM killer ran. A rise fires the built-in rule "memory-events" (clause
+ * abs, value = the rise), with a heap capture when heap profiling is on: the
+ * moments just before an OOM kill are the evidence this agent exists for.
+ * It has a cooldown of a minute and counts against the hourly budget.
+ */
+static void fire_memory_events(holmes__agent *a, uint64_t rise, const char *what, uint64_t now)
+{
+    static holmes__rule_cfg rule;
+    holmes__log(HOLMES_LOG_WARN, "cgroup memory: %s (%llu since the last tick)", what,
+                (unsigned long long)rise);
+    if (a->mem_events_fired_ns && now - a->mem_events_fired_ns < 60000000000ull)
+        return;
+    if (!holmes__budget_allows(&a->budget, a->cfg.max_dumps_per_hour, now))
+        return;
+    holmes__budget_record(&a->budget, now);
+    a->mem_events_fired_ns = now;
+    memset(&rule, 0, sizeof(rule));
+    snprintf(rule.name, sizeof(rule.name), "memory-events");
+    rule.metric = HOLMES_METRIC_MEM;
+    rule.min = 0;
+    rule.diff = NAN;
+    rule.abs = 1;
+    rule.consecutive = 1;
+    rule.cooldown_ms = 60000;
+    rule.capture = a->cfg.sample_bytes > 0 ? HOLMES_CAPTURE_HEAP : HOLMES_CAPTURE_NONE;
+    holmes__agent_fire(a, &rule, HOLMES_CLAUSE_ABS, (double)rise, NAN);
+}
+
+static void judge_memory_events(holmes__agent *a, const holmes__sample *s)
 {
     const holmes__mem_events *now = &s->mem_events, *before = &a->last.mem_events;
     if (!now->valid || !before->valid)
         return;
-    if (now->oom_kill > before->oom_kill || now->oom > before->oom)
-        holmes__log(HOLMES_LOG_WARN, "cgroup memory: %llu OOM kill(s) since the last tick",
-                    (unsigned long long)(now->oom_kill - before->oom_kill));
-    if (now->max > before->max || now->failcnt > before->failcnt)
-        holmes__log(HOLMES_LOG_WARN, "cgroup memory: the limit was hit %llu time(s) since the "
-                                     "last tick",
-                    (unsigned long long)(now->max - before->max + now->failcnt -
-                                         before->failcnt));
+    uint64_t kills = now->oom_kill - before->oom_kill + now->oom - before->oom;
+    uint64_t limit = now->max - before->max + now->failcnt - before->failcnt;
+    if (kills > 0)
+        fire_memory_events(a, kills, "the OOM killer ran", s->t_ns);
+    else if (limit > 0)
+        fire_memory_events(a, limit, "the memory limit was hit", s->t_ns);
     if (now->high > before->high)
         holmes__log(HOLMES_LOG_INFO, "cgroup memory: memory.high throttled %llu time(s)",
                     (unsigned long long)(now->high - before->high));
@@ -305,7 +333,7 @@ static void tick(holmes__agent *a)
         if (s.valid & (1u << m))
             judge_metric(a, (holmes__metric)m, s.value[m], s.t_ns);
     }
-    log_memory_events(a, &s);
+    judge_memory_events(a, &s);
     refresh_unwinder(a, &s);
     a->last = s;
     maybe_take_baseline(a);
