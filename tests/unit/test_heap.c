@@ -154,8 +154,10 @@ static void test_family(int sample)
             CHECK(sampled(p[i]));
         else
             CHECK(!sampled(p[i]));
-        if (p[i])
-            memset(p[i], 1, T_USABLE(p[i])); /* the whole usable size is the caller's */
+        /* The whole usable size is the caller's; but ThreadSanitizer's malloc(0)
+         * says one byte is usable and then reports a write to it. */
+        if (p[i] && (sampled(p[i]) || i != 1))
+            memset(p[i], 1, T_USABLE(p[i]));
         T_FREE(p[i]);
     }
     void *bad;
