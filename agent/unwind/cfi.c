@@ -4,7 +4,10 @@
  * range, only what an x86_64 walk needs: how to compute the CFA from rsp or
  * rbp, and where the caller's rbp was saved. Everything it reads is bounded
  * by the loaded segment that holds it, so a malformed table ends the parse
- * of that module instead of faulting.
+ * of that module instead of faulting. It reads that segment's bytes where
+ * the image says they are (a copy read from the file, or the mapping itself)
+ * and computes addresses as the module is loaded: a byte's address is its
+ * pointer plus the image's bias.
  */
 #include <stdbool.h>
 #include <string.h>
@@ -25,6 +28,7 @@ static const uint8_t sigreturn_code[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x0
 typedef struct reader {
     const uint8_t *p, *end;
     bool bad;
+    uintptr_t bias; /* the loaded address of *p is p + bias */
 } reader;
 
 static uint64_t rd_fixed(reader *r, size_t n)
@@ -121,7 +125,7 @@ static uint64_t rd_pointer(reader *r, uint8_t enc, uintptr_t datarel, bool *indi
     *indirect = false;
     if (enc == DW_EH_PE_omit)
         return 0;
-    uintptr_t field = (uintptr_t)r->p;
+    uintptr_t field = (uintptr_t)r->p + r->bias;
     uint64_t v = rd_format(r, enc);
     switch (enc & 0x70) {
     case 0x00:
@@ -404,22 +408,23 @@ static bool run_program(reader *r, const cie_info *cie, cfa_state *s, fde_ctx *c
 /* ---- CIE and FDE records ---- */
 
 /* Opens the record at p: sets *body to its contents and returns the next record, or NULL. */
-static const uint8_t *record(const uint8_t *p, const uint8_t *end, reader *body)
+static const uint8_t *record(const uint8_t *p, const uint8_t *end, uintptr_t bias, reader *body)
 {
-    reader r = {p, end, false};
+    reader r = {p, end, false, bias};
     uint64_t len = rd_fixed(&r, 4);
     if (len == 0xffffffffu)
         len = rd_fixed(&r, 8);
     if (r.bad || len == 0 || len > (uint64_t)(end - r.p))
         return NULL;
-    *body = (reader){r.p, r.p + len, false};
+    *body = (reader){r.p, r.p + len, false, bias};
     return r.p + len;
 }
 
-static bool parse_cie(const uint8_t *at, const uint8_t *end, uintptr_t datarel, cie_info *cie)
+static bool parse_cie(const uint8_t *at, const uint8_t *end, uintptr_t bias, uintptr_t datarel,
+                      cie_info *cie)
 {
     reader r;
-    if (!record(at, end, &r) || rd_fixed(&r, 4) != 0)
+    if (!record(at, end, bias, &r) || rd_fixed(&r, 4) != 0)
         return false;
     uint8_t version = (uint8_t)rd_fixed(&r, 1);
     const char *aug = (const char *)r.p;
@@ -499,7 +504,7 @@ static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r
     if (r->bad || cie_off > (uint64_t)(id_field - eh_frame))
         return;
     cie_info cie;
-    if (!parse_cie(id_field - cie_off, eh_end, datarel, &cie))
+    if (!parse_cie(id_field - cie_off, eh_end, img->bias, datarel, &cie))
         return;
     bool ind;
     uint64_t begin = rd_pointer(r, cie.fde_enc, datarel, &ind);
@@ -515,7 +520,7 @@ static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r
         emit(&c, c.pc_begin, holmes__unw_rule(UNW_KIND_SIGNAL, 0, 0));
     } else {
         c.init = (cfa_state){.cfa_reg = DW_RSP, .cfa_off = 8, .ra = {RULE_OFFSET, -8}};
-        reader ci = {cie.insns, cie.insns_end, false};
+        reader ci = {cie.insns, cie.insns_end, false, img->bias};
         if (!run_program(&ci, &cie, &c.init, NULL))
             return;
         cfa_state s = c.init;
@@ -527,15 +532,15 @@ static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r
 /* Finds .eh_frame from the header; returns NULL when the header is unusable. */
 static const uint8_t *find_eh_frame(const holmes__cfi_image *img)
 {
-    reader r = {img->eh_frame_hdr, img->hdr_end, false};
+    reader r = {img->eh_frame_hdr, img->hdr_end, false, img->bias};
     uint8_t version = (uint8_t)rd_fixed(&r, 1);
     uint8_t ptr_enc = (uint8_t)rd_fixed(&r, 1);
     rd_fixed(&r, 2); /* fde_count and table encodings */
     bool ind;
-    uint64_t p = rd_pointer(&r, ptr_enc, (uintptr_t)img->eh_frame_hdr, &ind);
+    uint64_t p = rd_pointer(&r, ptr_enc, (uintptr_t)img->eh_frame_hdr + img->bias, &ind);
     if (r.bad || version != 1 || ind || p < img->ro_start || p >= img->ro_end)
         return NULL;
-    return (const uint8_t *)(uintptr_t)p;
+    return (const uint8_t *)(uintptr_t)(p - img->bias);
 }
 
 int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows)
@@ -543,11 +548,11 @@ int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows)
     const uint8_t *eh = find_eh_frame(img);
     if (!eh)
         return HOLMES_EUNSUPPORTED;
-    const uint8_t *end = (const uint8_t *)img->ro_end;
-    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr;
+    const uint8_t *end = img->hdr_end;
+    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
     reader body;
     for (const uint8_t *p = eh, *next; p < end; p = next) {
-        next = record(p, end, &body);
+        next = record(p, end, img->bias, &body);
         if (!next)
             break; /* the zero terminator, or a record running past the segment */
         const uint8_t *id = body.p;
@@ -577,7 +582,7 @@ static void sift_down(uint64_t *a, size_t root, size_t n)
 }
 
 /* Heapsort: in place, no allocation, O(n log n) on any input. */
-static void sort_rows(uint64_t *a, size_t n)
+void holmes__unw_sort(uint64_t *a, size_t n)
 {
     for (size_t i = n / 2; i-- > 0;)
         sift_down(a, i, n);
@@ -596,7 +601,7 @@ static void sort_rows(uint64_t *a, size_t n)
  */
 size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n)
 {
-    sort_rows(rows, n);
+    holmes__unw_sort(rows, n);
     size_t out = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && rows[i + 1] >> 32 == rows[i] >> 32)
@@ -629,7 +634,8 @@ uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name)
     h = fnv1a(h, name, strlen(name));
     h = fnv1a(h, &img->start, sizeof img->start);
     h = fnv1a(h, &img->end, sizeof img->end);
-    h = fnv1a(h, &img->eh_frame_hdr, sizeof img->eh_frame_hdr);
+    uintptr_t hdr = (uintptr_t)img->eh_frame_hdr + img->bias;
+    h = fnv1a(h, &hdr, sizeof hdr);
     size_t avail = (size_t)(img->hdr_end - img->eh_frame_hdr);
     size_t table = avail < 64 * 1024 ? avail : 64 * 1024;
     return fnv1a(h, img->eh_frame_hdr, table);

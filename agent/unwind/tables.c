@@ -70,10 +70,17 @@ static void *map_zeroed(size_t bytes)
 
 /* ---- module tables ---- */
 
+/* A module compiled but not yet sealed: its rows are wide, in the scratch buffer. */
+typedef struct pending {
+    uintptr_t start, end;
+    uint64_t ident;
+    size_t first, nrows; /* rows[first, first + nrows) of build.rows */
+} pending;
+
 typedef struct build {
     const holmes__unw_gen *old; /* the current generation: rows to reuse */
-    holmes__buf rows;           /* every module's rows, back to back */
-    holmes__buf mods;           /* holmes__unw_module, rows as an index into `rows` */
+    holmes__buf rows;           /* every module's wide rows, back to back */
+    holmes__buf mods;           /* pending */
     unsigned long long adds, subs;
     int err;
 } build;
@@ -140,21 +147,32 @@ void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define IMAGE_READS_END() ((void)0)
 #endif
 
+/* Appends a sealed module's rows in their wide form, for a refresh to reuse. */
+static void widen(const holmes__unw_gen *g, const holmes__unw_module *m, holmes__buf *out)
+{
+    for (size_t blk = 0; blk < m->nblocks; blk++) {
+        for (size_t i = m->blocks[blk]; i < m->blocks[blk + 1]; i++) {
+            uint64_t off = (uint64_t)blk << UNW_BLOCK_SHIFT | m->rows[i] >> 16;
+            uint64_t row = off << 32 | g->rules[m->rows[i] & (UNW_MAX_RULES - 1)];
+            holmes__buf_append(out, &row, sizeof row);
+        }
+    }
+}
+
 static void compile_module(build *b, const holmes__cfi_image *img, const char *name)
 {
-    holmes__unw_module m = {.start = img->start, .end = img->end};
+    pending m = {.start = img->start, .end = img->end};
     m.ident = holmes__cfi_ident(img, name);
-    size_t first = b->rows.len / sizeof(uint64_t);
+    m.first = b->rows.len / sizeof(uint64_t);
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
     if (prev) {
-        holmes__buf_append(&b->rows, prev->rows, prev->nrows * sizeof(uint64_t));
-        m.nrows = prev->nrows;
+        widen(b->old, prev, &b->rows);
+        m.nrows = b->rows.failed ? 0 : prev->nrows;
     } else if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed) {
-        m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + first,
-                                          b->rows.len / sizeof(uint64_t) - first);
+        m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m.first,
+                                          b->rows.len / sizeof(uint64_t) - m.first);
     }
-    b->rows.len = (first + m.nrows) * sizeof(uint64_t);
-    m.rows = (const uint64_t *)(uintptr_t)first;
+    b->rows.len = (m.first + m.nrows) * sizeof(uint64_t);
     if (m.nrows)
         holmes__buf_append(&b->mods, &m, sizeof m);
 }
@@ -195,29 +213,93 @@ static void sort_modules(holmes__unw_module *m, size_t n)
         }
 }
 
-/* Copies the scratch tables into one block owned by the new generation. */
+/*
+ * The distinct rules of every row, sorted, into *dict (uint64_t each, the
+ * scratch of the sort); 0 is always first. Returns their number, at most
+ * UNW_MAX_RULES: should a process ever have more, the largest ones are left
+ * out and their rows read as "no CFI", which falls back to frame pointers.
+ */
+static size_t make_dict(const uint64_t *rows, size_t n, holmes__buf *dict)
+{
+    uint64_t none = 0;
+    holmes__buf_append(dict, &none, sizeof none);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t rule = (uint32_t)rows[i];
+        holmes__buf_append(dict, &rule, sizeof rule);
+    }
+    if (dict->failed)
+        return 0;
+    uint64_t *d = (uint64_t *)dict->data;
+    holmes__unw_sort(d, n + 1);
+    size_t out = 0;
+    for (size_t i = 0; i <= n && out < UNW_MAX_RULES; i++)
+        if (out == 0 || d[i] != d[out - 1])
+            d[out++] = d[i];
+    return out;
+}
+
+static uint32_t rule_index(const uint32_t *rules, size_t nrules, uint32_t rule)
+{
+    size_t lo = 0, hi = nrules;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rules[mid] < rule)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < nrules && rules[lo] == rule ? (uint32_t)lo : 0;
+}
+
+static size_t blocks_of(const pending *p)
+{
+    return ((p->end - p->start) >> UNW_BLOCK_SHIFT) + 1;
+}
+
+/* Writes one module's block index and compact rows at *at; returns what follows. */
+static uint32_t *compact(holmes__unw_gen *g, holmes__unw_module *m, const pending *p,
+                         const uint64_t *wide, uint32_t *at)
+{
+    *m = (holmes__unw_module){.start = p->start, .end = p->end, .ident = p->ident,
+                              .nblocks = blocks_of(p), .nrows = p->nrows};
+    uint32_t *blocks = at, *rows = at + m->nblocks + 1;
+    size_t r = 0;
+    for (size_t blk = 0; blk <= m->nblocks; blk++) {
+        for (; r < p->nrows && wide[r] >> (32 + UNW_BLOCK_SHIFT) < blk; r++)
+            rows[r] = holmes__unw_row(wide[r] >> 32,
+                                      rule_index(g->rules, g->nrules, (uint32_t)wide[r]));
+        blocks[blk] = (uint32_t)r;
+    }
+    m->blocks = blocks;
+    m->rows = rows;
+    return rows + p->nrows;
+}
+
+/* Compacts the scratch tables into one block owned by the new generation. */
 static holmes__unw_gen *seal(const build *b)
 {
-    size_t nmods = b->mods.len / sizeof(holmes__unw_module);
-    size_t nrows = b->rows.len / sizeof(uint64_t);
-    size_t head = sizeof(holmes__unw_gen) + nmods * sizeof(holmes__unw_module);
-    size_t bytes = head + nrows * sizeof(uint64_t);
-    holmes__unw_gen *g = map_zeroed(bytes);
-    if (!g)
-        return NULL;
-    g->bytes = bytes;
-    g->adds = b->adds;
-    g->subs = b->subs;
-    g->nmods = nmods;
-    g->nrows = nrows;
-    uint64_t *rows = (uint64_t *)((char *)g + head);
-    if (nmods)
-        memcpy(g->mods, b->mods.data, nmods * sizeof(holmes__unw_module));
-    if (nrows)
-        memcpy(rows, b->rows.data, nrows * sizeof(uint64_t));
+    const pending *mods = (const pending *)b->mods.data;
+    const uint64_t *wide = (const uint64_t *)b->rows.data;
+    size_t nmods = b->mods.len / sizeof(pending), nrows = b->rows.len / sizeof(uint64_t);
+    holmes__buf dict = {0};
+    size_t nrules = make_dict(wide, nrows, &dict), words = nrules + nrows;
     for (size_t i = 0; i < nmods; i++)
-        g->mods[i].rows = rows + (uintptr_t)g->mods[i].rows;
-    sort_modules(g->mods, nmods);
+        words += blocks_of(&mods[i]) + 1;
+    size_t head = sizeof(holmes__unw_gen) + nmods * sizeof(holmes__unw_module);
+    size_t bytes = head + words * sizeof(uint32_t);
+    holmes__unw_gen *g = nrules ? map_zeroed(bytes) : NULL;
+    if (g) {
+        *g = (holmes__unw_gen){.bytes = bytes, .adds = b->adds, .subs = b->subs, .nmods = nmods,
+                               .nrows = nrows, .nrules = nrules};
+        uint32_t *rules = (uint32_t *)((char *)g + head), *at = rules + nrules;
+        for (size_t i = 0; i < nrules; i++)
+            rules[i] = (uint32_t)((const uint64_t *)dict.data)[i];
+        g->rules = rules;
+        for (size_t i = 0; i < nmods; i++)
+            at = compact(g, &g->mods[i], &mods[i], wide + mods[i].first, at);
+        sort_modules(g->mods, nmods);
+    }
+    holmes__buf_free(&dict);
     return g;
 }
 

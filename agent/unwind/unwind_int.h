@@ -2,9 +2,15 @@
  * Private to agent/unwind: the compiled unwind tables, how they are published
  * to walkers, and the CFI compiler that fills them.
  *
- * A row is one uint64_t: the pc offset from its module's start in the high
- * 32 bits and a packed rule in the low 32 bits, so that plain integer order
- * is pc order and a lookup is one binary search over an array of integers.
+ * The compiler makes a row as one uint64_t: the pc offset from its module's
+ * start in the high 32 bits and a packed rule in the low 32 bits, so that
+ * plain integer order is pc order. A published generation keeps rows in
+ * half that: every service carries these tables for its whole life, and a
+ * process has tens of thousands of rows (libc alone about 20,000). Each
+ * module's span is cut into 64 KiB blocks; a row is the low 16 bits of its
+ * offset and a 16-bit index into the generation's sorted list of distinct
+ * rules (a few hundred in practice), and an index per block says where its
+ * rows start. A lookup is still one binary search, within one block.
  */
 #ifndef HOLMES_UNWIND_INT_H
 #define HOLMES_UNWIND_INT_H
@@ -51,20 +57,35 @@ static inline uint32_t holmes__unw_rbp_slot(uint32_t rule)
     return rule >> (3 + UNW_OFF_BITS);
 }
 
+#define UNW_BLOCK_SHIFT 16u
+#define UNW_MAX_RULES (1u << 16)
+
+/* A compact row: the pc offset's low 16 bits, then the index of its rule. */
+static inline uint32_t holmes__unw_row(uint64_t pc_off, uint32_t rule_index)
+{
+    return (uint32_t)(pc_off & 0xffffu) << 16 | rule_index;
+}
+
 /* One loaded module: [start, end) spans its PT_LOAD segments. */
 typedef struct holmes__unw_module {
     uintptr_t start, end;
-    uint64_t ident;       /* identifies the same image at the same place across refreshes */
-    const uint64_t *rows; /* sorted; points into the generation's own mapping */
-    size_t nrows;
+    uint64_t ident; /* identifies the same image at the same place across refreshes */
+    /*
+     * blocks[b] is the index of the first row at or after offset b * 64 KiB,
+     * for b in 0..nblocks (blocks[nblocks] == nrows); rows are compact and
+     * sorted. Both point into the generation's own mapping.
+     */
+    const uint32_t *blocks, *rows;
+    size_t nblocks, nrows;
 } holmes__unw_module;
 
 /* Every module's table, in one mmap'd block that is unmapped whole. */
 typedef struct holmes__unw_gen {
     size_t bytes; /* size of the mapping, first so that holmes__unw_pub can free it */
     unsigned long long adds, subs; /* dl_iterate_phdr's load and unload counters */
-    size_t nmods, nrows;
-    holmes__unw_module mods[]; /* sorted by start; the rows follow */
+    size_t nmods, nrows, nrules;
+    const uint32_t *rules; /* sorted distinct rules; rules[0] is 0 (no CFI) */
+    holmes__unw_module mods[]; /* sorted by start; rules, blocks and rows follow */
 } holmes__unw_gen;
 
 /* A snapshot of /proc/self/maps' readable and writable ranges (stacks among them). */
@@ -132,12 +153,18 @@ extern holmes__unw_pub holmes__unw_maps_pub;
 extern __thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")));
 extern __thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
 
-/* What the CFI compiler needs to know about one module, all in memory. */
+/*
+ * What the CFI compiler needs to know about one module. Addresses are where
+ * the module is loaded; the bytes of the segment holding .eh_frame are read
+ * through eh_frame_hdr and hdr_end, which point either into that segment
+ * itself (bias 0) or into a copy of it (bias: loaded address - copy address).
+ */
 typedef struct holmes__cfi_image {
     uintptr_t start, end;                 /* the module's span: rows are offsets from start */
-    const uint8_t *eh_frame_hdr;          /* the PT_GNU_EH_FRAME segment */
-    const uint8_t *hdr_end;               /* end of the loaded segment that holds it */
-    uintptr_t ro_start, ro_end;           /* readable loaded memory around .eh_frame */
+    const uint8_t *eh_frame_hdr;          /* the PT_GNU_EH_FRAME segment's bytes */
+    const uint8_t *hdr_end;               /* end of the bytes of the segment that holds it */
+    uintptr_t bias;                       /* loaded address of a byte = its pointer + bias */
+    uintptr_t ro_start, ro_end;           /* that segment, loaded: .eh_frame lies inside */
     uintptr_t code_start[8], code_end[8]; /* readable executable segments */
     unsigned ncode;
 } holmes__cfi_image;
@@ -151,6 +178,9 @@ int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows);
 
 /* Sorts rows in place and drops redundant ones; returns the new count. */
 size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n);
+
+/* Sorts integers in place, without allocating. */
+void holmes__unw_sort(uint64_t *a, size_t n);
 
 /* Cheap identity of a module's unwind data (name, place, search table). */
 uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name);

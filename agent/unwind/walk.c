@@ -133,11 +133,19 @@ static const holmes__unw_module *find_module(const holmes__unw_gen *g, uintptr_t
     return &g->mods[lo - 1];
 }
 
-/* The rule in force at pc: the last row whose offset is <= pc's; 0 (none) if none. */
-static uint32_t find_rule(const holmes__unw_module *m, uintptr_t pc)
+/*
+ * The rule in force at pc: the last row whose offset is <= pc's, searched
+ * within pc's block; when none there is, it is the last row of the blocks
+ * before. 0 (none) when no row precedes pc.
+ */
+static uint32_t find_rule(const holmes__unw_gen *g, const holmes__unw_module *m, uintptr_t pc)
 {
-    uint64_t key = (uint64_t)(pc - m->start) << 32 | UINT32_MAX;
-    size_t lo = 0, hi = m->nrows;
+    uintptr_t off = pc - m->start;
+    size_t b = off >> UNW_BLOCK_SHIFT;
+    if (b >= m->nblocks)
+        return 0;
+    uint32_t key = holmes__unw_row(off, UNW_MAX_RULES - 1);
+    size_t lo = m->blocks[b], hi = m->blocks[b + 1];
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (m->rows[mid] <= key)
@@ -145,7 +153,7 @@ static uint32_t find_rule(const holmes__unw_module *m, uintptr_t pc)
         else
             hi = mid;
     }
-    return lo ? (uint32_t)m->rows[lo - 1] : 0;
+    return lo ? g->rules[m->rows[lo - 1] & (UNW_MAX_RULES - 1)] : 0;
 }
 
 /* ---- steps ---- */
@@ -204,7 +212,7 @@ UNW_NO_SANITIZE static bool step(walker *w, frame *f)
 {
     uintptr_t at = f->exact ? f->pc : f->pc - 1; /* a return address may follow a noreturn call */
     const holmes__unw_module *m = find_module(w->gen, at);
-    uint32_t rule = m ? find_rule(m, at) : 0;
+    uint32_t rule = m ? find_rule(w->gen, m, at) : 0;
     bool ok;
     switch (holmes__unw_kind(rule)) {
     case UNW_KIND_RSP:
