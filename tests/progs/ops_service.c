@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,7 +24,8 @@
 
 #include <holmes/holmes.h>
 
-static volatile sig_atomic_t stop_burning;
+/* Set by the main thread, read by the burner: an atomic, not a plain flag. */
+static int stop_burning;
 static volatile double sink;
 
 static double now_s(void)
@@ -52,7 +54,7 @@ __attribute__((noinline)) static void ops_busy_work(double seconds)
 static void *burner(void *arg)
 {
     double duty = *(double *)arg;
-    while (!stop_burning) {
+    while (!__atomic_load_n(&stop_burning, __ATOMIC_RELAXED)) {
         ops_busy_work(0.010 * duty);
         usleep((useconds_t)(10000 * (1 - duty)));
     }
@@ -66,7 +68,7 @@ static int burn(double seconds, double duty)
     printf("ready %d\n", (int)getpid());
     fflush(stdout);
     usleep((useconds_t)(seconds * 1e6));
-    stop_burning = 1;
+    __atomic_store_n(&stop_burning, 1, __ATOMIC_RELAXED);
     pthread_join(t, NULL);
     return 0;
 }
@@ -131,7 +133,7 @@ static int fork_service(double seconds)
     }
     fflush(stdout);
     usleep((useconds_t)(seconds * 1e6));
-    stop_burning = 1;
+    __atomic_store_n(&stop_burning, 1, __ATOMIC_RELAXED);
     pthread_join(t, NULL);
     return bad ? 1 : 0;
 }
@@ -173,12 +175,15 @@ static void handle(int sig, void (*fn)(int))
     sigaction(sig, &sa, NULL);
 }
 
-/* Writes through a null pointer and comes back through the SIGSEGV handler. */
+/* A page nothing may touch: a store to it is a real fault, not the null
+ * dereference that UndefinedBehaviorSanitizer would stop the program for. */
+static volatile int *guard_page;
+
+/* Writes to the guard page and comes back through the SIGSEGV handler. */
 __attribute__((noinline)) static int deliberate_fault(void)
 {
     if (sigsetjmp(fault_jump, 1) == 0) {
-        volatile int *nowhere = NULL;
-        *nowhere = 1;
+        *guard_page = 1;
         return 0;
     }
     return 1;
@@ -186,6 +191,12 @@ __attribute__((noinline)) static int deliberate_fault(void)
 
 static int signals_service(double seconds, const char *linked_config)
 {
+    void *page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    guard_page = page;
     handle(SIGPROF, on_prof);
     handle(SIGSEGV, on_segv);
     handle(SIGUSR1, on_usr1);
