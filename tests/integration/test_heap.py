@@ -48,7 +48,11 @@ def test_leak_dump():
     m = re.search(r"holding (\d+) bytes live", out)
     truth = int(m.group(1)) if m else 0
     manual = [p for p in w.files("*.manual.*.heap.pb.gz")]
-    check(len(manual) == 1, "no manual heap dump: %s" % w.files())
+    if heap_interposed():
+        check(len(manual) == 1, "no manual heap dump: %s" % w.files())
+    else:
+        skip("leak dump contents: the sanitizer owns malloc in this build (HOLMES_NO_INTERPOSE)")
+        manual = []
     if manual and truth:
         profile = moved_away(manual[0], w)
         rows = pprof_top(profile, "inuse_space")
@@ -101,7 +105,10 @@ def test_forecast():
         first = min(events, key=lambda e: e["time"])
         check(first.get("clause") == "forecast", "clause %r, not forecast" % first.get("clause"))
         check(first["value"] < 80, "fired at %.1f%% of the limit, not below 80%%" % first["value"])
-    check(w.files("*.heap.pb.gz"), "the forecast firing has no heap dump")
+    if heap_interposed():
+        check(w.files("*.heap.pb.gz"), "the forecast firing has no heap dump")
+    else:
+        skip("forecast heap dump: the sanitizer owns malloc in this build (HOLMES_NO_INTERPOSE)")
     w.cleanup()
 
 
@@ -157,9 +164,12 @@ def test_preload():
 
 
 if __name__ == "__main__":
-    if not heap_interposed():
-        skip("the sanitizer owns malloc in this build (HOLMES_NO_INTERPOSE)")
+    # The mem rules judge RSS and fire in every build; what the heap sampler
+    # records needs its malloc wrappers, which sanitizer builds compile out.
     test_leak_dump()
     test_forecast()
-    test_preload()
+    if heap_interposed():
+        test_preload()
+    else:
+        skip("preload heap profile: the sanitizer owns malloc in this build (HOLMES_NO_INTERPOSE)")
     finish()
