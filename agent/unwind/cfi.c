@@ -625,10 +625,12 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
 
 /*
  * The same file loaded again at the same address has the same name, span,
- * header place and binary-search table; hashing those lets a refresh reuse
- * the rows it compiled before instead of running every program again.
+ * header place and build-id (or, without one, binary-search table); hashing
+ * those lets a refresh reuse the rows it compiled before instead of running
+ * every program again. With a build-id, the module's unwind data is not read.
  */
-uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name)
+uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name, const uint8_t *id,
+                           size_t id_len)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     h = fnv1a(h, name, strlen(name));
@@ -636,6 +638,8 @@ uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name)
     h = fnv1a(h, &img->end, sizeof img->end);
     uintptr_t hdr = (uintptr_t)img->eh_frame_hdr + img->bias;
     h = fnv1a(h, &hdr, sizeof hdr);
+    if (id_len > 0)
+        return fnv1a(h, id, id_len);
     size_t avail = (size_t)(img->hdr_end - img->eh_frame_hdr);
     size_t table = avail < 64 * 1024 ? avail : 64 * 1024;
     return fnv1a(h, img->eh_frame_hdr, table);

@@ -81,9 +81,22 @@ typedef struct build {
     const holmes__unw_gen *old; /* the current generation: rows to reuse */
     holmes__buf rows;           /* every module's wide rows, back to back */
     holmes__buf mods;           /* pending */
+    holmes__buf copy;           /* the segment being compiled, read from its file */
     unsigned long long adds, subs;
     int err;
 } build;
+
+/* The PT_LOAD that holds addr in its file bytes, or NULL. */
+static const ElfW(Phdr) *load_holding(const struct dl_phdr_info *info, uintptr_t addr)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t s = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_R) && addr >= s && addr < s + ph->p_filesz)
+            return ph;
+    }
+    return NULL;
+}
 
 static bool image_of(const struct dl_phdr_info *info, holmes__cfi_image *img)
 {
@@ -110,17 +123,41 @@ static bool image_of(const struct dl_phdr_info *info, holmes__cfi_image *img)
     img->end = hi;
     img->eh_frame_hdr = (const uint8_t *)(info->dlpi_addr + hdr->p_vaddr);
     /* .eh_frame_hdr and .eh_frame live in the same read-only PT_LOAD. */
+    const ElfW(Phdr) *ro = load_holding(info, (uintptr_t)img->eh_frame_hdr);
+    if (!ro)
+        return false;
+    img->ro_start = info->dlpi_addr + ro->p_vaddr;
+    img->ro_end = img->ro_start + ro->p_filesz;
+    img->hdr_end = (const uint8_t *)img->ro_end;
+    return true;
+}
+
+/* The module's GNU build-id as loaded (*len 0 when it has none). */
+static const uint8_t *build_id(const struct dl_phdr_info *info, size_t *len, uint64_t *file_off)
+{
+    *len = 0;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uintptr_t s = info->dlpi_addr + ph->p_vaddr, e = s + ph->p_filesz;
-        uintptr_t h = (uintptr_t)img->eh_frame_hdr;
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_R) && h >= s && h < e) {
-            img->ro_start = s;
-            img->ro_end = e;
-            img->hdr_end = (const uint8_t *)e;
+        if (ph->p_type != PT_NOTE)
+            continue;
+        const uint8_t *seg = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+        const uint8_t *p = seg, *end = seg + ph->p_filesz;
+        while ((size_t)(end - p) >= sizeof(ElfW(Nhdr))) {
+            ElfW(Nhdr) n;
+            memcpy(&n, p, sizeof n);
+            size_t name = (n.n_namesz + 3u) & ~3u, desc = (n.n_descsz + 3u) & ~3u;
+            const uint8_t *d = p + sizeof n + name;
+            if (name > (size_t)(end - p) - sizeof n || desc > (size_t)(end - d))
+                break;
+            if (n.n_type == NT_GNU_BUILD_ID && n.n_namesz == 4 && memcmp(p + sizeof n, "GNU", 4) == 0) {
+                *len = n.n_descsz;
+                *file_off = ph->p_offset + (uint64_t)(d - seg);
+                return d;
+            }
+            p = d + desc;
         }
     }
-    return img->hdr_end != NULL;
+    return NULL;
 }
 
 static const holmes__unw_module *old_module(const holmes__unw_gen *g, uintptr_t start, uint64_t id)
@@ -159,18 +196,74 @@ static void widen(const holmes__unw_gen *g, const holmes__unw_module *m, holmes_
     }
 }
 
-static void compile_module(build *b, const holmes__cfi_image *img, const char *name)
+/* Reads len bytes at off of fd, appended to out. Returns false on a short read. */
+static bool read_at(int fd, uint64_t off, size_t len, holmes__buf *out)
+{
+    char chunk[16384];
+    while (len > 0) {
+        ssize_t n = pread(fd, chunk, len < sizeof chunk ? len : sizeof chunk, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        holmes__buf_append(out, chunk, (size_t)n);
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return !out->failed;
+}
+
+/*
+ * Reading .eh_frame through the mapping would leave its pages, and by the
+ * kernel's fault-around up to 64 KiB about each, in the service's RSS for
+ * good, although the compiler reads them once (libc's alone are about
+ * 200 KiB). So the segment that holds it is read from the module's file into
+ * scratch memory, unmapped after the refresh, when that file is provably the
+ * one mapped: the same GNU build-id at the same offset. Otherwise (no
+ * build-id, the vDSO, a file replaced or gone since it was loaded) the
+ * compiler reads the mapping itself. Either way the bytes are the same.
+ */
+static void read_from_file(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
+                           const uint8_t *id, size_t id_len, uint64_t id_off)
+{
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    const char *path = name[0] == '/' ? name : name[0] ? NULL : "/proc/self/exe";
+    const ElfW(Phdr) *ro = load_holding(info, img->ro_start);
+    uint8_t file_id[64];
+    if (!path || !ro || id_len == 0 || id_len > sizeof file_id)
+        return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    b->copy.len = 0;
+    b->copy.failed = false;
+    if (pread(fd, file_id, id_len, (off_t)id_off) == (ssize_t)id_len &&
+        memcmp(file_id, id, id_len) == 0 && read_at(fd, ro->p_offset, ro->p_filesz, &b->copy)) {
+        const uint8_t *copy = (const uint8_t *)b->copy.data;
+        img->eh_frame_hdr = copy + ((uintptr_t)img->eh_frame_hdr - img->ro_start);
+        img->hdr_end = copy + ro->p_filesz;
+        img->bias = img->ro_start - (uintptr_t)copy;
+    }
+    close(fd);
+}
+
+static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img)
 {
     pending m = {.start = img->start, .end = img->end};
-    m.ident = holmes__cfi_ident(img, name);
+    size_t id_len;
+    uint64_t id_off = 0;
+    const uint8_t *id = build_id(info, &id_len, &id_off);
+    m.ident = holmes__cfi_ident(img, info->dlpi_name ? info->dlpi_name : "", id, id_len);
     m.first = b->rows.len / sizeof(uint64_t);
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
     if (prev) {
         widen(b->old, prev, &b->rows);
         m.nrows = b->rows.failed ? 0 : prev->nrows;
-    } else if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed) {
-        m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m.first,
-                                          b->rows.len / sizeof(uint64_t) - m.first);
+    } else {
+        read_from_file(b, info, img, id, id_len, id_off);
+        if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed)
+            m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m.first,
+                                              b->rows.len / sizeof(uint64_t) - m.first);
     }
     b->rows.len = (m.first + m.nrows) * sizeof(uint64_t);
     if (m.nrows)
@@ -184,7 +277,7 @@ static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
     holmes__cfi_image img;
     IMAGE_READS_BEGIN();
     if (image_of(info, &img))
-        compile_module(b, &img, info->dlpi_name ? info->dlpi_name : "");
+        compile_module(b, info, &img);
     IMAGE_READS_END();
     if (b->rows.failed || b->mods.failed) {
         b->err = HOLMES_ENOMEM;
@@ -314,6 +407,7 @@ static int refresh_tables(void)
     holmes__unw_gen *g = b.err ? NULL : seal(&b);
     holmes__buf_free(&b.rows);
     holmes__buf_free(&b.mods);
+    holmes__buf_free(&b.copy);
     if (!g)
         return b.err ? b.err : HOLMES_ENOMEM;
     int rc = publish(&holmes__unw_gens, g);

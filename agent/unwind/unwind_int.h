@@ -182,7 +182,8 @@ size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n);
 /* Sorts integers in place, without allocating. */
 void holmes__unw_sort(uint64_t *a, size_t n);
 
-/* Cheap identity of a module's unwind data (name, place, search table). */
-uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name);
+/* Cheap identity of a module's unwind data (name, place, build-id or else search table). */
+uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name, const uint8_t *id,
+                           size_t id_len);
 
 #endif
