@@ -335,6 +335,7 @@ static void tick(holmes__agent *a)
     }
     judge_memory_events(a, &s);
     refresh_unwinder(a, &s);
+    holmes__heap_maintain(); /* returns the sampler's surplus free spans to the kernel */
     a->last = s;
     maybe_take_baseline(a);
 }
