@@ -9,6 +9,11 @@
 static int check_failures;
 static int check_count;
 
+/* Flags and values that one test thread sets and another polls: atomics, so
+ * ThreadSanitizer sees the hand-over (volatile is no synchronization). */
+#define SHARED_LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define SHARED_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
+
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         check_count++;                                                                             \

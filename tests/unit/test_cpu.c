@@ -15,32 +15,32 @@
 #define HZ 250
 #define CAPTURE_A_NS (1500 * 1000000ll) /* CPU burned in burn_a */
 
-static volatile int go, quit;
-static volatile unsigned long sink;
+static int go, quit;
+static unsigned long sink; /* shared by every burner: read and written atomically */
 
 /* Burns about `n` iterations of arithmetic the compiler cannot drop. */
 __attribute__((noinline, noclone)) static void burn_a(long n)
 {
-    unsigned long x = sink;
+    unsigned long x = __atomic_load_n(&sink, __ATOMIC_RELAXED);
     for (long i = 0; i < n; i++)
         x = x * 6364136223846793005ul + 1442695040888963407ul;
-    sink = x;
+    __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
 }
 
 __attribute__((noinline, noclone)) static void burn_b(long n)
 {
-    unsigned long x = sink;
+    unsigned long x = __atomic_load_n(&sink, __ATOMIC_RELAXED);
     for (long i = 0; i < n; i++)
         x = x * 2862933555777941757ul + 3037000493ul;
-    sink = x;
+    __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
 }
 
 __attribute__((noinline, noclone)) static void burn_c(long n)
 {
-    unsigned long x = sink;
+    unsigned long x = __atomic_load_n(&sink, __ATOMIC_RELAXED);
     for (long i = 0; i < n; i++)
         x = x * 3935559000370003845ul + 2691343689449507681ul;
-    sink = x;
+    __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
 }
 
 /*
@@ -60,9 +60,9 @@ static long long burned(long long *which)
 static void burn_share(void (*burn)(long), long long *mine, int my_parts, long long *other,
                        int other_parts)
 {
-    while (!go)
+    while (!SHARED_LOAD(go))
         cpu_test_sleep_ms(1);
-    while (!quit) {
+    while (!SHARED_LOAD(quit)) {
         if (burned(mine) * other_parts > burned(other) * my_parts + SLACK_NS) {
             cpu_test_sleep_ms(1);
             continue;
@@ -73,12 +73,12 @@ static void burn_share(void (*burn)(long), long long *mine, int my_parts, long l
     }
 }
 
-static volatile pid_t tid_a, tid_b, tid_c;
+static pid_t tid_a, tid_b, tid_c;
 
 static void *thread_a(void *arg)
 {
     (void)arg;
-    tid_a = (pid_t)syscall(SYS_gettid);
+    SHARED_STORE(tid_a, (pid_t)syscall(SYS_gettid));
     pthread_setname_np(pthread_self(), "burn-a");
     burn_share(burn_a, &burned_a, 3, &burned_b, 1);
     return NULL;
@@ -87,7 +87,7 @@ static void *thread_a(void *arg)
 static void *thread_b(void *arg)
 {
     (void)arg;
-    tid_b = (pid_t)syscall(SYS_gettid);
+    SHARED_STORE(tid_b, (pid_t)syscall(SYS_gettid));
     pthread_setname_np(pthread_self(), "burn-b");
     burn_share(burn_b, &burned_b, 1, &burned_a, 3);
     return NULL;
@@ -111,18 +111,19 @@ static int count_entry(void *arg, pid_t tid, const char *name, const uintptr_t *
     return 0;
 }
 
-static pid_t wait_tid(volatile pid_t *slot)
+static pid_t wait_tid(pid_t *slot)
 {
-    while (*slot == 0)
+    while (SHARED_LOAD(*slot) == 0)
         cpu_test_sleep_ms(1);
-    return *slot;
+    return SHARED_LOAD(*slot);
 }
 
 /* Two threads at 3:1 of CPU: the table, pprof -top, pprof -raw and pprof -tags agree. */
 static void test_ratio_and_total(void)
 {
     pthread_t a, b;
-    go = quit = 0;
+    SHARED_STORE(go, 0);
+    SHARED_STORE(quit, 0);
     pthread_create(&a, NULL, thread_a, NULL);
     pthread_create(&b, NULL, thread_b, NULL);
     struct per_thread pt = {.tid = {wait_tid(&tid_a), wait_tid(&tid_b)}};
@@ -132,13 +133,13 @@ static void test_ratio_and_total(void)
     if (!c)
         return;
     long long cpu0 = cpu_test_process_ns();
-    go = 1;
+    SHARED_STORE(go, 1);
     /* Runs until A has burned its CPU, however long a loaded machine takes. */
     while (burned(&burned_a) < CAPTURE_A_NS) {
         cpu_test_sleep_ms(100);
         holmes__cpu_capture_poll(c);
     }
-    quit = 1;
+    SHARED_STORE(quit, 1);
     pthread_join(a, NULL);
     pthread_join(b, NULL);
     long long cpu_used = cpu_test_process_ns() - cpu0;
@@ -149,7 +150,10 @@ static void test_ratio_and_total(void)
     holmes__capture_stats st;
     CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);
     CHECK(out.len > 0 && !out.failed);
-    CHECK_EQ_INT(st.samples, pt.total);
+    /* The main thread's timer runs until stop(): it may add a sample or two
+     * (more when ThreadSanitizer delivers a postponed one late) after the
+     * count above was taken. */
+    CHECK(st.samples >= pt.total && st.samples <= pt.total + 5);
     CHECK_EQ_INT(st.dropped, 0);
     CHECK(st.threads >= 3);
     CHECK(st.peak_bytes > 0);
@@ -201,7 +205,7 @@ static void test_ratio_and_total(void)
 static void *thread_late(void *arg)
 {
     (void)arg;
-    tid_c = (pid_t)syscall(SYS_gettid);
+    SHARED_STORE(tid_c, (pid_t)syscall(SYS_gettid));
     pthread_setname_np(pthread_self(), "late-c");
     long long base = cpu_test_thread_ns();
     while (cpu_test_thread_ns() - base < 400 * 1000000ll)
@@ -218,7 +222,7 @@ static void test_new_threads(void)
     cpu_test_sleep_ms(150);
     holmes__cpu_capture_poll(c);
     pthread_t t;
-    tid_c = 0;
+    SHARED_STORE(tid_c, 0);
     pthread_create(&t, NULL, thread_late, NULL);
     /* Polls until the thread has exited: its CPU was spent meanwhile. */
     void *ret;
@@ -226,7 +230,7 @@ static void test_new_threads(void)
         cpu_test_sleep_ms(20);
         holmes__cpu_capture_poll(c);
     }
-    struct per_thread pt = {.tid = {tid_c}};
+    struct per_thread pt = {.tid = {SHARED_LOAD(tid_c)}};
     holmes__cpu_capture_each(c, count_entry, &pt);
     holmes__buf out = {0};
     holmes__capture_stats st;

@@ -12,18 +12,18 @@
 #include "check.h"
 #include "test_cpu_pprof.h"
 
-static volatile unsigned long sink;
+static unsigned long sink; /* shared by the burning threads: accessed atomically */
 static volatile sig_atomic_t host_calls;
 static char logged[512];
 
 static void burn_ms(int ms)
 {
     long long end = cpu_test_thread_ns() + (long long)ms * 1000000ll;
-    unsigned long x = sink;
+    unsigned long x = __atomic_load_n(&sink, __ATOMIC_RELAXED);
     while (cpu_test_thread_ns() < end)
         for (int i = 0; i < 10000; i++)
             x = x * 6364136223846793005ul + 1;
-    sink = x;
+    __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
 }
 
 static void host_handler(int sig)
@@ -122,8 +122,8 @@ static void test_restores(void)
  * delivery, so the check that nothing is pending any more after stop() is
  * what shows the capture cleaned up on every kernel.
  */
-static volatile int blocked_ready, blocked_release;
-static volatile pid_t blocked_tid;
+static int blocked_ready, blocked_release;
+static pid_t blocked_tid;
 
 static void *blocked_thread(void *arg)
 {
@@ -132,12 +132,12 @@ static void *blocked_thread(void *arg)
     sigemptyset(&prof);
     sigaddset(&prof, SIGPROF);
     pthread_sigmask(SIG_BLOCK, &prof, NULL);
-    blocked_tid = (pid_t)syscall(SYS_gettid);
-    while (!blocked_ready)
+    SHARED_STORE(blocked_tid, (pid_t)syscall(SYS_gettid));
+    while (!SHARED_LOAD(blocked_ready))
         cpu_test_sleep_ms(1);
     burn_ms(100);
-    blocked_ready = 2;
-    while (!blocked_release)
+    SHARED_STORE(blocked_ready, 2);
+    while (!SHARED_LOAD(blocked_release))
         cpu_test_sleep_ms(1);
     pthread_sigmask(SIG_UNBLOCK, &prof, NULL);
     return NULL;
@@ -159,21 +159,21 @@ static void test_late_signal(void)
     signal(SIGPROF, SIG_DFL);
     pthread_t t;
     pthread_create(&t, NULL, blocked_thread, NULL);
-    while (!blocked_tid)
+    while (!SHARED_LOAD(blocked_tid))
         cpu_test_sleep_ms(1);
     holmes__cpu_capture *c;
     CHECK_EQ_INT(holmes__cpu_capture_start(200, &c), 0);
     if (!c)
         return;
-    blocked_ready = 1;
-    while (blocked_ready != 2)
+    SHARED_STORE(blocked_ready, 1);
+    while (SHARED_LOAD(blocked_ready) != 2)
         cpu_test_sleep_ms(1);
     /* The scenario is real: the thread's SIGPROF waits. */
-    CHECK_EQ_INT(sigprof_pending(blocked_tid), 1);
+    CHECK_EQ_INT(sigprof_pending(SHARED_LOAD(blocked_tid)), 1);
     holmes__buf out = {0};
     CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, NULL), 0);
-    CHECK_EQ_INT(sigprof_pending(blocked_tid), 0);
-    blocked_release = 1;
+    CHECK_EQ_INT(sigprof_pending(SHARED_LOAD(blocked_tid)), 0);
+    SHARED_STORE(blocked_release, 1);
     pthread_join(t, NULL);
     struct sigaction now;
     sigaction(SIGPROF, NULL, &now);

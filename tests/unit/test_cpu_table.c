@@ -77,14 +77,14 @@ static void test_full(void)
 #define STACKS 40
 
 static holmes__cpu_table *shared;
-static volatile int start_line;
+static int start_line;
 
 /* Each writer adds to its own stacks (its thread id) and to stacks every
  * writer shares (thread 7), as handlers on several threads would. */
 static void *writer(void *arg)
 {
     uint32_t me = (uint32_t)(uintptr_t)arg;
-    while (!start_line)
+    while (!SHARED_LOAD(start_line))
         ;
     for (int i = 0; i < ADDS; i++) {
         uintptr_t stack[6] = {(uintptr_t)(i % STACKS), 10, 11, 12, 13, 14};
@@ -99,7 +99,7 @@ static void test_concurrent(void)
     pthread_t th[WRITERS];
     for (uintptr_t i = 0; i < WRITERS; i++)
         pthread_create(&th[i], NULL, writer, (void *)i);
-    start_line = 1;
+    SHARED_STORE(start_line, 1);
     for (int i = 0; i < WRITERS; i++)
         pthread_join(th[i], NULL);
     struct tally ty = {0};
