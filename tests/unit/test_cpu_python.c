@@ -79,9 +79,19 @@ int main(void)
     fprintf(stderr, "%llu samples, %lld under _PyEval_EvalFrameDefault\n",
             (unsigned long long)st.samples, eval);
     CHECK(st.samples >= 200);
+#if defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer holds an asynchronous signal until the thread next
+     * enters its runtime and then runs the handler with the context saved at
+     * arrival, whose registers no longer match the stack: what such a sample
+     * names is not where the CPU went. */
+    fprintf(stderr, "skipped: the attribution check (ThreadSanitizer postpones SIGPROF, so the "
+                    "interrupted context is stale)\n");
+    CHECK(eval > 0);
+#else
     /* The loop is all the process does: nearly every stack goes through the
      * interpreter's frame evaluator. */
     CHECK(eval >= (long long)st.samples * 9 / 10);
+#endif
     if (eval < 0)
         fprintf(stderr, "%s", text);
     unlink(path);

@@ -71,8 +71,17 @@ static void check_profile(const holmes__buf *pb)
         fprintf(stderr, "handler: %g samples, %g in wait_for_request, %g in handle_request\n", total,
                 sleep, burn);
         CHECK(total >= 100);
+#if defined(__SANITIZE_THREAD__)
+        /* ThreadSanitizer runs a handler for an asynchronous signal only when
+         * the thread next enters its runtime, with the context saved at
+         * arrival: the stack has moved on by then, so shares are not checked. */
+        fprintf(stderr, "skipped: the sleep and burn shares (ThreadSanitizer postpones the "
+                        "capture's signal, so the interrupted context is stale)\n");
+        CHECK(sleep > 0);
+#else
         CHECK(sleep / total >= 0.80 && sleep / total <= 0.97);
         CHECK(burn / total >= 0.03 && burn / total <= 0.20);
+#endif
         if (check_failures)
             fprintf(stderr, "%s\n", top);
     }
