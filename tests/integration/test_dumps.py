@@ -16,6 +16,18 @@ from holmes_test import (SANITIZE, Workdir, check, example, finish, pprof_top, r
 HEAD = "[agent]\ninterval = 250ms\nwindow = 4\n{agent}[reporter.file]\ndir = @DUMPS@\n"
 
 STORM = {"wait_for_job": 100, "backoff_retry": 50, "read_upstream": 30, "lock_shared_state": 20}
+# ThreadSanitizer postpones a signal that arrives while a thread is blocked
+# inside its read() or pthread_mutex_lock() interceptor until that call
+# returns, so those threads cannot answer a dump's signal in that build.
+TSAN_SILENT = ("read_upstream", "lock_shared_state")
+
+
+def storm_expected():
+    if SANITIZE != "thread":
+        return STORM
+    print("SKIPPED: thread counts of %s (ThreadSanitizer holds the dump's signal while they "
+          "block in its read and mutex interceptors)" % ", ".join(TSAN_SILENT))
+    return {fn: n for fn, n in STORM.items() if fn not in TSAN_SILENT}
 
 
 def test_thread_storm():
@@ -25,13 +37,14 @@ def test_thread_storm():
     pbs, txts = w.files("*.threads.pb.gz"), w.files("*.threads.txt")
     check(len(pbs) >= 1 and len(txts) >= 1, "no threads dump: %s" % w.files())
     if pbs and txts:
+        expected = storm_expected()
         rows = {r[5]: r for r in pprof_top(pbs[0], extra=["-cum"])}
-        for fn, want in STORM.items():
+        for fn, want in expected.items():
             got = rows.get(fn)
             check(got is not None and got[3] == str(want),
                   "threads.pb.gz: %s has %s threads, expected %d" % (fn, got and got[3], want))
         text = open(txts[0]).read()
-        for fn, want in STORM.items():
+        for fn, want in expected.items():
             threads = count_threads_in_text(text, fn)
             check(threads == want, "threads.txt: %s in %d threads, expected %d" % (fn, threads, want))
     w.cleanup()

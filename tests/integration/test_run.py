@@ -40,12 +40,14 @@ def holmes_run(ini, cmd, extra=None, timeout=30, env=None):
 
 
 def no_segv_handler_env():
-    """AddressSanitizer's runtime, preloaded into the service in that build,
-    turns a SIGSEGV into a report and exit status 1; the status a death by
-    signal gives is what is tested here, so its handler stays out."""
+    """A sanitizer runtime, preloaded into the service in those builds, turns
+    a SIGSEGV into a report and an exit status of its own (1 for ASan, 66 for
+    TSan); the status a death by signal gives is what is tested here, so its
+    handler stays out."""
     env = run_env()
-    if SANITIZE == "address":
-        env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "handle_segv=0"]))
+    var = {"address": "ASAN_OPTIONS", "thread": "TSAN_OPTIONS"}.get(SANITIZE)
+    if var:
+        env[var] = ":".join(filter(None, [env.get(var), "handle_segv=0"]))
     return env
 
 
