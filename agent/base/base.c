@@ -210,21 +210,21 @@ HOLMES_EXPORT const char *holmes_last_error(void)
 /* ---- mmap-backed buffer ---- */
 
 /*
- * ThreadSanitizer does not intercept mremap(): a buffer moved by it leaves
+ * ThreadSanitizer does not intercept mremap(): a mapping moved by it leaves
  * stale shadow behind, and the next thread that gets those pages reports
  * races with the former owner. Its builds grow by mmap, copy and munmap.
  */
-static void *buf_remap(void *old, size_t old_cap, size_t cap)
+void *holmes__remap(void *old, size_t old_len, size_t new_len)
 {
 #if defined(__SANITIZE_THREAD__)
-    void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, new_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p != MAP_FAILED) {
-        memcpy(p, old, old_cap);
-        munmap(old, old_cap);
+        memcpy(p, old, old_len);
+        munmap(old, old_len);
     }
     return p;
 #else
-    return mremap(old, old_cap, cap, MREMAP_MAYMOVE);
+    return mremap(old, old_len, new_len, MREMAP_MAYMOVE);
 #endif
 }
 
@@ -237,7 +237,7 @@ static bool buf_grow(holmes__buf *b, size_t need)
     size_t cap = b->cap ? b->cap : 64 * 1024;
     while (cap < b->len + need)
         cap *= 2;
-    void *p = b->data ? buf_remap(b->data, b->cap, cap)
+    void *p = b->data ? holmes__remap(b->data, b->cap, cap)
                       : mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         b->failed = true;

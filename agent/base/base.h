@@ -69,6 +69,10 @@ long holmes__read_file(const char *path, char *buf, size_t cap);
 /* Sets holmes_last_error()'s text (copied, truncated to 4 KiB). */
 void holmes__set_last_error(const char *text);
 
+/* Moves an anonymous mapping of old_len bytes to one of new_len (larger)
+ * bytes, as mremap(MREMAP_MAYMOVE) does; MAP_FAILED when there is no room. */
+void *holmes__remap(void *old, size_t old_len, size_t new_len);
+
 /* Growable byte buffer backed by mmap, so large captures never lean on malloc. */
 typedef struct holmes__buf {
     char *data;

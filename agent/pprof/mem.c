@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "../base/base.h"
+
 static size_t page_round(size_t len)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -56,7 +58,7 @@ bool holmes__vec_reserve(holmes__vec *v, size_t n)
     size_t old_bytes = page_round(v->cap * v->elem), new_bytes = page_round(cap * v->elem);
     void *p;
     if (v->data) {
-        p = mremap(v->data, old_bytes, new_bytes, MREMAP_MAYMOVE);
+        p = holmes__remap(v->data, old_bytes, new_bytes);
         if (p == MAP_FAILED)
             return false;
         v->meter->cur -= old_bytes;

@@ -20,7 +20,7 @@ typedef struct holmes__meter {
 void *holmes__map(holmes__meter *m, size_t len);
 void holmes__unmap(holmes__meter *m, void *p, size_t len);
 
-/* A growable array of fixed-size elements (mremap keeps growth cheap). */
+/* A growable array of fixed-size elements (holmes__remap keeps growth cheap). */
 typedef struct holmes__vec {
     holmes__meter *meter;
     char *data;
