@@ -196,7 +196,11 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *
     return q;
 }
 
-/* A sampled block always moves: the new size is an allocation of its own. */
+/*
+ * The new size of a sampled block is an allocation of its own, sampled or
+ * not by its own draw. A sampled one stays in place when its span has room
+ * (a growing array); anything else moves.
+ */
 static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p, size_t n,
                                                                         uintptr_t caller)
 {
@@ -209,7 +213,14 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
         holmes__heap_sample_free(p);
         return NULL;
     }
-    void *q = unsampled(n) ? REAL_MALLOC(n) : alloc_slow(n, 0, false, caller);
+    void *q = NULL;
+    if (!unsampled(n) && holmes__heap_decide(n)) {
+        if (holmes__heap_sample_resize(p, n, caller))
+            return p;
+        q = holmes__heap_sample_alloc(n, 0, false, caller);
+    }
+    if (!q)
+        q = REAL_MALLOC(n);
     if (!q)
         return NULL;
     memcpy(q, p, old < n ? old : n);

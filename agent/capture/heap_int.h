@@ -58,6 +58,12 @@ bool holmes__heap_decide(size_t n);
  */
 void *holmes__heap_sample_alloc(size_t n, size_t align, bool zero, uintptr_t caller);
 void holmes__heap_sample_free(void *p);
+/*
+ * realloc of a live sampled object p to n bytes, sampled anew, in place:
+ * counted as a free and an allocation at the caller's stack. False, and
+ * nothing changed, when p's span has no room for n bytes.
+ */
+bool holmes__heap_sample_resize(void *p, size_t n, uintptr_t caller);
 /* Usable size of a sampled object, or 0 when p is not a live one. */
 size_t holmes__heap_sample_usable(const void *p);
 
@@ -120,6 +126,11 @@ holmes__heap_rec *holmes__heap_region_find(const void *p);
 /* Finds a live object's record and marks it dead, so exactly one free gets it; NULL if none. */
 holmes__heap_rec *holmes__heap_region_claim(const void *p);
 size_t holmes__heap_region_usable(const holmes__heap_rec *r);
+/*
+ * Lets r's object (owned by the caller) hold n bytes where it is, when its
+ * span has room and it would not shrink by a page; false when it must move.
+ */
+bool holmes__heap_region_resize(holmes__heap_rec *r, size_t n);
 /* Puts a claimed record's span back for reuse (warm, or returned to the kernel when big). */
 void holmes__heap_region_release(holmes__heap_rec *r);
 /* Fork handlers of the region's lock; the child's also recovers an interrupted trim. */

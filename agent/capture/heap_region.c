@@ -10,7 +10,8 @@
  * which also guarantees the next object there starts zeroed.
  *
  * Each object gets its own span of whole pages, rounded up to a span class
- * (1..8 pages, then four classes per doubling). Rounding costs address
+ * (1..8 pages, then four classes per doubling; a big object's span has room
+ * for it to grow, see BIG_ROOM). Rounding costs address
  * space only: the pages past the object are never touched. Free spans wait
  * on a list per class. A page map (one 32-bit record number per page of the
  * region) finds an object's record from its address, so objects carry no
@@ -53,6 +54,12 @@
 #define CACHE_SPAN_PAGES 16u /* spans of up to 64 KiB (4 KiB pages) are kept warm */
 #define CACHE_HIGH HOLMES_HEAP_CACHE_MAX
 #define CACHE_LOW (HOLMES_HEAP_CACHE_MAX / 2)
+/*
+ * A big object's span is this many times its size, so a realloc that
+ * doubles it (a growing array) stays in place instead of copying it into
+ * freshly faulted pages; the room is address space until it is used.
+ */
+#define BIG_ROOM 4u
 #define TRIM_BATCH 64u /* spans released per unlocked round of system calls */
 
 uintptr_t holmes__heap_region_lo;
@@ -224,7 +231,11 @@ void *holmes__heap_region_alloc(size_t n, size_t align, holmes__heap_rec **rec)
     if (cls >= SPAN_CLASSES)
         return NULL;
     pthread_mutex_lock(&region_lock);
-    holmes__heap_rec *r = take_span(cls);
+    holmes__heap_rec *r = NULL;
+    if (pages > CACHE_SPAN_PAGES && pages <= R.pages / BIG_ROOM)
+        r = take_span(span_class(pages * BIG_ROOM));
+    if (!r)
+        r = take_span(cls);
     pthread_mutex_unlock(&region_lock);
     if (!r)
         return NULL;
@@ -255,6 +266,19 @@ size_t holmes__heap_region_usable(const holmes__heap_rec *r)
 {
     uintptr_t end = (uintptr_t)R.base + ((uintptr_t)r->start + r->pages) * R.page;
     return end - r->ptr;
+}
+
+bool holmes__heap_region_resize(holmes__heap_rec *r, size_t n)
+{
+    size_t off = r->ptr - ((uintptr_t)R.base + ((uintptr_t)r->start << R.shift)), end;
+    if (__builtin_add_overflow(off, n, &end) || end > (class_pages(r->cls) << R.shift))
+        return false;
+    size_t pages = (end + R.page - 1) >> R.shift;
+    /* Fewer pages would leave the ones past the object resident: those move instead. */
+    if (pages < r->pages)
+        return false;
+    r->pages = (uint32_t)pages;
+    return true;
 }
 
 holmes__heap_rec *holmes__heap_region_claim(const void *p)

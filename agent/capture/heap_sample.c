@@ -176,6 +176,24 @@ static uint64_t weight(size_t n, uint64_t rate)
     return (uint64_t)((double)n / -expm1(-(double)n / (double)rate));
 }
 
+/* Records a sampled object of n bytes allocated at this stack in r. */
+static void record(holmes__heap_rec *r, const uintptr_t *pcs, int depth, size_t n)
+{
+    r->size = n;
+    r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
+    r->bucket = holmes__heap_bucket_for(pcs, depth, n);
+    holmes__heap_count(r->bucket, n, true);
+    atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+    atomic_fetch_add_explicit(&n_sampled, 1, memory_order_relaxed);
+}
+
+static void count_free(const holmes__heap_rec *r)
+{
+    holmes__heap_count(r->bucket, r->size, false);
+    atomic_fetch_sub_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
+    atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
+}
+
 static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool zero)
 {
     holmes__heap_rec *r;
@@ -189,12 +207,7 @@ static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool
     /* A reused span holds its last object's bytes; memset beats the page faults of a fresh one. */
     if (zero && r->warm)
         memset(p, 0, n);
-    r->size = n;
-    r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
-    r->bucket = holmes__heap_bucket_for(pcs, depth, n);
-    holmes__heap_count(r->bucket, n, true);
-    atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
-    atomic_fetch_add_explicit(&n_sampled, 1, memory_order_relaxed);
+    record(r, pcs, depth, n);
     return p;
 }
 
@@ -210,6 +223,21 @@ HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, bool ze
     return p;
 }
 
+HOLMES_HEAP_TEXT bool holmes__heap_sample_resize(void *p, size_t n, uintptr_t caller)
+{
+    holmes__heap_rec *r = holmes__heap_region_find(p);
+    if (!r || !holmes__heap_region_resize(r, n))
+        return false;
+    uintptr_t pcs[HOLMES_MAX_FRAMES];
+    const uintptr_t *first;
+    self.busy++;
+    int depth = own_stack(pcs, caller, &first);
+    count_free(r);
+    record(r, first, depth, n);
+    self.busy--;
+    return true;
+}
+
 HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
 {
     holmes__heap_rec *r = holmes__heap_region_claim(p);
@@ -217,9 +245,7 @@ HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
         atomic_fetch_add_explicit(&n_invalid, 1, memory_order_relaxed);
         return;
     }
-    holmes__heap_count(r->bucket, r->size, false);
-    atomic_fetch_sub_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
-    atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
+    count_free(r);
     holmes__heap_region_release(r);
 }
 

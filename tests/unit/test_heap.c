@@ -185,6 +185,36 @@ static void test_big_and_reuse(void)
     T_FREE(q);
 }
 
+/*
+ * A big sampled block that grows (an array doubling) stays where it is with
+ * its bytes, counted as a free and a new sampled allocation; one that
+ * shrinks by pages moves, so its spare pages do not stay resident.
+ */
+static void test_realloc_in_place(void)
+{
+    CHECK_EQ_INT(holmes__heap_enable(1), 0);
+    size_t n = (size_t)1 << 20;
+    unsigned char *p = T_MALLOC(n);
+    CHECK(p && sampled(p));
+    if (!p)
+        return;
+    memset(p, 0x5a, n);
+    holmes__heap_counters before = heap_counters();
+    unsigned char *q = T_REALLOC(p, 2 * n);
+    holmes__heap_counters after = heap_counters();
+    CHECK(q == p);
+    if (!q)
+        return;
+    CHECK(T_USABLE(q) >= 2 * n && q[0] == 0x5a && q[n - 1] == 0x5a);
+    memset(q + n, 1, n);
+    CHECK_EQ_INT(after.sampled, before.sampled + 1);
+    CHECK_EQ_INT(after.freed, before.freed + 1);
+    unsigned char *r = T_REALLOC(q, n / 4);
+    CHECK(r && r != q && sampled(r));
+    CHECK(r && r[0] == 0x5a && r[n / 4 - 1] == 0x5a);
+    T_FREE(r ? r : q);
+}
+
 /* A freed small sampled object's span is the next one's of its size class, and calloc zeroes it. */
 static void test_warm_reuse(void)
 {
@@ -299,6 +329,7 @@ int main(void)
     test_family(0);
     test_realloc();
     test_big_and_reuse();
+    test_realloc_in_place();
     test_warm_reuse();
     test_warm_bounded();
     test_agent_allocations();
