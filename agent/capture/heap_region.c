@@ -396,7 +396,10 @@ void holmes__heap_region_unlock(void)
 /*
  * In a fork child the thread that was trimming is gone: its limbo spans go
  * back on the warm lists (their pages may or may not have been released
- * before the fork, so they count as holding data).
+ * before the fork, so they count as holding data). A span that another
+ * thread was freeing outside the lock at the fork (a big one's madvise) is
+ * on no list in the child and stays unused there: address space only, one
+ * span per such thread.
  */
 void holmes__heap_region_fork_child(void)
 {
