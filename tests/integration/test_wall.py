@@ -65,10 +65,14 @@ def main():
         cpu_sleep = share(cpus[0], "wait_for_backend")
         cpu_burn = share(cpus[0], "render_response")
         print("cpu: wait_for_backend %.1f%%, render_response %.1f%%" % (cpu_sleep, cpu_burn))
-        # Entering and leaving nanosleep costs a little real CPU; the 100 ms
-        # of sleeping itself must not appear.
-        check(cpu_sleep < 5.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
-        if SANITIZE != "thread":
+        if SANITIZE == "thread":
+            # A SIGPROF that lands in the computing waits for the thread's next
+            # call into TSan's runtime, often the nanosleep of the next request.
+            print("SKIP CPU attribution under TSan: it delays SIGPROF to the next runtime call")
+        else:
+            # Entering and leaving nanosleep costs a little real CPU; the 100 ms
+            # of sleeping itself must not appear.
+            check(cpu_sleep < 5.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
             check(cpu_burn > 50, "the CPU profile misses the computing (%.1f%%)" % cpu_burn)
     w.cleanup()
     finish()
