@@ -198,10 +198,16 @@ void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__
                     rule ? rule->name : "manual");
         return;
     }
-    holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f, average %.2f -> %s",
-                info->manual ? "manual" : rule->name, holmes__clause_name(clause),
-                info->manual ? "manual" : holmes__metric_name(rule->metric), value, average,
-                job.dump->stem);
+    if (info->manual)
+        holmes__log(HOLMES_LOG_INFO, "manual dump requested -> %s", job.dump->stem);
+    else if (isfinite(average))
+        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f, average %.2f -> %s",
+                    rule->name, holmes__clause_name(clause), holmes__metric_name(rule->metric),
+                    value, average, job.dump->stem);
+    else
+        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f -> %s", rule->name,
+                    holmes__clause_name(clause), holmes__metric_name(rule->metric), value,
+                    job.dump->stem);
     holmes__event_write(a->pid, job.dump, info);
     if (!info->captures) {
         job.dump->final = true;
