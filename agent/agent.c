@@ -13,7 +13,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "unwind/unwind.h"
 
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 static holmes__agent *agent; /* the running one, or NULL */
@@ -165,15 +164,16 @@ static int build_agent(holmes__agent *a)
     return 0;
 }
 
-/* Unwind tables are needed by every stack capture and by the heap sampler. */
+/*
+ * The unwind tables are built by the watchdog as its first act, not here:
+ * compiling every module's .eh_frame takes tens of milliseconds, which a
+ * preloaded agent would otherwise add to the service's start. Allocations
+ * sampled before they are ready keep their caller as a one-frame stack.
+ */
 static void start_samplers(holmes__agent *a)
 {
-    int rc = holmes__unwind_prepare();
-    if (rc != 0)
-        holmes__log(HOLMES_LOG_WARN, "unwind tables: %s; stacks will be short",
-                    holmes_strerror(rc));
     if (a->cfg.sample_bytes > 0) {
-        rc = holmes__heap_enable(a->cfg.sample_bytes);
+        int rc = holmes__heap_enable(a->cfg.sample_bytes);
         if (rc != 0)
             holmes__log(HOLMES_LOG_WARN, "heap profiling off: %s", holmes_strerror(rc));
     }

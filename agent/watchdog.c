@@ -357,6 +357,10 @@ void *holmes__watchdog_main(void *arg)
     holmes__agent *a = arg;
     uint64_t interval = a->cfg.interval_ms * 1000000ull;
     uint64_t next = holmes__now_ns();
+    int rc = holmes__unwind_prepare(); /* see start_samplers() in agent.c */
+    if (rc != 0)
+        holmes__log(HOLMES_LOG_WARN, "unwind tables: %s; stacks will be short",
+                    holmes_strerror(rc));
     holmes__psi_triggers_open(a);
     while (!atomic_load(&a->stopping)) {
         a->psi_woken = wait_until(a, next);
