@@ -28,6 +28,9 @@ static pthread_mutex_t prepare_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- publishing ---- */
 
+/* How long a refresh waits for walks still reading the slot it would reuse. */
+#define PUBLISH_WAIT_NS 50000000ull
+
 static void unmap_object(void *obj)
 {
     if (obj)
@@ -42,9 +45,13 @@ static void unmap_object(void *obj)
  */
 static int publish(holmes__unw_pub *p, void *obj)
 {
+    /* The wait is bounded in time, not in yields: with many runnable
+     * threads one sched_yield can last a whole time slice, and 10000 of
+     * them once held the watchdog for a minute. */
     unsigned next = 1u - atomic_load(&p->cur);
-    for (int spins = 0; atomic_load(&p->inflight[next]) != 0; spins++) {
-        if (spins == 10000)
+    uint64_t give_up = holmes__now_ns() + PUBLISH_WAIT_NS;
+    while (atomic_load(&p->inflight[next]) != 0) {
+        if (holmes__now_ns() > give_up)
             return HOLMES_EBUSY;
         sched_yield();
     }
