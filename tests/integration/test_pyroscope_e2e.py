@@ -319,7 +319,11 @@ def check_pprof(label, server, upload, workdir):
           "%s: pprof type is not %s:\n%s" % (label, PPROF_TYPE[kind], top[:600]))
     name = TOP_OF.get((rule, kind))
     # Sanitizer builds keep their own malloc: the heap profile is empty there.
-    if name and not (SANITIZE and kind == "heap"):
+    # TSan runs a postponed SIGPROF handler with a stale context, so a CPU
+    # profile's attribution means nothing under it.
+    if name and SANITIZE == "thread" and kind == "cpu":
+        print("SKIP %s attribution under TSan: postponed signals carry a stale context" % label)
+    elif name and not (SANITIZE and kind == "heap"):
         check(name in top, "%s: %s not in pprof -top:\n%s" % (label, name, top[:1500]))
 
 
