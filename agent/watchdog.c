@@ -286,9 +286,10 @@ static void fire_memory_events(holmes__agent *a, uint64_t rise, const char *what
     holmes__agent_fire(a, &rule, HOLMES_CLAUSE_ABS, (double)rise, NAN);
 }
 
-static void judge_memory_events(holmes__agent *a, const holmes__sample *s)
+static void judge_memory_events(holmes__agent *a, const holmes__sample *prev,
+                                const holmes__sample *s)
 {
-    const holmes__mem_events *now = &s->mem_events, *before = &a->last.mem_events;
+    const holmes__mem_events *now = &s->mem_events, *before = &prev->mem_events;
     if (!now->valid || !before->valid)
         return;
     uint64_t kills = now->oom_kill - before->oom_kill + now->oom - before->oom;
@@ -320,11 +321,12 @@ static void maybe_take_baseline(holmes__agent *a)
  * so it runs when the thread count changed (new thread stacks), and every
  * 10 ticks for modules loaded or threads replaced within one tick.
  */
-static void refresh_unwinder(holmes__agent *a, const holmes__sample *s)
+static void refresh_unwinder(holmes__agent *a, const holmes__sample *prev,
+                             const holmes__sample *s)
 {
     if (!holmes__heap_enabled())
         return;
-    if (s->threads != a->last.threads || ++a->maps_age >= 10) {
+    if (s->threads != prev->threads || ++a->maps_age >= 10) {
         holmes__unwind_prepare();
         a->maps_age = 0;
     }
@@ -332,17 +334,19 @@ static void refresh_unwinder(holmes__agent *a, const holmes__sample *s)
 
 static void tick(holmes__agent *a)
 {
-    holmes__sample s;
+    /* a->last holds this tick's readings while it is judged, so an event
+     * shows the numbers that fired it; `prev` is the tick before. */
+    holmes__sample prev = a->last;
     bool heap_on = holmes__heap_enabled();
-    holmes__sampler_read(a->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &s);
+    holmes__sampler_read(a->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &a->last);
+    const holmes__sample *s = &a->last;
     for (int m = 0; m < HOLMES_METRIC_COUNT; m++) {
-        if (s.valid & (1u << m))
-            judge_metric(a, (holmes__metric)m, s.value[m], s.t_ns);
+        if (s->valid & (1u << m))
+            judge_metric(a, (holmes__metric)m, s->value[m], s->t_ns);
     }
-    judge_memory_events(a, &s);
-    refresh_unwinder(a, &s);
+    judge_memory_events(a, &prev, s);
+    refresh_unwinder(a, &prev, s);
     holmes__heap_maintain(); /* returns the sampler's surplus free spans to the kernel */
-    a->last = s;
     maybe_take_baseline(a);
 }
 
