@@ -334,39 +334,10 @@ typedef struct ranked {
     uint32_t rank;
 } ranked;
 
-static bool ranked_less(const ranked *a, const ranked *b)
+static bool ranked_less(const void *pa, const void *pb)
 {
+    const ranked *a = pa, *b = pb;
     return a->s.start < b->s.start || (a->s.start == b->s.start && a->rank < b->rank);
-}
-
-/* Heapsort: in place and malloc-free (glibc's qsort may allocate). */
-static void sift_down(ranked *v, size_t i, size_t n)
-{
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            return;
-        if (c + 1 < n && ranked_less(&v[c], &v[c + 1]))
-            c++;
-        if (!ranked_less(&v[i], &v[c]))
-            return;
-        ranked t = v[i];
-        v[i] = v[c];
-        v[c] = t;
-        i = c;
-    }
-}
-
-static void sort_ranked(ranked *v, size_t n)
-{
-    for (size_t i = n / 2; i-- > 0;)
-        sift_down(v, i, n);
-    for (size_t end = n; end-- > 1;) {
-        ranked t = v[0];
-        v[0] = v[end];
-        v[end] = t;
-        sift_down(v, 0, end);
-    }
 }
 
 static bool wanted(const GElf_Sym *st)
@@ -441,7 +412,7 @@ static void load_symbols(holmes__symbols *s, module *m)
     holmes__vec all;
     holmes__vec_init(&all, s->meter, sizeof(ranked));
     collect(&all, scn, m->strtab, m->strtab_size);
-    sort_ranked((ranked *)(void *)all.data, all.len);
+    holmes__heapsort(all.data, all.len, sizeof(ranked), ranked_less);
     dedupe_into(&m->syms, &all);
     holmes__vec_free(&all);
 }

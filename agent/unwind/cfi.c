@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "agent/base/base.h"
 #include "agent/unwind/unwind_int.h"
 
 /* DWARF register numbers on x86_64. */
@@ -568,30 +569,14 @@ int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows)
 
 /* ---- sorting and compaction ---- */
 
-static void sift_down(uint64_t *a, size_t root, size_t n)
+static bool u64_less(const void *a, const void *b)
 {
-    for (size_t child; (child = 2 * root + 1) < n; root = child) {
-        if (child + 1 < n && a[child + 1] > a[child])
-            child++;
-        if (a[root] >= a[child])
-            return;
-        uint64_t t = a[root];
-        a[root] = a[child];
-        a[child] = t;
-    }
+    return *(const uint64_t *)a < *(const uint64_t *)b;
 }
 
-/* Heapsort: in place, no allocation, O(n log n) on any input. */
 void holmes__unw_sort(uint64_t *a, size_t n)
 {
-    for (size_t i = n / 2; i-- > 0;)
-        sift_down(a, i, n);
-    for (size_t end = n; end-- > 1;) {
-        uint64_t t = a[0];
-        a[0] = a[end];
-        a[end] = t;
-        sift_down(a, 0, end);
-    }
+    holmes__heapsort(a, n, sizeof(*a), u64_less);
 }
 
 /*
