@@ -234,8 +234,8 @@ static void judge_metric(holmes__agent *a, holmes__metric m, double value, uint6
         if (value < asserted)
             value = asserted;
     }
-    int warmup = a->cfg.warmup < 0 ? a->cfg.window : a->cfg.warmup;
-    bool judged = a->metric_samples[m] >= (uint64_t)warmup;
+    /* holmes__config_finish has resolved warmup = window already. */
+    bool judged = a->metric_samples[m] >= (uint64_t)a->cfg.warmup;
     holmes__window *w = &a->windows[m];
     for (int i = 0; i < a->cfg.nrules; i++) {
         const holmes__rule_cfg *rule = &a->cfg.rules[i];
@@ -305,10 +305,9 @@ static void judge_memory_events(holmes__agent *a, const holmes__sample *prev,
 
 static void maybe_take_baseline(holmes__agent *a)
 {
-    int warmup = a->cfg.warmup < 0 ? a->cfg.window : a->cfg.warmup;
     if (a->baseline_taken || !a->cfg.baseline || !holmes__heap_enabled())
         return;
-    if (a->metric_samples[HOLMES_METRIC_MEM] < (uint64_t)warmup)
+    if (a->metric_samples[HOLMES_METRIC_MEM] < (uint64_t)a->cfg.warmup)
         return;
     a->baseline_taken = true;
     if (holmes__heap_take_baseline() == 0)
