@@ -88,10 +88,15 @@ class Workdir:
         return self.files(pattern)
 
     def cleanup(self):
-        if not failures:
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            print("kept for inspection: " + self.path, file=sys.stderr)
+        remove_unless_failed(self.path)
+
+
+def remove_unless_failed(path):
+    """Removes a test's scratch directory, or keeps it for inspection after a failure."""
+    if not failures:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print("kept for inspection: " + path, file=sys.stderr)
 
 
 def run(args, timeout=120, env=None, cwd=None, check_rc=True):

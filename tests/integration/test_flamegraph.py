@@ -235,10 +235,7 @@ def main():
             svg = draw(go[0], os.path.join(work, "go.cpu.svg"))
             check_svg("go cpu", svg, go[0])
     finally:
-        if not ht.failures:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("kept for inspection: " + work, file=sys.stderr)
+        ht.remove_unless_failed(work)
     ht.finish()
 
 

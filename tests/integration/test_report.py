@@ -442,10 +442,7 @@ def main():
 
         bad_inputs(work, agent_cpu)
     finally:
-        if not ht.failures:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("kept for inspection: " + work, file=sys.stderr)
+        ht.remove_unless_failed(work)
     ht.finish()
 
 
