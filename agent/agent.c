@@ -165,10 +165,12 @@ static int build_agent(holmes__agent *a)
 }
 
 /*
- * The unwind tables are built by the watchdog as its first act, not here:
- * compiling every module's .eh_frame takes tens of milliseconds, which a
- * preloaded agent would otherwise add to the service's start. Allocations
- * sampled before they are ready keep their caller as a one-frame stack.
+ * The unwind tables are built by the capture thread as its first act, not
+ * here: compiling every module's .eh_frame takes tens of milliseconds (seconds
+ * under a sanitizer), which a preloaded agent would otherwise add to the
+ * service's start, and which must not hold back the watchdog's first ticks.
+ * Allocations sampled before they are ready keep their caller as a one-frame
+ * stack; a capture queued meanwhile starts once they are.
  */
 static void start_samplers(holmes__agent *a)
 {

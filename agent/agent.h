@@ -66,6 +66,7 @@ typedef struct holmes__agent {
     holmes__sample last;
     bool baseline_taken;
     int maps_age; /* ticks since the unwinder last re-read the thread stacks */
+    bool maps_stale; /* the thread count changed since that re-read */
     uint64_t mem_events_fired_ns; /* the built-in memory-events rule's last firing */
 
     holmes__delivery *delivery;

@@ -5,6 +5,7 @@
  * fires during a 5-second CPU profile is not held back by it.
  */
 #include "agent.h"
+#include "unwind/unwind.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -322,11 +323,25 @@ static bool next_job(holmes__agent *a, uint64_t deadline_ns, holmes__job *out, b
     return got;
 }
 
+/* See start_samplers() in agent.c for why this thread builds them. */
+static void build_unwind_tables(void)
+{
+    uint64_t t0 = holmes__now_ns();
+    int rc = holmes__unwind_prepare();
+    if (rc != 0)
+        holmes__log(HOLMES_LOG_WARN, "unwind tables: %s; stacks will be short",
+                    holmes_strerror(rc));
+    else
+        holmes__log(HOLMES_LOG_DEBUG, "unwind tables built in %llu ms",
+                    (unsigned long long)((holmes__now_ns() - t0) / 1000000));
+}
+
 static void *capturer_main(void *arg)
 {
     dispatcher d = {.a = arg};
     static holmes__job job; /* one capture thread per process */
     bool stop = false;
+    build_unwind_tables();
     uint64_t next = holmes__now_ns() + 1000000000ull;
     while (!stop || d.nactive > 0) {
         if (next_job(d.a, next, &job, &stop))

@@ -318,15 +318,21 @@ static void maybe_take_baseline(holmes__agent *a)
  * Keeps the unwinder's view current for the heap sampler, which cannot read
  * /proc from inside malloc. A refresh re-reads the memory map (about 50 us),
  * so it runs when the thread count changed (new thread stacks), and every
- * 10 ticks for modules loaded or threads replaced within one tick.
+ * 10 ticks for modules loaded or threads replaced within one tick. While the
+ * capture thread is building tables (seconds for a huge binary) the refresh
+ * waits for a later tick: the watchdog never stalls behind it.
  */
 static void refresh_unwinder(holmes__agent *a, const holmes__sample *prev,
                              const holmes__sample *s)
 {
     if (!holmes__heap_enabled())
         return;
-    if (s->threads != prev->threads || ++a->maps_age >= 10) {
-        holmes__unwind_prepare();
+    if (s->threads != prev->threads)
+        a->maps_stale = true;
+    if (a->maps_stale || ++a->maps_age >= 10) {
+        if (holmes__unwind_try_prepare() == HOLMES_EBUSY)
+            return;
+        a->maps_stale = false;
         a->maps_age = 0;
     }
 }
@@ -360,10 +366,6 @@ void *holmes__watchdog_main(void *arg)
     holmes__agent *a = arg;
     uint64_t interval = a->cfg.interval_ms * 1000000ull;
     uint64_t next = holmes__now_ns();
-    int rc = holmes__unwind_prepare(); /* see start_samplers() in agent.c */
-    if (rc != 0)
-        holmes__log(HOLMES_LOG_WARN, "unwind tables: %s; stacks will be short",
-                    holmes_strerror(rc));
     holmes__psi_triggers_open(a);
     while (!atomic_load(&a->stopping)) {
         a->psi_woken = wait_until(a, next);

@@ -13,6 +13,7 @@ mode=${1:-full}
 jobs=$(nproc)
 passed=0 failed=0
 failures=()
+why=()
 
 run_suite() { # name, cmake args...
   local name=$1; shift
@@ -31,7 +32,14 @@ run_suite() { # name, cmake args...
   if [[ $f -gt 0 || $p -eq 0 ]]; then
     failures+=("$name: $f failed"); [[ $p -eq 0 ]] && failed=$((failed + 1))
     grep -E 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log" | sed "s/^/   $name: /"
+    why+=("$name:" "$(failure_lines "$log")")
   fi
+}
+
+# The first lines that say why, so the end of a CI log is enough to start from.
+failure_lines() {
+  grep -E 'CHECK FAILED|FAILED:|SUMMARY: |ERROR: |Assertion|Error|error:|Timeout' "$1" |
+    grep -vE '^ *[0-9]+/[0-9]+ Test|^Errors while running CTest' | cut -c1-300 | head -12
 }
 
 run_suite release -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -47,6 +55,7 @@ if [[ $mode == full ]]; then
 fi
 
 echo
+((${#why[@]})) && printf '%s\n' "${why[@]}"
 ((${#failures[@]})) && printf 'FAILED: %s\n' "${failures[@]}"
 echo "holmes: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -76,7 +76,10 @@ static void *thread_trampoline(void *p)
     free(p);
     HOLMES_AGENT_ENTER();
     pthread_setname_np(pthread_self(), st.name);
-    return st.fn(st.arg);
+    int slot = holmes__agent_cpu_enter();
+    void *ret = st.fn(st.arg);
+    holmes__agent_cpu_leave(slot);
+    return ret;
 }
 
 int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void *thread_out)

@@ -52,8 +52,20 @@ extern __thread int holmes__in_agent __attribute__((tls_model("initial-exec")));
 #define HOLMES_AGENT_ENTER() (++holmes__in_agent)
 #define HOLMES_AGENT_LEAVE() (--holmes__in_agent)
 
-/* Creates a thread with every signal blocked, named `name` (<= 15 chars). */
+/*
+ * Creates a thread with every signal blocked, named `name` (<= 15 chars),
+ * whose CPU time counts in holmes__agent_cpu_ns().
+ */
 int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void *thread_out);
+
+/*
+ * CPU time of the agent's threads, those running and those that have exited,
+ * in this process (agent_cpu.c). The enter/leave pair brackets a thread's
+ * life: enter returns a slot (or -1 when untracked) for leave.
+ */
+uint64_t holmes__agent_cpu_ns(void);
+int holmes__agent_cpu_enter(void);
+void holmes__agent_cpu_leave(int slot);
 
 /*
  * Writes `len` bytes to `path` through "<path>.tmp.<pid>" and rename(), so a

@@ -103,10 +103,16 @@ int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out)
     int rc = read_stat_files(r, out);
     /* Clock ticks are 10 ms: at a 100 ms interval that is 10% of a core of
      * noise per sample. For the real process the CPU clock counts
-     * nanoseconds, so it replaces the ticks. */
+     * nanoseconds, so it replaces the ticks, less the agent's own threads:
+     * the metric is the service's CPU (see agent/base/agent_cpu.c). */
     struct timespec ts;
-    if (rc == 0 && r->root[0] == 0 && clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0)
-        out->cpu_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (rc == 0 && r->root[0] == 0) {
+        uint64_t agent_ns = holmes__agent_cpu_ns();
+        if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0) {
+            uint64_t all = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            out->cpu_ns = all > agent_ns ? all - agent_ns : 0;
+        }
+    }
     return rc;
 }
 

@@ -518,15 +518,28 @@ static int refresh_maps_locked(void)
 
 /* ---- the interface ---- */
 
-int holmes__unwind_prepare(void)
+/* Called with prepare_lock held; releases it. */
+static int prepare_and_unlock(void)
 {
-    pthread_mutex_lock(&prepare_lock);
     HOLMES_AGENT_ENTER();
     int rc = refresh_tables();
     int rc2 = refresh_maps_locked();
     HOLMES_AGENT_LEAVE();
     pthread_mutex_unlock(&prepare_lock);
     return rc ? rc : rc2;
+}
+
+int holmes__unwind_prepare(void)
+{
+    pthread_mutex_lock(&prepare_lock);
+    return prepare_and_unlock();
+}
+
+int holmes__unwind_try_prepare(void)
+{
+    if (pthread_mutex_trylock(&prepare_lock) != 0)
+        return HOLMES_EBUSY;
+    return prepare_and_unlock();
 }
 
 int holmes__unwind_refresh_maps(void)

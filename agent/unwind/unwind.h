@@ -21,6 +21,8 @@
  * nothing was loaded or unloaded since the last call). Returns 0 or an error.
  */
 int holmes__unwind_prepare(void);
+/* The same, unless another thread is preparing now: then HOLMES_EBUSY at once. */
+int holmes__unwind_try_prepare(void);
 /* Frees the tables; no walk may run concurrently. */
 void holmes__unwind_release(void);
 

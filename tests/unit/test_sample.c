@@ -390,6 +390,43 @@ static void test_real_process(void)
     holmes__sampler_free(s);
 }
 
+/* Burns `ms` of its own CPU time, however busy the machine is. */
+static void *agent_burner(void *arg)
+{
+    double end = thread_cpu_us() + *(int *)arg * 1000.0;
+    while (thread_cpu_us() < end)
+        for (int i = 0; i < 10000; i++)
+            burn_sink += (uint64_t)i;
+    return NULL;
+}
+
+/* The cpu metric is the service's: the agent's own threads, running or
+ * exited, are left out of it. */
+static void test_agent_cpu_excluded(void)
+{
+    holmes__proc_reader *r = holmes__proc_reader_new("");
+    CHECK(r != NULL);
+    if (!r)
+        return;
+    holmes__proc_stats before, after;
+    uint64_t agent_before = holmes__agent_cpu_ns();
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &before), 0);
+    int ms = 300;
+    pthread_t t;
+    CHECK_EQ_INT(holmes__thread_create(agent_burner, &ms, "holmes-test", &t), 0);
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &after), 0);
+    uint64_t agent_ns = holmes__agent_cpu_ns() - agent_before;
+    uint64_t service_ns = after.cpu_ns - before.cpu_ns;
+    fprintf(stderr, "agent thread: %.1f ms of CPU; the service's metric grew %.1f ms\n",
+            agent_ns / 1e6, service_ns / 1e6);
+    /* The exited thread's CPU is all counted as the agent's ... */
+    CHECK(agent_ns >= 300000000ull);
+    /* ... and the service, which only waited for it, used next to none. */
+    CHECK(service_ns < agent_ns / 10);
+    holmes__proc_reader_free(r);
+}
+
 int main(void)
 {
     test_v2_tick();
@@ -400,5 +437,6 @@ int main(void)
     test_odd_comm();
     test_cpu_percent();
     test_real_process();
+    test_agent_cpu_excluded();
     CHECK_DONE();
 }
