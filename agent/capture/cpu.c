@@ -405,10 +405,12 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
 
 void holmes__cpu_capture_poll(holmes__cpu_capture *c)
 {
-    /* Modules loaded since the last call get their unwind tables before
-     * any of their code can be interrupted by a fresh thread's timer. */
-    holmes__unwind_prepare();
+    /* New threads first: a short-lived one must be armed before it ends,
+     * and a refresh of the unwind tables can take a while when modules come
+     * and go. Code in a module that has no tables yet is still walked, by
+     * frame pointers, until the next poll. */
     threads_scan(c);
+    holmes__unwind_prepare();
 }
 
 struct each_ctx {
