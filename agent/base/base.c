@@ -260,6 +260,25 @@ void holmes__buf_append(holmes__buf *b, const void *data, size_t len)
     b->data[b->len] = 0;
 }
 
+int holmes__buf_read_file(holmes__buf *b, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return HOLMES_EIO;
+    size_t before = b->len;
+    char chunk[16384];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        holmes__buf_append(b, chunk, (size_t)n);
+    }
+    close(fd);
+    return b->failed || b->len == before ? HOLMES_EIO : 0;
+}
+
 void holmes__buf_printf(holmes__buf *b, const char *fmt, ...)
 {
     va_list ap;

@@ -101,5 +101,7 @@ typedef struct holmes__buf {
 void holmes__buf_append(holmes__buf *b, const void *data, size_t len);
 void holmes__buf_printf(holmes__buf *b, const char *fmt, ...) HOLMES_PRINTF(2, 3);
 void holmes__buf_free(holmes__buf *b);
+/* Appends a whole (/proc) file of any length to b. Returns 0 or HOLMES_EIO. */
+int holmes__buf_read_file(holmes__buf *b, const char *path);
 
 #endif

@@ -34,6 +34,8 @@
  * of address space, whose pages are only touched as stacks arrive. */
 #define CPU_TABLE_SLOTS_LOG2 14
 #define CPU_TABLE_FRAMES (256 * 1024)
+/* The most text kept of the mappings seen during a capture. */
+#define CPU_PAST_MAPS_MAX (256 * 1024)
 /* How long stop() waits for handlers still running on other threads. */
 #define CPU_DRAIN_NS (1000ull * 1000 * 1000)
 
@@ -61,6 +63,7 @@ struct holmes__cpu_capture {
     int32_t *tid_slots; /* open addressing: tid, 0 = empty */
     holmes__ratelimit arm_failed;
     int full_logged;
+    holmes__buf past_maps; /* executable file mappings seen, for the symbolizer */
 };
 
 /*
@@ -221,6 +224,7 @@ static holmes__cpu_capture *capture_map(void)
 static void capture_unmap(holmes__cpu_capture *c)
 {
     holmes__cpu_table_free(c->table);
+    holmes__buf_free(&c->past_maps);
     munmap(c, c->map_bytes);
 }
 
@@ -332,6 +336,46 @@ static void threads_scan(holmes__cpu_capture *c)
     closedir(d);
 }
 
+/* "start-end perms offset dev inode /path": executable and backed by a file. */
+static bool exec_file_line(const char *line, size_t len)
+{
+    const char *sp = memchr(line, ' ', len);
+    return sp && (size_t)(sp - line) + 4 < len && sp[3] == 'x' && memchr(line, '/', len);
+}
+
+static bool past_has(const holmes__buf *past, const char *line, size_t len)
+{
+    for (size_t at = 0; at + len <= past->len;) {
+        const char *hit = memmem(past->data + at, past->len - at, line, len);
+        if (!hit)
+            return false;
+        if (hit == past->data || hit[-1] == '\n')
+            return true;
+        at = (size_t)(hit - past->data) + 1;
+    }
+    return false;
+}
+
+/*
+ * Notes every executable mapping not seen before in this capture: a module
+ * unloaded before the profile is built is still named from its file.
+ */
+static void maps_note(holmes__cpu_capture *c)
+{
+    holmes__buf text = {0};
+    if (holmes__buf_read_file(&text, "/proc/self/maps") == 0) {
+        for (const char *line = text.data; *line;) {
+            const char *nl = strchr(line, '\n');
+            size_t len = nl ? (size_t)(nl - line) + 1 : strlen(line);
+            if (exec_file_line(line, len) && c->past_maps.len + len <= CPU_PAST_MAPS_MAX &&
+                !past_has(&c->past_maps, line, len))
+                holmes__buf_append(&c->past_maps, line, len);
+            line += len;
+        }
+    }
+    holmes__buf_free(&text);
+}
+
 static void timers_delete(holmes__cpu_capture *c)
 {
     for (uint32_t i = 0; i < c->nthreads; i++)
@@ -399,6 +443,7 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     c->start_mono_ns = holmes__now_ns();
     __atomic_store_n(&cpu_active, c, __ATOMIC_SEQ_CST);
     threads_scan(c);
+    maps_note(c);
     *out = c;
     return 0;
 }
@@ -411,6 +456,7 @@ void holmes__cpu_capture_poll(holmes__cpu_capture *c)
      * frame pointers, until the next poll. */
     threads_scan(c);
     holmes__unwind_prepare();
+    maps_note(c);
 }
 
 struct each_ctx {
@@ -499,6 +545,7 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
              "unwinding failed)",
              c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped);
     holmes__pprof_comment(p, note);
+    holmes__pprof_past_maps(p, c->past_maps.data);
     holmes__pprof_stats pst;
     memset(&pst, 0, sizeof(pst));
     if (rc == 0)

@@ -21,6 +21,7 @@ struct holmes__pprof {
     holmes__vec samples;     /* of holmes__pprof_rec *, in insertion order */
     holmes__vec comments;    /* of const char * */
     holmes__itab index;      /* sample hash -> index in samples + 1 */
+    const char *past_maps;   /* see holmes__pprof_past_maps, or NULL */
 };
 
 #endif

@@ -176,6 +176,12 @@ void holmes__pprof_comment(holmes__pprof *p, const char *text)
         p->comments.len--;
 }
 
+void holmes__pprof_past_maps(holmes__pprof *p, const char *maps_text)
+{
+    if (p && maps_text && maps_text[0])
+        p->past_maps = holmes__arena_strdup(&p->arena, maps_text);
+}
+
 void holmes__pprof_free(holmes__pprof *p)
 {
     if (!p)

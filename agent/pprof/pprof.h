@@ -55,6 +55,12 @@ holmes__pprof *holmes__pprof_new(const holmes__pprof_meta *meta);
 int holmes__pprof_add(holmes__pprof *p, const holmes__pprof_sample *s);
 void holmes__pprof_comment(holmes__pprof *p, const char *text);
 /*
+ * Executable mappings seen while the samples were taken ("/proc/self/maps"
+ * lines, copied): symbolization falls back on them for addresses in modules
+ * unloaded since.
+ */
+void holmes__pprof_past_maps(holmes__pprof *p, const char *maps_text);
+/*
  * Symbolizes, encodes and gzips into out (appended). Returns 0 or an error.
  * Memory is bounded by the number of distinct stacks and locations, never
  * by the size of the service's heap.

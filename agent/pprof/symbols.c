@@ -109,19 +109,59 @@ static void parse_maps_line(holmes__symbols *s, const char *line, size_t len)
         s->modules.len--;
 }
 
+static void parse_maps_text(holmes__symbols *s, const char *text)
+{
+    for (const char *line = text; *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        parse_maps_line(s, line, len);
+        line += len + (nl != NULL);
+    }
+}
+
 static void parse_maps(holmes__symbols *s)
 {
     holmes__vec text;
     holmes__vec_init(&text, s->meter, 1);
-    if (read_maps(&text)) {
-        for (char *line = text.data; *line;) {
-            char *nl = strchr(line, '\n');
-            size_t len = nl ? (size_t)(nl - line) : strlen(line);
-            parse_maps_line(s, line, len);
-            line += len + (nl != NULL);
-        }
-    }
+    if (read_maps(&text))
+        parse_maps_text(s, text.data);
     holmes__vec_free(&text);
+}
+
+static bool overlaps_before(const holmes__symbols *s, size_t n, const module *m)
+{
+    for (size_t i = 0; i < n; i++) {
+        const module *o = HOLMES_VEC_AT(&s->modules, module, i);
+        if (m->info.start < o->info.end && o->info.start < m->info.end)
+            return true;
+    }
+    return false;
+}
+
+static bool module_less(const void *a, const void *b)
+{
+    return ((const module *)a)->info.start < ((const module *)b)->info.start;
+}
+
+void holmes__symbols_add_maps(holmes__symbols *s, const char *text)
+{
+    size_t current = s->modules.len;
+    parse_maps_text(s, text);
+    /* What is mapped now wins: an older line is kept only for addresses
+     * that nothing holds any more. */
+    size_t kept = current;
+    for (size_t i = current; i < s->modules.len; i++) {
+        module *m = HOLMES_VEC_AT(&s->modules, module, i);
+        if (overlaps_before(s, kept, m)) {
+            holmes__vec_free(&m->syms);
+            continue;
+        }
+        if (i != kept)
+            *HOLMES_VEC_AT(&s->modules, module, kept) = *m;
+        kept++;
+    }
+    s->modules.len = kept;
+    holmes__heapsort(s->modules.data, s->modules.len, sizeof(module), module_less);
 }
 
 /* The object sits in its own pages so that it can carry its own meter. */

@@ -18,6 +18,13 @@ typedef struct holmes__module_info {
 /* Like holmes__symbols_load, with every byte it maps counted by m. */
 holmes__symbols *holmes__symbols_load_metered(holmes__meter *m);
 
+/*
+ * Adds executable mappings seen earlier ("/proc/self/maps" lines, e.g. taken
+ * during a capture), for addresses that no module holds any more: code that
+ * was unloaded before the profile is built keeps its names.
+ */
+void holmes__symbols_add_maps(holmes__symbols *s, const char *text);
+
 size_t holmes__symbols_module_count(const holmes__symbols *s);
 /* Reads the module's ELF headers on first use (build ID, load bias). */
 void holmes__symbols_module(holmes__symbols *s, size_t i, holmes__module_info *out);

@@ -425,24 +425,6 @@ static int refresh_tables(void)
 
 /* ---- the maps snapshot ---- */
 
-static int read_maps(holmes__buf *text)
-{
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return HOLMES_EIO;
-    char chunk[16384];
-    for (;;) {
-        ssize_t n = read(fd, chunk, sizeof chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        holmes__buf_append(text, chunk, (size_t)n);
-    }
-    close(fd);
-    return text->failed || text->len == 0 ? HOLMES_EIO : 0;
-}
-
 /*
  * Parses "start-end perms ..." lines, keeping the ranges that can be stacks:
  * the main thread's "[stack]", and readable, writable ranges right above an
@@ -493,7 +475,7 @@ static int refresh_maps_locked(void)
 {
     holmes__buf text = {0}, ranges = {0};
     uintptr_t main_hi = 0;
-    int rc = read_maps(&text);
+    int rc = holmes__buf_read_file(&text, "/proc/self/maps");
     if (rc == 0)
         parse_maps(text.data, &ranges, &main_hi);
     holmes__buf_free(&text);

@@ -190,19 +190,31 @@ static void test_debug_file(void)
     holmes__debug_root = saved;
 }
 
-static void test_deleted_file(void)
+/*
+ * Loads a private copy of zlib as dir/name (dir: a mkdtemp template, filled
+ * in); *pc is the copy's deflate().
+ */
+static void *load_zlib_copy(char *dir, const char *name, char *lib, size_t cap, uintptr_t *pc)
 {
-    /* A library whose file is gone: its mapping keeps the name, no symbols. */
-    char dir[] = "/tmp/holmes_test_symbols.XXXXXX", lib[600], cmd[1300];
-    CHECK(mkdtemp(dir) != NULL);
+    char cmd[1300];
     Dl_info dl;
+    CHECK(mkdtemp(dir) != NULL);
     CHECK(dladdr(dlsym(RTLD_DEFAULT, "deflate"), &dl) != 0);
-    snprintf(lib, sizeof(lib), "%s/libcopy.so", dir);
+    snprintf(lib, cap, "%s/%s", dir, name);
     snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", dl.dli_fname, lib);
     CHECK_EQ_INT(system(cmd), 0);
     void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
     CHECK(h != NULL);
-    uintptr_t pc = h ? (uintptr_t)dlsym(h, "deflate") : 0;
+    *pc = h ? (uintptr_t)dlsym(h, "deflate") : 0;
+    return h;
+}
+
+static void test_deleted_file(void)
+{
+    /* A library whose file is gone: its mapping keeps the name, no symbols. */
+    char dir[] = "/tmp/holmes_test_symbols.XXXXXX", lib[600];
+    uintptr_t pc;
+    void *h = load_zlib_copy(dir, "libcopy.so", lib, sizeof(lib), &pc);
     unlink(lib);
     rmdir(dir);
     holmes__symbols *s = holmes__symbols_load();
@@ -214,6 +226,37 @@ static void test_deleted_file(void)
         dlclose(h);
 }
 
+static void test_unloaded_module(void)
+{
+    /* Code of a module unloaded since: named from the mappings seen while it
+     * was loaded, as a CPU capture records them. */
+    char dir[] = "/tmp/holmes_test_symbols.XXXXXX", lib[600];
+    uintptr_t pc;
+    void *h = load_zlib_copy(dir, "libgone.so", lib, sizeof(lib), &pc);
+    holmes__buf seen = {0};
+    CHECK_EQ_INT(holmes__buf_read_file(&seen, "/proc/self/maps"), 0);
+    CHECK(seen.data && strstr(seen.data, "/libgone.so"));
+    if (h)
+        dlclose(h);
+
+    holmes__symbols *s = holmes__symbols_load();
+    holmes__symbol_info info;
+    CHECK_EQ_INT(holmes__symbols_lookup(s, pc + 4, &info), -1);
+    CHECK(info.module == NULL || !strstr(info.module, "libgone.so"));
+    size_t before = holmes__symbols_module_count(s);
+    holmes__symbols_add_maps(s, seen.data);
+    CHECK_EQ_INT(holmes__symbols_lookup(s, pc + 4, &info), 0);
+    CHECK_STR(info.function, "deflate");
+    CHECK(info.module && ends_with(info.module, "/libgone.so"));
+    /* Mappings still in place are not doubled: only the unloaded ones came. */
+    size_t added = holmes__symbols_module_count(s) - before;
+    CHECK(added >= 1 && added <= 4);
+    holmes__symbols_free(s);
+    holmes__buf_free(&seen);
+    unlink(lib);
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_static_and_exported();
@@ -222,5 +265,6 @@ int main(void)
     test_vdso();
     test_debug_file();
     test_deleted_file();
+    test_unloaded_module();
     CHECK_DONE();
 }
