@@ -78,13 +78,6 @@ int holmes__mkdirs(const char *dir);
 /* Reads a whole (small, /proc-like) file into buf, NUL-terminated. Returns length or -errno. */
 long holmes__read_file(const char *path, char *buf, size_t cap);
 
-/*
- * Sorts n elements of `size` bytes in place by `less`: a heapsort, so no
- * allocation (glibc's qsort may call malloc) and O(n log n) on any input.
- * Not stable.
- */
-void holmes__heapsort(void *base, size_t n, size_t size, bool (*less)(const void *, const void *));
-
 /* Sets holmes_last_error()'s text (copied, truncated to 4 KiB). */
 void holmes__set_last_error(const char *text);
 

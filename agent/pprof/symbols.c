@@ -11,6 +11,7 @@
  * memory is a 16-byte entry per function symbol, counted by the meter.
  */
 #include "symbols.h"
+#include "../base/sort.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "agent/base/base.h"
+#include "agent/base/sort.h"
 #include "agent/unwind/unwind_int.h"
 
 /* DWARF register numbers on x86_64. */
