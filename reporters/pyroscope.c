@@ -1,5 +1,24 @@
 /*
- * [reporter.pyroscope]: uploads every pprof profile of a final dump to
+ * [reporter.pyroscope]: uploads every pprof profile of a final dump (the
+ * heap baseline aside: it is the base of a diff, not a series of its own).
+ *
+ * api = push (the default) speaks Pyroscope's Push API with the Connect
+ * protocol: one push.v1.PushRequest a profile,
+ *
+ *   POST {url}/push.v1.PusherService/Push   Content-Type: application/proto
+ *
+ * holding one series whose labels are service_name (the app), __name__ (the
+ * profile type: process_cpu, memory, wall, threads), the configured tags and
+ * rule, metric, clause and kind; see push.h for the label rules. An error
+ * answer carries a JSON body ({"code":...,"message":...}) that is logged on
+ * one line.
+ *
+ * Heap profiles go up with alloc_objects/alloc_space as the allocations
+ * since the previous upload of the same series (push_delta.c): Pyroscope
+ * stores what it gets, and totals since the start would repeat every
+ * earlier allocation in every upload. The files on disk keep the totals.
+ *
+ * api = ingest speaks the legacy endpoint:
  *
  *   POST {url}/ingest?name=<app>{k=v,...}&from=<unix s>&until=<unix s>&format=pprof&spyName=holmes
  *
@@ -26,10 +45,14 @@
  * A spool item is one file, `<20-digit wall ns>-<pid>-<seq>.<kind>.upload`:
  *
  *   holmes-spool 1\n
- *   query <the URL query after "?", already encoded>\n
+ *   query <the URL query after "?", already encoded>\n    (api = ingest)
+ *   api push\n                                             (api = push)
  *   file <the dump file name it came from>\n
  *   \n
- *   <the body: the gzip'd profile>
+ *   <the body: the gzip'd profile, or the encoded PushRequest>
+ *
+ * An item carries its API, so items spooled before a change of `api` are
+ * still sent the way they were built.
  *
  * The name sorts by age; the item is written through a temporary name and
  * rename(), and the uploader holds flock() on it while sending, so two
@@ -56,6 +79,7 @@
 #include <unistd.h>
 
 #include "curl_lazy.h"
+#include "push.h"
 #include "pyroscope.h"
 #include "reporter.h"
 #include "sync.h"
@@ -66,6 +90,9 @@
 typedef struct pyro {
     char url[HOLMES_PATH_MAX]; /* without trailing '/' */
     char userpwd[256];
+    char bearer[1100]; /* "Authorization: Bearer <token>", or "" */
+    holmes__pyro_api api;
+    holmes__alloc_deltas *deltas;
     char tenant[256];
     long timeout_ms;
     char spool[HOLMES_PATH_MAX];
@@ -102,6 +129,7 @@ typedef struct item {
     char *data;
     const char *query, *file, *body;
     size_t body_len;
+    bool push; /* a PushRequest for the Push API, else an /ingest body */
 } item;
 
 enum outcome { SENT, RETRY, FINAL };
@@ -387,31 +415,93 @@ static void kick(pyro *p)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* The labels of one profile's series (push.h), sorted. */
+static void series_labels(const pyro *p, const holmes__dump *d, const char *kind, holmes__series *s)
+{
+    for (const char *t = p->tags; *t;) {
+        const char *end = t + strcspn(t, ","), *eq = memchr(t, '=', (size_t)(end - t));
+        if (eq)
+            holmes__series_set(s, t, (size_t)(eq - t), eq + 1, (size_t)(end - eq - 1));
+        t = *end ? end + 1 : end;
+    }
+    const char *app = d->app[0] ? d->app : "holmes";
+    const char *name = holmes__push_profile_name(kind);
+    const char *ours[][2] = {{"rule", d->rule}, {"metric", d->metric}, {"clause", d->clause},
+                             {"kind", kind},    {"service_name", app}, {"__name__", name}};
+    for (size_t i = 0; i < HOLMES_ARRAY_LEN(ours); i++)
+        holmes__series_set(s, ours[i][0], strlen(ours[i][0]), ours[i][1], strlen(ours[i][1]));
+    holmes__series_sort(s);
+}
+
+/*
+ * The profile as uploaded: heap profiles with allocation deltas for their
+ * series, others as they are. Returns 0 or an error (logged by the caller).
+ */
+static int upload_profile(pyro *p, const holmes__dump *d, const holmes__dump_file *f,
+                          const char *kind, holmes__buf *out)
+{
+    if (strcmp(kind, "heap") != 0 || !p->deltas) {
+        holmes__buf_append(out, f->data.data, f->data.len);
+        return out->failed ? HOLMES_ENOMEM : 0;
+    }
+    char key[HOLMES_NAME_MAX * 3 + 64];
+    snprintf(key, sizeof(key), "%s\n%s\n%s\n%s\n%s", d->app, d->rule, d->metric, d->clause, kind);
+    return holmes__alloc_deltas_apply(p->deltas, key, f->data.data, f->data.len, out);
+}
+
+/* Appends the item's header and body to b. Returns 0 or an error. */
+static int build_item(pyro *p, const holmes__dump *d, const holmes__dump_file *f, const char *kind,
+                      holmes__buf *b)
+{
+    holmes__buf profile = {0};
+    int rc = upload_profile(p, d, f, kind, &profile);
+    if (rc == 0 && p->api == HOLMES_PYRO_PUSH) {
+        holmes__series s = {0};
+        char id[37];
+        series_labels(p, d, kind, &s);
+        holmes__push_uuid(id);
+        holmes__buf_printf(b, SPOOL_MAGIC "api push\nfile %s.%s\n\n", d->stem, f->suffix);
+        rc = s.failed ? HOLMES_ENOMEM : holmes__push_encode(&s, profile.data, profile.len, id, b);
+        holmes__series_free(&s);
+    } else if (rc == 0) {
+        char query[HOLMES_PATH_MAX * 7];
+        build_query(p, d, kind, query, sizeof(query));
+        holmes__buf_printf(b, SPOOL_MAGIC "query %s\nfile %s.%s\n\n", query, d->stem, f->suffix);
+        holmes__buf_append(b, profile.data, profile.len);
+    }
+    holmes__buf_free(&profile);
+    return rc == 0 && (b->failed || f->data.failed) ? HOLMES_ENOMEM : rc;
+}
+
 static void spool_one(pyro *p, const holmes__dump *d, const holmes__dump_file *f)
 {
-    char kind[32], query[HOLMES_PATH_MAX * 7];
+    char kind[32];
     file_kind(f, kind, sizeof(kind));
-    build_query(p, d, kind, query, sizeof(query));
+    /* The baseline is the base of a diff (pprof -base), not a series. */
+    if (strcmp(kind, "heap-base") == 0)
+        return;
     holmes__buf b = {0};
-    holmes__buf_printf(&b, SPOOL_MAGIC "query %s\nfile %s.%s\n\n", query, d->stem, f->suffix);
-    holmes__buf_append(&b, f->data.data, f->data.len);
+    int rc = build_item(p, d, f, kind, &b);
     char name[128], path[HOLMES_PATH_MAX + 160];
     snprintf(name, sizeof(name), "%020llu-%d-%u.%s" SPOOL_EXT,
              (unsigned long long)holmes__wall_ns(), (int)getpid(), p->seq++, kind);
     spool_path(p, name, path, sizeof(path));
-    int rc = b.failed || f->data.failed ? -ENOMEM : 0;
-    if (rc == 0 && !make_room(p, b.len)) {
+    if (rc != 0) {
+        holmes__log_limited(&p->spool_rl, 60, HOLMES_LOG_ERROR,
+                            "pyroscope: cannot prepare %s.%s: %s; not uploaded", d->stem, f->suffix,
+                            holmes_strerror(rc));
+    } else if (!make_room(p, b.len)) {
         holmes__log(HOLMES_LOG_WARN,
                     "pyroscope: no room for %s.%s (%zu bytes) within the spool bound of %llu "
                     "bytes; dropped",
                     d->stem, f->suffix, b.len, (unsigned long long)p->spool_max);
-    } else if (rc == 0 && (rc = holmes__write_atomic(path, b.data, b.len)) == 0) {
+    } else if ((rc = holmes__write_atomic(path, b.data, b.len)) == 0) {
         kick(p);
-    }
-    if (rc != 0)
+    } else {
         holmes__log_limited(&p->spool_rl, 60, HOLMES_LOG_ERROR,
                             "pyroscope: cannot spool %s.%s: %s; not uploaded", d->stem, f->suffix,
                             strerror(-rc));
+    }
     holmes__buf_free(&b);
 }
 
@@ -460,9 +550,11 @@ static bool parse_item(item *it, size_t len)
             it->query = line + 6;
         else if (strncmp(line, "file ", 5) == 0)
             it->file = line + 5;
+        else if (strcmp(line, "api push") == 0)
+            it->push = true;
         line = nl ? nl + 1 : NULL;
     }
-    return it->query != NULL;
+    return it->push || it->query != NULL;
 }
 
 static bool read_item(int fd, item *it)
@@ -529,7 +621,7 @@ static bool take_oldest(pyro *p, item *it)
 }
 
 typedef struct response {
-    char text[200];
+    char text[400];
     size_t len;
 } response;
 
@@ -577,12 +669,31 @@ static enum outcome classify(long status)
     return FINAL;
 }
 
-static enum outcome send_item(pyro *p, CURL *e, struct curl_slist *headers, const item *it,
-                              char *why, size_t why_cap)
+/* The answer's body on one line: a Connect error is JSON that may span lines. */
+static void one_line(char *text)
+{
+    for (char *c = text; *c; c++)
+        if (*c == '\r' || *c == '\n' || *c == '\t')
+            *c = ' ';
+    size_t n = strlen(text);
+    while (n > 0 && text[n - 1] == ' ')
+        text[--n] = 0;
+}
+
+/* The request headers of each API. */
+typedef struct headers {
+    struct curl_slist *ingest, *push;
+} headers;
+
+static enum outcome send_item(pyro *p, CURL *e, const headers *h, const item *it, char *why,
+                              size_t why_cap)
 {
     const holmes__curl *c = p->curl;
     char url[HOLMES_PATH_MAX * 8];
-    snprintf(url, sizeof(url), "%s/ingest?%s", p->url, it->query);
+    if (it->push)
+        snprintf(url, sizeof(url), "%s/push.v1.PusherService/Push", p->url);
+    else
+        snprintf(url, sizeof(url), "%s/ingest?%s", p->url, it->query);
     response resp = {0};
     c->easy_reset(e);
     c->easy_setopt(e, CURLOPT_URL, url);
@@ -590,13 +701,13 @@ static enum outcome send_item(pyro *p, CURL *e, struct curl_slist *headers, cons
     c->easy_setopt(e, CURLOPT_POST, 1L);
     c->easy_setopt(e, CURLOPT_POSTFIELDS, it->body);
     c->easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)it->body_len);
-    c->easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    c->easy_setopt(e, CURLOPT_HTTPHEADER, it->push ? h->push : h->ingest);
     c->easy_setopt(e, CURLOPT_TIMEOUT_MS, p->timeout_ms);
     c->easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, p->timeout_ms);
     c->easy_setopt(e, CURLOPT_WRITEFUNCTION, keep_response);
     c->easy_setopt(e, CURLOPT_WRITEDATA, &resp);
     c->easy_setopt(e, CURLOPT_USERAGENT, "holmes-c/" HOLMES_VERSION_STRING);
-    if (p->userpwd[0]) {
+    if (p->userpwd[0] && !p->bearer[0]) {
         c->easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         c->easy_setopt(e, CURLOPT_USERPWD, p->userpwd);
     }
@@ -607,7 +718,7 @@ static enum outcome send_item(pyro *p, CURL *e, struct curl_slist *headers, cons
     }
     long status = 0;
     c->easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    resp.text[strcspn(resp.text, "\r\n")] = 0;
+    one_line(resp.text);
     snprintf(why, why_cap, "HTTP %ld%s%s", status, resp.len ? ": " : "", resp.text);
     return classify(status);
 }
@@ -662,7 +773,7 @@ static unsigned after_attempt(pyro *p, const item *it, enum outcome o, const cha
         return wait;
     }
     *backoff = p->backoff_start_ms;
-    char path[HOLMES_PATH_MAX + 160], msg[600];
+    char path[HOLMES_PATH_MAX + 160], msg[900];
     spool_path(p, it->name, path, sizeof(path));
     if (o == SENT) {
         unlink(path);
@@ -678,38 +789,59 @@ static unsigned after_attempt(pyro *p, const item *it, enum outcome o, const cha
     return 0;
 }
 
+/* Adds the headers both APIs send; returns the list, or NULL without memory. */
+static struct curl_slist *common_headers(const pyro *p, struct curl_slist *l)
+{
+    const holmes__curl *c = p->curl;
+    char tenant[300];
+    /* No "Expect: 100-continue" round trip: the body is small and wanted. */
+    l = l ? c->slist_append(l, "Expect:") : NULL;
+    snprintf(tenant, sizeof(tenant), "X-Scope-OrgID: %s", p->tenant);
+    if (l && p->tenant[0])
+        l = c->slist_append(l, tenant);
+    if (l && p->bearer[0])
+        l = c->slist_append(l, p->bearer);
+    return l;
+}
+
+static bool make_headers(const pyro *p, headers *h)
+{
+    const holmes__curl *c = p->curl;
+    h->ingest = common_headers(p, c->slist_append(NULL, "Content-Type: application/octet-stream"));
+    /* Connect's unary protocol: the message itself, in protobuf's binary form. */
+    struct curl_slist *push = c->slist_append(NULL, "Content-Type: application/proto");
+    push = push ? c->slist_append(push, "Connect-Protocol-Version: 1") : NULL;
+    h->push = common_headers(p, push);
+    return h->ingest && h->push;
+}
+
 /* Sends spooled items until stopped. */
 static void upload_loop(pyro *p)
 {
     const holmes__curl *c = p->curl;
     CURL *e = c->easy_init();
-    struct curl_slist *headers = NULL;
-    char tenant[300];
-    headers = c->slist_append(headers, "Content-Type: application/octet-stream");
-    /* No "Expect: 100-continue" round trip: the body is small and wanted. */
-    headers = c->slist_append(headers, "Expect:");
-    snprintf(tenant, sizeof(tenant), "X-Scope-OrgID: %s", p->tenant);
-    if (p->tenant[0])
-        headers = c->slist_append(headers, tenant);
-    if (!e || !headers)
+    headers h = {0};
+    bool ready = make_headers(p, &h) && e;
+    if (!ready)
         holmes__log(HOLMES_LOG_ERROR, "pyroscope: cannot set up libcurl; uploads stay in %s",
                     p->spool);
     unsigned backoff = p->backoff_start_ms;
     item it = {.fd = -1};
-    while (e && headers && !stopping(p)) {
+    while (ready && !stopping(p)) {
         if (!take_oldest(p, &it)) {
             wait_for_work(p);
             continue;
         }
-        char why[300];
-        enum outcome o = send_item(p, e, headers, &it, why, sizeof(why));
+        char why[500];
+        enum outcome o = send_item(p, e, &h, &it, why, sizeof(why));
         unsigned wait = stopping(p) ? 0 : after_attempt(p, &it, o, why, &backoff);
         /* Unlocked while waiting: a full spool may drop this oldest item. */
         item_release(&it);
         if (wait)
             wait_backoff(p, wait);
     }
-    c->slist_free_all(headers);
+    c->slist_free_all(h.ingest);
+    c->slist_free_all(h.push);
     if (e)
         c->easy_cleanup(e);
 }
@@ -749,6 +881,7 @@ static void *uploader_main(void *arg)
 
 static void pyro_free(pyro *p)
 {
+    holmes__alloc_deltas_free(p->deltas);
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
     free(p);
@@ -761,6 +894,9 @@ static void configure(pyro *p, const holmes__config *cfg)
         p->url[n - 1] = 0;
     snprintf(p->userpwd, sizeof(p->userpwd), "%s", cfg->pyro_basic_auth);
     snprintf(p->tenant, sizeof(p->tenant), "%s", cfg->pyro_tenant_id);
+    if (cfg->pyro_bearer_token[0])
+        snprintf(p->bearer, sizeof(p->bearer), "Authorization: Bearer %s", cfg->pyro_bearer_token);
+    p->api = cfg->pyro_api;
     p->timeout_ms = cfg->pyro_timeout_ms ? (long)cfg->pyro_timeout_ms : 10000;
     snprintf(p->spool, sizeof(p->spool), "%s", cfg->pyro_spool_dir);
     snprintf(p->failed, sizeof(p->failed), "%s/failed", p->spool);
@@ -804,6 +940,8 @@ void *holmes__pyroscope_reporter_new(const holmes__config *cfg)
     pthread_mutex_init(&p->lock, NULL);
     holmes__cond_init_monotonic(&p->cond);
     configure(p, cfg);
+    /* Without it heap uploads carry totals; the rest works as before. */
+    p->deltas = holmes__alloc_deltas_new();
     if (start(p) != 0) {
         pyro_free(p);
         return NULL;

@@ -38,6 +38,8 @@ typedef enum holmes__capture {
 } holmes__capture;
 
 typedef enum holmes__mem_source { HOLMES_MEM_RSS, HOLMES_MEM_CGROUP } holmes__mem_source;
+/* [reporter.pyroscope] api: the Push API (default) or the legacy /ingest. */
+typedef enum holmes__pyro_api { HOLMES_PYRO_PUSH, HOLMES_PYRO_INGEST } holmes__pyro_api;
 
 typedef struct holmes__rule_cfg {
     char name[HOLMES_NAME_MAX];
@@ -87,6 +89,8 @@ typedef struct holmes__config {
     uint64_t pyro_timeout_ms;
     char pyro_spool_dir[HOLMES_PATH_MAX];
     uint64_t pyro_spool_max_bytes;
+    holmes__pyro_api pyro_api;
+    char pyro_bearer_token[1024];
     /* rules, in file order */
     int nrules;
     holmes__rule_cfg rules[HOLMES_MAX_RULES];

@@ -19,12 +19,14 @@ static const char *const capture_names[] = {
 };
 static const char *const mem_source_names[] = {"rss", "cgroup", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const pyro_api_names[] = {"push", "ingest", NULL};
 
 _Static_assert(HOLMES_ARRAY_LEN(metric_names) == HOLMES_METRIC_COUNT + 1, "metric names");
 _Static_assert(HOLMES_ARRAY_LEN(capture_names) == HOLMES_CAPTURE_COUNT + 1, "capture names");
 _Static_assert(sizeof(holmes__metric) == sizeof(int) && sizeof(holmes__capture) == sizeof(int) &&
                    sizeof(holmes__mem_source) == sizeof(int) &&
-                   sizeof(holmes_log_level) == sizeof(int),
+                   sizeof(holmes_log_level) == sizeof(int) &&
+                   sizeof(holmes__pyro_api) == sizeof(int),
                "enums are stored as int");
 
 /* Names go into file names: keep them to characters every file system takes. */
@@ -55,42 +57,85 @@ static bool check_url(const char *v, char *why, size_t cap)
     return true;
 }
 
+/*
+ * Pyroscope's label rules (pkg/validation/validate.go, with Prometheus'
+ * legacy name syntax): names of [A-Za-z_][A-Za-z0-9_]*, at most 1024 bytes,
+ * values of at most 2048; names starting with "__" are the server's own.
+ * At most 30 labels a series, and the agent adds six (service_name,
+ * __name__, rule, metric, clause, kind).
+ */
+#define TAG_NAME_MAX 1024
+#define TAG_VALUE_MAX 2048
+#define TAGS_MAX (30 - 6)
+
+static bool tag_name_ok(const char *p, const char *end)
+{
+    if (p == end || end - p > TAG_NAME_MAX || isdigit((unsigned char)*p) ||
+        (end - p >= 2 && p[0] == '_' && p[1] == '_'))
+        return false;
+    for (; p < end; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return false;
+    return true;
+}
+
 /* One "key=value" item of the tags list, between start and end. */
-static bool tag_ok(const char *start, const char *end)
+static bool tag_ok(const char *start, const char *end, char *why, size_t cap)
 {
     while (start < end && isspace((unsigned char)*start))
         start++;
     while (end > start && isspace((unsigned char)end[-1]))
         end--;
     const char *eq = memchr(start, '=', (size_t)(end - start));
-    if (!eq || eq == start || eq + 1 == end)
+    if (!eq || eq == start || eq + 1 == end) {
+        snprintf(why, cap, "not a tag list: '%.*s' is not name=value", (int)(end - start), start);
         return false;
-    for (const char *p = start; p < eq; p++)
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.')
-            return false;
+    }
+    if (!tag_name_ok(start, eq)) {
+        snprintf(why, cap,
+                 "invalid tag name '%.*s': Pyroscope takes letters, digits and '_', not "
+                 "starting with a digit or \"__\", at most %d bytes",
+                 (int)(eq - start), start, TAG_NAME_MAX);
+        return false;
+    }
+    bool bad = end - (eq + 1) > TAG_VALUE_MAX;
     for (const char *p = eq + 1; p < end; p++)
-        if (isspace((unsigned char)*p) || *p == '{' || *p == '}' || *p == '=')
-            return false;
-    return true;
+        bad |= isspace((unsigned char)*p) || *p == '{' || *p == '}' || *p == '=';
+    if (bad)
+        snprintf(why, cap,
+                 "invalid value of tag '%.*s': no blanks, '{', '}' or '=', at most %d bytes",
+                 (int)(eq - start), start, TAG_VALUE_MAX);
+    return !bad;
 }
 
 static bool check_tags(const char *v, char *why, size_t cap)
 {
-    if (*v == 0)
-        return true;
-    for (const char *p = v;;) {
+    int n = 0;
+    for (const char *p = v; *p;) {
         const char *comma = strchr(p, ',');
         const char *end = comma ? comma : p + strlen(p);
-        if (!tag_ok(p, end)) {
-            snprintf(why, cap,
-                     "not a tag list: '%s' (expected name=value pairs separated by commas, "
-                     "names of letters, digits, '_' and '.')",
-                     v);
+        if (!tag_ok(p, end, why, cap))
+            return false;
+        if (++n > TAGS_MAX) {
+            snprintf(why, cap, "more than %d tags: a Pyroscope series takes 30 labels, 6 are ours",
+                     TAGS_MAX);
             return false;
         }
         if (!comma)
             break;
         p = comma + 1;
+    }
+    return true;
+}
+
+/* A token goes into an HTTP header: printable, no blanks. */
+static bool check_bearer_token(const char *v, char *why, size_t cap)
+{
+    for (const char *p = v; *p; p++) {
+        if (!isgraph((unsigned char)*p)) {
+            snprintf(why, cap, "a bearer token has no blanks or control characters");
+            return false;
+        }
     }
     return true;
 }
@@ -191,6 +236,11 @@ const holmes__key holmes__keys[] = {
      0, NULL, NULL, CFG(pyro_spool_dir), "undelivered uploads wait here and are retried"},
     {HOLMES_SEC_PYROSCOPE, "spool_max_bytes", HOLMES_KT_SIZE, 0, "256MiB", NULL, 1, INFINITY,
      NULL, NULL, CFG(pyro_spool_max_bytes), "bytes the spool may hold; the oldest go first"},
+    {HOLMES_SEC_PYROSCOPE, "api", HOLMES_KT_ENUM, 0, "push", NULL, 0, 0, pyro_api_names, NULL,
+     CFG(pyro_api), "push: POST /push.v1.PusherService/Push; ingest: the legacy POST /ingest"},
+    {HOLMES_SEC_PYROSCOPE, "bearer_token", HOLMES_KT_STRING, 0, NULL, "none", 0, 0, NULL,
+     check_bearer_token, CFG(pyro_bearer_token),
+     "sent as Authorization: Bearer (Grafana Cloud); use ${VAR} to keep it out of the file"},
 };
 /* clang-format on */
 const size_t holmes__nkeys = HOLMES_ARRAY_LEN(holmes__keys);

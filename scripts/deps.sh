@@ -8,7 +8,8 @@ build_pkgs=(build-essential cmake pkg-config libinih-dev libcurl4-openssl-dev
 test_pkgs=(python3 clang libclang-rt-14-dev binutils procps chromium memcached libmemcached-tools nginx-light
   libxml2-utils strace libc6-dbg libpython3.11
   redis-server redis-tools wrk apache2-utils libjemalloc-dev libgoogle-perftools-dev
-  libtcmalloc-minimal4 libmimalloc-dev python3-protobuf stress-ng dpkg-dev)
+  libtcmalloc-minimal4 libmimalloc-dev python3-protobuf stress-ng dpkg-dev
+  protobuf-compiler python3-yaml)
 bench_pkgs=(valgrind google-perftools libgoogle-perftools-dev heaptrack sqlite3 linux-perf)
 pkgs=("${build_pkgs[@]}")
 [[ $want == test || $want == bench ]] && pkgs+=("${test_pkgs[@]}")

@@ -1,7 +1,7 @@
 /*
  * The Pyroscope reporter against a fake server that parses requests the way
- * Pyroscope's /ingest handler does: what arrives, with which name and tags,
- * with auth and tenant, and that the stored body opens in `go tool pprof`.
+ * Pyroscope's push and /ingest handlers do (HOLMES_TEST_PYRO_API picks the API): what arrives, with
+ * which name and tags, with auth and tenant, and that the stored body opens in `go tool pprof`.
  */
 #include "test_reporters_harness.h"
 
@@ -18,6 +18,13 @@ static void *new_reporter(int port, const char *spool_name, const char *tags, co
     snprintf(c.pyro_basic_auth, sizeof(c.pyro_basic_auth), "%s", auth);
     snprintf(c.pyro_tenant_id, sizeof(c.pyro_tenant_id), "%s", tenant);
     return holmes__pyroscope_reporter_new(&c);
+}
+
+static holmes__pyro_api c_api(void)
+{
+    holmes__config c;
+    pyro_config(&c, 1, "unused");
+    return c.pyro_api;
 }
 
 static holmes__dump *profile_dump(const char *rule, const char *stamp)
@@ -59,7 +66,9 @@ static void test_uploads_profiles_with_tags(void)
     CHECK_EQ_INT(count_lines(s.uploads, "\"kind\": \"cpu\"", "\"env\": \"prod\""), 1);
     CHECK_EQ_INT(count_lines(s.uploads, "\"kind\": \"heap\"", "\"pod\": \"web-1\""), 1);
     CHECK_EQ_INT(count_lines(s.uploads, "\"rule\": \"cpu\"", "\"clause\": \"diff\""), 2);
-    CHECK_EQ_INT(count_lines(s.uploads, "\"metric\": \"cpu\"", "application/octet-stream"), 2);
+    const char *ctype =
+        c_api() == HOLMES_PYRO_PUSH ? "application/proto" : "application/octet-stream";
+    CHECK_EQ_INT(count_lines(s.uploads, "\"metric\": \"cpu\"", ctype), 2);
     CHECK_EQ_INT(count_lines(s.uploads, "junk", NULL), 0);
     CHECK_EQ_INT(logs_count("pyroscope", "junk", NULL), 1);
     /* The body arrives byte for byte. */

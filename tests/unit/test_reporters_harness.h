@@ -328,6 +328,9 @@ static inline void pyro_config(holmes__config *c, int port, const char *spool)
     snprintf(c->pyro_url, sizeof(c->pyro_url), "http://127.0.0.1:%d/", port);
     snprintf(c->pyro_spool_dir, sizeof(c->pyro_spool_dir), "%s", spool);
     c->pyro_timeout_ms = 1000;
+    /* HOLMES_TEST_PYRO_API=ingest runs a test against the legacy endpoint. */
+    const char *api = getenv("HOLMES_TEST_PYRO_API");
+    c->pyro_api = api && strcmp(api, "ingest") == 0 ? HOLMES_PYRO_INGEST : HOLMES_PYRO_PUSH;
 }
 
 typedef struct wait_lines_arg {
