@@ -52,6 +52,13 @@ if [[ $mode == full ]]; then
   else
     failed=$((failed + 1)); failures+=("package")
   fi
+  echo "== package: cpack -G DEB, dpkg into a scratch root, build a program outside the tree"
+  bash tests/package/check_deb.sh "$root/build/release"
+  case $? in
+    0) passed=$((passed + 1)) ;;
+    77) echo "   (skipped)" ;;
+    *) failed=$((failed + 1)); failures+=("package: deb") ;;
+  esac
 fi
 
 echo
