@@ -126,6 +126,37 @@ static void test_429_is_retried(void)
     server_stop(&s);
 }
 
+/* An item spooled with api = ingest goes to /ingest after a restart with api = push. */
+static void test_item_keeps_its_api(void)
+{
+    server dead, live;
+    CHECK(dead_server(&dead, "api-dead"));
+    holmes__config c;
+    char spool[400];
+    snprintf(spool, sizeof(spool), "%s/spool-api", tmp_root);
+    pyro_config(&c, dead.port, spool);
+    c.pyro_api = HOLMES_PYRO_INGEST;
+    void *old = holmes__pyroscope_reporter_new(&c);
+    holmes__dump *d = new_dump("svc", "before", "20240101T000004.000Z", true);
+    add_profile(d, "cpu.pb.gz", "cpu", "f");
+    deliver(old, d);
+    CHECK(wait_files(spool, "", ".upload", 1, 15000));
+    holmes__pyroscope_reporter_vt.close(old);
+    server_stop(&dead);
+
+    CHECK(server_start(&live, "api-live", NULL));
+    void *rep = push_reporter(&live, "spool-api", "", "");
+    d = new_dump("svc", "after", "20240101T000005.000Z", true);
+    add_profile(d, "cpu.pb.gz", "cpu", "f");
+    deliver(rep, d);
+    wait_spool_empty("spool-api");
+    holmes__pyroscope_reporter_vt.close(rep);
+    CHECK_EQ_INT(count_lines(live.uploads, "\"rule\": \"before\"", "\"api\": \"ingest\""), 1);
+    CHECK_EQ_INT(count_lines(live.uploads, "\"rule\": \"after\"", "\"api\": \"push\""), 1);
+    CHECK_EQ_INT(count_lines(live.requests, "path", NULL), 2);
+    server_stop(&live);
+}
+
 /* ---- allocation deltas ---- */
 
 /* One stack of a heap profile: its address and its four values. */
@@ -285,6 +316,7 @@ int main(void)
     test_bearer_token();
     test_connect_error_is_final();
     test_429_is_retried();
+    test_item_keeps_its_api();
     test_heap_alloc_deltas();
     test_deltas_table();
     remove_tmp_root();
