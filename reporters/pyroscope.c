@@ -461,7 +461,10 @@ static int build_item(pyro *p, const holmes__dump *d, const holmes__dump_file *f
         series_labels(p, d, kind, &s);
         holmes__push_uuid(id);
         holmes__buf_printf(b, SPOOL_MAGIC "api push\nfile %s.%s\n\n", d->stem, f->suffix);
-        rc = s.failed ? HOLMES_ENOMEM : holmes__push_encode(&s, profile.data, profile.len, id, b);
+        if (s.failed) /* a label lost: more than 30 of them, or no memory */
+            rc = s.n == HOLMES_SERIES_MAX_LABELS ? HOLMES_ENOSPC : HOLMES_ENOMEM;
+        else
+            rc = holmes__push_encode(&s, profile.data, profile.len, id, b);
         holmes__series_free(&s);
     } else if (rc == 0) {
         char query[HOLMES_PATH_MAX * 7];
