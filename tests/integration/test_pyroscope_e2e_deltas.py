@@ -87,7 +87,9 @@ def test_second_upload_carries_the_allocations_between():
     svc.warmed_up()
     svc.send("alloc 20")
     first = manual_dump(svc, w, 1)
-    heap_uploads = lambda: [u for u in server.uploads() if u["tags"].get("kind") == "heap"]
+
+    def heap_uploads():
+        return [u for u in server.uploads() if u["tags"].get("kind") == "heap"]
     check(server.wait_uploads(1) and len(heap_uploads()) >= 1, "first heap upload missing")
     svc.send("alloc 30")
     second = manual_dump(svc, w, 2)
@@ -115,7 +117,9 @@ def test_second_upload_carries_the_allocations_between():
         for t in ("inuse_objects", "inuse_space"):
             check(up[key][t] == row[t], "stack %s: %s changed: %d, file %d" % (
                 key[:4], t, up[key][t], row[t]))
-    total = lambda prof, t: sum(r[t] for r in prof.values())
+
+    def total(prof, t):
+        return sum(r[t] for r in prof.values())
     between = total(f2, "alloc_space") - total(f1, "alloc_space")
     # 30 MiB were allocated between the dumps; the sampled estimate is near it.
     check(20 << 20 <= total(up, "alloc_space") <= between + 1,
