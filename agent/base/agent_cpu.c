@@ -16,7 +16,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static clockid_t clocks[MAX_AGENT_THREADS];
 static bool used[MAX_AGENT_THREADS];
 static uint64_t retired_ns; /* threads that have exited */
-static pid_t owner;         /* a forked child starts from zero */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static uint64_t clock_ns(clockid_t clk)
 {
@@ -26,16 +26,20 @@ static uint64_t clock_ns(clockid_t clk)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Called with lock held. */
+/* A forked child starts from zero: the agent's threads were not copied.
+ * (Done at fork rather than by comparing getpid() at every read: the
+ * watchdog reads this every tick, and getpid is a system call.) */
 static void forget_parent(void)
 {
-    pid_t pid = getpid();
-    if (owner == pid)
-        return;
-    owner = pid;
+    pthread_mutex_init(&lock, NULL);
     retired_ns = 0;
     for (int i = 0; i < MAX_AGENT_THREADS; i++)
         used[i] = false;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, forget_parent);
 }
 
 int holmes__agent_cpu_enter(void)
@@ -43,8 +47,8 @@ int holmes__agent_cpu_enter(void)
     clockid_t clk;
     if (pthread_getcpuclockid(pthread_self(), &clk) != 0)
         return -1;
+    pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&lock);
-    forget_parent();
     int slot = -1;
     for (int i = 0; i < MAX_AGENT_THREADS && slot < 0; i++) {
         if (!used[i]) {
@@ -63,7 +67,7 @@ void holmes__agent_cpu_leave(int slot)
         return;
     uint64_t spent = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     pthread_mutex_lock(&lock);
-    if (owner == getpid() && used[slot]) {
+    if (used[slot]) {
         used[slot] = false;
         retired_ns += spent;
     }
@@ -73,7 +77,6 @@ void holmes__agent_cpu_leave(int slot)
 uint64_t holmes__agent_cpu_ns(void)
 {
     pthread_mutex_lock(&lock);
-    forget_parent();
     uint64_t total = retired_ns;
     for (int i = 0; i < MAX_AGENT_THREADS; i++) {
         if (used[i])

@@ -286,13 +286,6 @@ int holmes__kv_u64(const char *text, const char *key, uint64_t *out)
     return -ENOENT;
 }
 
-static int read_u64_at(const char *dir, const char *name, uint64_t *out)
-{
-    char text[64];
-    long n = holmes__read_at(dir, name, text, sizeof(text));
-    return n < 0 ? (int)n : holmes__parse_u64(text, out);
-}
-
 /* A limit file's value: "max" and -1 mean none (UINT64_MAX), as do v1's huge values. */
 static int parse_limit(const char *text, uint64_t *out)
 {
@@ -409,52 +402,66 @@ int holmes__cgroup_cpu_limit(const char *root, const holmes__cgroup *cg, double 
     return rc;
 }
 
-int holmes__cgroup_mem_usage(const char *root, const holmes__cgroup *cg, uint64_t *bytes)
+int holmes__mem_usage_parse(int version, const char *usage_text, const char *stat, uint64_t *bytes)
 {
-    (void)root;
-    if (cg->version == 0 || !cg->mem_dir[0])
-        return -ENOENT;
-    bool v2 = cg->version == 2;
-    char text[8192];
     uint64_t usage, inactive;
-    int rc = read_u64_at(cg->mem_dir, v2 ? "memory.current" : "memory.usage_in_bytes", &usage);
+    int rc = holmes__parse_u64(usage_text, &usage);
     if (rc != 0)
         return rc;
     /* Page cache that was not touched lately is reclaimed before any OOM
      * kill, so it does not count: this is what kubectl top shows. */
-    long n = holmes__read_at(cg->mem_dir, "memory.stat", text, sizeof(text));
-    rc = n < 0 ? (int)n
-               : holmes__kv_u64(text, v2 ? "inactive_file" : "total_inactive_file", &inactive);
+    rc = holmes__kv_u64(stat, version == 2 ? "inactive_file" : "total_inactive_file", &inactive);
     if (rc != 0)
         return rc;
     *bytes = usage > inactive ? usage - inactive : 0;
     return 0;
 }
 
-int holmes__cgroup_mem_events_in(const char *dir, int version, holmes__mem_events *out)
+int holmes__cgroup_mem_usage(const char *root, const holmes__cgroup *cg, uint64_t *bytes)
 {
-    char text[512];
+    (void)root;
+    if (cg->version == 0 || !cg->mem_dir[0])
+        return -ENOENT;
+    bool v2 = cg->version == 2;
+    char usage[64], text[8192];
+    long n = holmes__read_at(cg->mem_dir, v2 ? "memory.current" : "memory.usage_in_bytes", usage,
+                             sizeof(usage));
+    if (n >= 0)
+        n = holmes__read_at(cg->mem_dir, "memory.stat", text, sizeof(text));
+    return n < 0 ? (int)n : holmes__mem_usage_parse(cg->version, usage, text, bytes);
+}
+
+int holmes__mem_events_parse(int version, const char *a, const char *b, holmes__mem_events *out)
+{
     memset(out, 0, sizeof(*out));
     if (version == 1) {
-        int rc = read_u64_at(dir, "memory.failcnt", &out->failcnt);
+        int rc = holmes__parse_u64(a, &out->failcnt);
         if (rc != 0)
             return rc;
         /* Kernels since 4.13 also count OOM kills in memory.oom_control. */
-        if (holmes__read_at(dir, "memory.oom_control", text, sizeof(text)) > 0)
-            (void)holmes__kv_u64(text, "oom_kill", &out->oom_kill);
+        if (b)
+            (void)holmes__kv_u64(b, "oom_kill", &out->oom_kill);
         out->valid = true;
         return 0;
     }
-    long n = holmes__read_at(dir, "memory.events", text, sizeof(text));
-    if (n < 0)
-        return (int)n;
     /* Older kernels lack some keys (oom_kill came in 4.13): those stay 0. */
-    (void)holmes__kv_u64(text, "high", &out->high);
-    (void)holmes__kv_u64(text, "max", &out->max);
-    (void)holmes__kv_u64(text, "oom", &out->oom);
-    (void)holmes__kv_u64(text, "oom_kill", &out->oom_kill);
+    (void)holmes__kv_u64(a, "high", &out->high);
+    (void)holmes__kv_u64(a, "max", &out->max);
+    (void)holmes__kv_u64(a, "oom", &out->oom);
+    (void)holmes__kv_u64(a, "oom_kill", &out->oom_kill);
     out->valid = true;
     return 0;
+}
+
+int holmes__cgroup_mem_events_in(const char *dir, int version, holmes__mem_events *out)
+{
+    char a[512], b[512];
+    memset(out, 0, sizeof(*out));
+    long n = holmes__read_at(dir, version == 1 ? "memory.failcnt" : "memory.events", a, sizeof(a));
+    if (n < 0)
+        return (int)n;
+    bool have_b = version == 1 && holmes__read_at(dir, "memory.oom_control", b, sizeof(b)) > 0;
+    return holmes__mem_events_parse(version, a, have_b ? b : NULL, out);
 }
 
 int holmes__cgroup_mem_events(const char *root, const holmes__cgroup *cg, holmes__mem_events *out)
@@ -487,8 +494,11 @@ int holmes__psi_read(const char *path, double *percent)
 {
     char text[256];
     long n = holmes__read_file(path, text, sizeof(text));
-    if (n < 0)
-        return (int)n;
+    return n < 0 ? (int)n : holmes__psi_parse(text, percent);
+}
+
+int holmes__psi_parse(const char *text, double *percent)
+{
     const char *some = strncmp(text, "some ", 5) == 0 ? text : strstr(text, "\nsome ");
     const char *avg = some ? strstr(some, "avg10=") : NULL;
     return avg ? parse_fixed(avg + 6, percent) : -EINVAL;

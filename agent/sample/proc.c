@@ -8,10 +8,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,31 +26,31 @@
  * freed when the reading thread (our watchdog) ends, so every start/stop
  * leaked them, and a select reads /proc/uptime and status besides, twice
  * the cost of the two small files a tick needs.
+ *
+ * For the real process even stat is too dear: the kernel builds its text by
+ * walking every thread (fault counts, then the CPU times), about 90 ns a
+ * thread here, 185 us of a tick at 2,000 threads. So a tick reads:
+ * - CPU time from CLOCK_PROCESS_CPUTIME_ID. That clock too sums over the
+ *   threads (thread_group_cputime()), unless a process CPU timer is armed:
+ *   then the kernel keeps a running total for the timer to expire against
+ *   (the posix-cpu-timers "cputimer") and the clock reads it in O(1). So
+ *   from HOLMES_FAST_CLOCK_THREADS threads on the reader arms one that never
+ *   expires (see arm_cpu_timer for what it costs the service);
+ * - resident pages from statm (O(1): counters of the mm);
+ * - threads from the link count of /proc/self/task, which procfs gives as
+ *   the thread count + 2 (proc_task_getattr); checked against stat once
+ *   at creation, and stat's field read per tick where they disagree.
  */
 struct holmes__proc_reader {
     uint64_t ns_per_tick;
     uint64_t page_size;
-    char root[HOLMES_PATH_MAX];
+    bool real; /* root "": this process */
+    holmes__kept_file stat, statm;
+    int task_fd; /* O_PATH /proc/self/task, -1 when its links do not count threads */
+    bool timer_armed;
+    timer_t timer;
+    uint64_t rearm_at_ns; /* re-arm before the timer could ever expire */
 };
-
-holmes__proc_reader *holmes__proc_reader_new(const char *root)
-{
-    holmes__proc_reader *r = calloc(1, sizeof(*r));
-    if (!r)
-        return NULL;
-    long hz = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
-    r->ns_per_tick = 1000000000ull / (uint64_t)(hz > 0 ? hz : 100);
-    r->page_size = (uint64_t)(page > 0 ? page : 4096);
-    snprintf(r->root, sizeof(r->root), "%s", root);
-    return r;
-}
-
-void holmes__proc_reader_free(holmes__proc_reader *r)
-{
-    if (!r)
-        return;
-    free(r);
-}
 
 /* The stat fields counted from 1 as in proc(5); the command (2) may hold
  * spaces and parentheses, so counting starts after its last ')'. */
@@ -81,39 +84,179 @@ int holmes__parse_proc_stat(const char *stat, const char *statm, holmes__proc_st
     return 0;
 }
 
+/* stat's thread count now, or -1. */
+static long stat_threads(holmes__proc_reader *r)
+{
+    char stat[1024];
+    holmes__proc_stats ps;
+    if (holmes__kept_read(&r->stat, stat, sizeof(stat)) < 0 ||
+        holmes__parse_proc_stat(stat, "0 0", &ps) != 0)
+        return -1;
+    return ps.threads;
+}
+
+static long task_links(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (long)st.st_nlink : -1;
+}
+
+/* Links of /proc/self/task count threads where a reading between two
+ * unchanged link counts matches stat's field (threads may come and go
+ * meanwhile: three tries). */
+static int open_task_dir(holmes__proc_reader *r)
+{
+    int fd = open("/proc/self/task", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    for (int i = 0; i < 3 && fd >= 0; i++) {
+        long before = task_links(fd), threads = stat_threads(r), after = task_links(fd);
+        if (threads > 0 && before == after && before - 2 == threads)
+            return fd;
+    }
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+holmes__proc_reader *holmes__proc_reader_new(const char *root)
+{
+    holmes__proc_reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    long hz = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    r->ns_per_tick = 1000000000ull / (uint64_t)(hz > 0 ? hz : 100);
+    r->page_size = (uint64_t)(page > 0 ? page : 4096);
+    r->real = root[0] == 0;
+    holmes__kept_init(&r->stat, root, "proc/self/stat");
+    holmes__kept_init(&r->statm, root, "proc/self/statm");
+    if (r->real) {
+        /* "/proc/self/...", not "/" + "proc/...": the same path either way. */
+        r->task_fd = open_task_dir(r);
+        if (r->task_fd >= 0)
+            holmes__kept_close(&r->stat);
+    } else {
+        r->task_fd = -1;
+    }
+    return r;
+}
+
+void holmes__proc_reader_free(holmes__proc_reader *r)
+{
+    if (!r)
+        return;
+    if (r->timer_armed)
+        timer_delete(r->timer);
+    if (r->task_fd >= 0)
+        close(r->task_fd);
+    holmes__kept_close(&r->stat);
+    holmes__kept_close(&r->statm);
+    free(r);
+}
+
+holmes__proc_sources holmes__proc_reader_sources(const holmes__proc_reader *r)
+{
+    return (holmes__proc_sources){.threads_by_links = r->task_fd >= 0,
+                                  .cpu_clock_fast = r->timer_armed};
+}
+
+/* Half of the span the timer is armed for: it is armed again long before
+ * it could expire, however many cores the process keeps busy. */
+#define TIMER_SPAN_S (100ull * 365 * 24 * 3600)
+#define TIMER_REARM_NS (TIMER_SPAN_S / 2 * 1000000000ull)
+
+/*
+ * Arms a process CPU timer a century of CPU time away, so the kernel keeps
+ * the process's running CPU total (and CLOCK_PROCESS_CPUTIME_ID reads it
+ * instead of walking the threads). SIGEV_NONE would be the natural notify,
+ * but Linux 6.12+ no longer starts the running total for it, so it notifies
+ * SIGURG, ignored by default; it is re-armed at every half span and never
+ * expires. What it costs: while it is armed the kernel adds each thread's
+ * CPU time to that shared total as it accounts it (three atomic adds per
+ * update on one cache line), and CPUs running the process keep their
+ * scheduler tick on a nohz_full system. Below HOLMES_FAST_CLOCK_THREADS
+ * threads the walk costs less than that (under 5 us), so no timer.
+ */
+static void arm_cpu_timer(holmes__proc_reader *r, uint64_t cpu_ns)
+{
+    if (!r->timer_armed) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof(sev));
+        sev.sigev_notify = SIGEV_SIGNAL;
+        sev.sigev_signo = SIGURG;
+        if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &sev, &r->timer) != 0)
+            return;
+        r->timer_armed = true;
+    }
+    struct itimerspec its = {.it_value = {.tv_sec = (time_t)TIMER_SPAN_S}};
+    if (timer_settime(r->timer, 0, &its, NULL) != 0) {
+        timer_delete(r->timer);
+        r->timer_armed = false;
+        return;
+    }
+    r->rearm_at_ns = cpu_ns + TIMER_REARM_NS;
+}
+
+static uint64_t process_cpu_ns(holmes__proc_reader *r, long threads)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+        return 0;
+    uint64_t all = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    if (r->timer_armed ? all >= r->rearm_at_ns : threads >= HOLMES_FAST_CLOCK_THREADS)
+        arm_cpu_timer(r, all);
+    return all;
+}
+
+static int read_pages(holmes__proc_reader *r, uint64_t *pages)
+{
+    char statm[256];
+    long n = holmes__kept_read(&r->statm, statm, sizeof(statm));
+    if (n < 0)
+        return (int)n;
+    const char *sp = strchr(statm, ' ');
+    return sp ? holmes__parse_u64(sp + 1, pages) : -EINVAL;
+}
+
+/* A test tree, or a kernel whose task links do not count threads. */
 static int read_stat_files(holmes__proc_reader *r, holmes__proc_stats *out)
 {
     char stat[1024], statm[256];
-    long n = holmes__read_at(r->root, "proc/self/stat", stat, sizeof(stat));
+    long n = holmes__kept_read(&r->stat, stat, sizeof(stat));
     if (n >= 0)
-        n = holmes__read_at(r->root, "proc/self/statm", statm, sizeof(statm));
+        n = holmes__kept_read(&r->statm, statm, sizeof(statm));
     if (n < 0)
         return (int)n;
-    int rc = holmes__parse_proc_stat(stat, statm, out);
-    if (rc != 0)
-        return rc;
-    out->cpu_ns *= r->ns_per_tick;
-    out->rss_bytes *= r->page_size;
-    return 0;
+    return holmes__parse_proc_stat(stat, statm, out);
+}
+
+static int read_real(holmes__proc_reader *r, holmes__proc_stats *out)
+{
+    long links = task_links(r->task_fd);
+    if (links < 3)
+        return links < 0 ? -errno : -EINVAL;
+    out->threads = links - 2;
+    return read_pages(r, &out->rss_bytes);
 }
 
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    int rc = read_stat_files(r, out);
+    int rc = r->task_fd >= 0 ? read_real(r, out) : read_stat_files(r, out);
+    if (rc != 0)
+        return rc;
+    out->cpu_ns *= r->ns_per_tick;
+    out->rss_bytes *= r->page_size;
     /* Clock ticks are 10 ms: at a 100 ms interval that is 10% of a core of
      * noise per sample. For the real process the CPU clock counts
      * nanoseconds, so it replaces the ticks, less the agent's own threads:
-     * the metric is the service's CPU (see agent/base/agent_cpu.c). */
-    struct timespec ts;
-    if (rc == 0 && r->root[0] == 0) {
+     * the metric is the service's CPU (see agent/base/agent_cpu.c). The
+     * agent's clocks are read first: the service's share is never
+     * negative. */
+    if (r->real) {
         uint64_t agent_ns = holmes__agent_cpu_ns();
-        if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0) {
-            uint64_t all = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-            out->cpu_ns = all > agent_ns ? all - agent_ns : 0;
-        }
+        uint64_t all = process_cpu_ns(r, out->threads);
+        out->cpu_ns = all > agent_ns ? all - agent_ns : 0;
     }
-    return rc;
+    return 0;
 }
 
 /* ---- descriptors ---- */
@@ -123,14 +266,12 @@ static bool is_dot(const char *name)
     return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
 }
 
-/* Counts entries with getdents64 into a stack buffer: no DIR, no malloc. */
-static int count_entries(const char *dir, bool skip_self, long *count)
+/* Lists the kept directory again from its start with getdents64 into a
+ * stack buffer: no DIR, no malloc. */
+static int count_entries(int fd, long *count)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
+    if (lseek(fd, 0, SEEK_SET) != 0)
         return -errno;
-    char self[16];
-    snprintf(self, sizeof(self), "%d", fd);
     union {
         struct dirent64 d;
         char bytes[4096];
@@ -141,33 +282,68 @@ static int count_entries(const char *dir, bool skip_self, long *count)
         for (ssize_t off = 0; off < n;) {
             const struct dirent64 *d = (const struct dirent64 *)(buf.bytes + off);
             off += d->d_reclen;
-            if (!is_dot(d->d_name) && !(skip_self && strcmp(d->d_name, self) == 0))
+            if (!is_dot(d->d_name))
                 total++;
         }
     }
-    int rc = n < 0 ? -errno : 0;
-    close(fd);
-    if (rc == 0)
-        *count = total;
-    return rc;
+    if (n < 0)
+        return -errno;
+    *count = total;
+    return 0;
 }
 
-int holmes__count_fds(const char *root, long *count)
+static bool size_counts(int fd)
+{
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0 || fs.f_type != PROC_SUPER_MAGIC)
+        return false;
+    /* Descriptors opened or closed by other threads between the two reads
+     * make them differ: three tries. */
+    for (int i = 0; i < 3; i++) {
+        struct stat st;
+        long listed = -1;
+        if (fstat(fd, &st) != 0 || st.st_size <= 0 || count_entries(fd, &listed) != 0)
+            return false;
+        if (st.st_size == listed)
+            return true;
+    }
+    return false;
+}
+
+int holmes__fd_counter_open(holmes__fd_counter *c, const char *root)
 {
     char dir[HOLMES_PATH_MAX];
+    c->fd = -1;
+    c->by_size = false;
     if (holmes__path_join(dir, sizeof(dir), root, "/proc/self/fd") != 0)
         return -ENAMETOOLONG;
-    /* Linux 6.2 and later report the number of open descriptors as the
-     * size of /proc/<pid>/fd: one stat() instead of a walk over thousands
-     * of entries. Older kernels say 0, and a test tree's directory is not
-     * procfs, so both take the walk. */
-    struct stat st;
-    if (root[0] == 0 && stat(dir, &st) == 0 && st.st_size > 0) {
-        *count = (long)st.st_size;
-        return 0;
+    c->fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (c->fd < 0) {
+        c->fd = -1;
+        return -errno;
     }
-    /* The walk's own directory handle is one of the entries it sees. */
-    return count_entries(dir, root[0] == 0, count);
+    c->by_size = size_counts(c->fd);
+    return 0;
+}
+
+int holmes__fd_counter_read(holmes__fd_counter *c, long *count)
+{
+    if (c->fd < 0)
+        return -ENOENT;
+    if (!c->by_size)
+        return count_entries(c->fd, count);
+    struct stat st;
+    if (fstat(c->fd, &st) != 0)
+        return -errno;
+    *count = (long)st.st_size;
+    return 0;
+}
+
+void holmes__fd_counter_close(holmes__fd_counter *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
 }
 
 /* ---- the machine ---- */

@@ -1,8 +1,8 @@
 /*
  * The sampler: everything it needs is found once at creation (the cgroup,
- * the limits, the PSI files); a tick only reads small
- * files into stack buffers. A metric that cannot be read is left out of the
- * sample and logged at most once an hour; the others go on.
+ * the limits, the PSI files) and the files a tick reads are kept open; a
+ * tick only preads them into stack buffers. A metric that cannot be read is
+ * left out of the sample and logged at most once an hour; the others go on.
  */
 #include "sample.h"
 
@@ -26,6 +26,10 @@ struct holmes__sampler {
      * that precede an OOM kill of this process. */
     char events_dir[HOLMES_PATH_MAX];
     char psi_mem[HOLMES_PATH_MAX], psi_cpu[HOLMES_PATH_MAX]; /* "" when missing */
+    holmes__kept_file usage, stat; /* mem_source = cgroup: usage and memory.stat */
+    holmes__kept_file events, oom; /* memory.events (v2) or failcnt and oom_control (v1) */
+    holmes__kept_file pressure[2]; /* memory, cpu */
+    holmes__fd_counter fds;        /* opened again at a tick while it could not be (EMFILE) */
     bool have_prev;
     uint64_t prev_t_ns, prev_cpu_ns;
     holmes__ratelimit fail_rl[HOLMES_METRIC_COUNT];
@@ -88,6 +92,23 @@ static void resolve_cpu_limit(holmes__sampler *s, const holmes__config *cfg)
     }
 }
 
+/* Names the files a tick reads; each opens at its first read. */
+static void keep_files(holmes__sampler *s)
+{
+    const holmes__cgroup *cg = &s->cg;
+    bool v2 = cg->version == 2, have = cg->version != 0 && cg->mem_dir[0];
+    holmes__kept_init(&s->usage, have ? cg->mem_dir : "",
+                      v2 ? "memory.current" : "memory.usage_in_bytes");
+    holmes__kept_init(&s->stat, have ? cg->mem_dir : "", "memory.stat");
+    have = cg->version != 0 && s->events_dir[0];
+    holmes__kept_init(&s->events, have ? s->events_dir : "",
+                      v2 ? "memory.events" : "memory.failcnt");
+    holmes__kept_init(&s->oom, have && !v2 ? s->events_dir : "", "memory.oom_control");
+    holmes__kept_init(&s->pressure[0], s->psi_mem, "");
+    holmes__kept_init(&s->pressure[1], s->psi_cpu, "");
+    (void)holmes__fd_counter_open(&s->fds, s->root);
+}
+
 holmes__sampler *holmes__sampler_new(const holmes__config *cfg, const char *root)
 {
     holmes__sampler *s = calloc(1, sizeof(*s));
@@ -108,6 +129,7 @@ holmes__sampler *holmes__sampler_new(const holmes__config *cfg, const char *root
     resolve_cpu_limit(s, cfg);
     (void)holmes__psi_path(root, &s->cg, "memory", s->psi_mem, sizeof(s->psi_mem));
     (void)holmes__psi_path(root, &s->cg, "cpu", s->psi_cpu, sizeof(s->psi_cpu));
+    keep_files(s);
     holmes__log(HOLMES_LOG_DEBUG,
                 "sampler: cgroup v%d mem %s cpu %s; mem_limit %llu (%s), "
                 "cpu_cores %.2f (%s)",
@@ -121,6 +143,13 @@ void holmes__sampler_free(holmes__sampler *s)
 {
     if (!s)
         return;
+    holmes__kept_close(&s->usage);
+    holmes__kept_close(&s->stat);
+    holmes__kept_close(&s->events);
+    holmes__kept_close(&s->oom);
+    holmes__kept_close(&s->pressure[0]);
+    holmes__kept_close(&s->pressure[1]);
+    holmes__fd_counter_close(&s->fds);
     holmes__proc_reader_free(s->proc);
     free(s);
 }
@@ -188,6 +217,15 @@ static bool sample_proc(holmes__sampler *s, holmes__sample *out)
     return true;
 }
 
+static int read_mem_usage(holmes__sampler *s, uint64_t *bytes)
+{
+    char usage[64], stat[8192];
+    long n = holmes__kept_read(&s->usage, usage, sizeof(usage));
+    if (n >= 0)
+        n = holmes__kept_read(&s->stat, stat, sizeof(stat));
+    return n < 0 ? (int)n : holmes__mem_usage_parse(s->cg.version, usage, stat, bytes);
+}
+
 static void sample_mem(holmes__sampler *s, bool have_rss, holmes__sample *out)
 {
     if (s->limits.mem_limit == 0)
@@ -197,7 +235,7 @@ static void sample_mem(holmes__sampler *s, bool have_rss, holmes__sample *out)
             set_metric(out, HOLMES_METRIC_MEM, percent_of(out->rss_bytes, s->limits.mem_limit));
         return;
     }
-    int rc = holmes__cgroup_mem_usage(s->root, &s->cg, &out->cgroup_mem_bytes);
+    int rc = read_mem_usage(s, &out->cgroup_mem_bytes);
     if (rc != 0) {
         fail(s, HOLMES_METRIC_MEM, "the cgroup's memory usage", rc);
         return;
@@ -207,7 +245,9 @@ static void sample_mem(holmes__sampler *s, bool have_rss, holmes__sample *out)
 
 static void sample_fds(holmes__sampler *s, holmes__sample *out)
 {
-    int rc = holmes__count_fds(s->root, &out->fds);
+    int rc = s->fds.fd >= 0 ? 0 : holmes__fd_counter_open(&s->fds, s->root);
+    if (rc == 0)
+        rc = holmes__fd_counter_read(&s->fds, &out->fds);
     if (rc != 0) {
         fail(s, HOLMES_METRIC_FDS, "the open descriptors", rc);
         return;
@@ -215,11 +255,13 @@ static void sample_fds(holmes__sampler *s, holmes__sample *out)
     set_metric(out, HOLMES_METRIC_FDS, (double)out->fds);
 }
 
-static void sample_psi(holmes__sampler *s, holmes__metric m, const char *path, const char *what,
-                       holmes__sample *out)
+static void sample_psi(holmes__sampler *s, holmes__metric m, holmes__kept_file *file,
+                       const char *what, holmes__sample *out)
 {
+    char text[256];
     double pct;
-    int rc = path[0] ? holmes__psi_read(path, &pct) : -ENOENT;
+    long n = holmes__kept_read(file, text, sizeof(text));
+    int rc = n < 0 ? (int)n : holmes__psi_parse(text, &pct);
     if (rc != 0) {
         fail(s, m, what, rc);
         return;
@@ -231,7 +273,12 @@ static void sample_events(holmes__sampler *s, holmes__sample *out)
 {
     if (s->cg.version == 0 || !s->events_dir[0])
         return;
-    int rc = holmes__cgroup_mem_events_in(s->events_dir, s->cg.version, &out->mem_events);
+    char a[512], b[512];
+    long n = holmes__kept_read(&s->events, a, sizeof(a));
+    bool have_b = s->cg.version == 1 && holmes__kept_read(&s->oom, b, sizeof(b)) > 0;
+    int rc = n < 0
+                 ? (int)n
+                 : holmes__mem_events_parse(s->cg.version, a, have_b ? b : NULL, &out->mem_events);
     if (rc != 0)
         holmes__log_limited(&s->events_rl, FAIL_LOG_EVERY_S, HOLMES_LOG_WARN,
                             "sampler: cannot read memory events in %s (%s)", s->events_dir,
@@ -248,7 +295,7 @@ void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
     out->heap_bytes = heap_bytes;
     if (heap_on && s->limits.mem_limit > 0)
         set_metric(out, HOLMES_METRIC_HEAP, percent_of(heap_bytes, s->limits.mem_limit));
-    sample_psi(s, HOLMES_METRIC_MEM_PRESSURE, s->psi_mem, "memory pressure (PSI)", out);
-    sample_psi(s, HOLMES_METRIC_CPU_PRESSURE, s->psi_cpu, "cpu pressure (PSI)", out);
+    sample_psi(s, HOLMES_METRIC_MEM_PRESSURE, &s->pressure[0], "memory pressure (PSI)", out);
+    sample_psi(s, HOLMES_METRIC_CPU_PRESSURE, &s->pressure[1], "cpu pressure (PSI)", out);
     sample_events(s, out);
 }

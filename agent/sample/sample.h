@@ -98,24 +98,72 @@ int holmes__psi_path(const char *root, const holmes__cgroup *cg, const char *kin
                      size_t cap);
 /* Reads "some avg10" (percent) from one PSI file. */
 int holmes__psi_read(const char *path, double *percent);
-int holmes__count_fds(const char *root, long *count);
+/* The same from a PSI file's text. */
+int holmes__psi_parse(const char *text, double *percent);
+/* The cgroup's usage less its inactive file pages, from the text of its
+ * usage file (memory.current, v1 memory.usage_in_bytes) and memory.stat. */
+int holmes__mem_usage_parse(int version, const char *usage, const char *stat, uint64_t *bytes);
+/* Memory events from memory.events (v2: `a`) or from memory.failcnt (`a`)
+ * and memory.oom_control (`b`, may be NULL) in v1. */
+int holmes__mem_events_parse(int version, const char *a, const char *b, holmes__mem_events *out);
+
+/* A small file read again every tick: opened once, read with pread from
+ * offset 0, opened again after a failed read (agent/sample/kept.c). */
+typedef struct holmes__kept_file {
+    int fd; /* -1 while closed */
+    char path[HOLMES_PATH_MAX];
+} holmes__kept_file;
+/* Names "<dir>/<name>" (or `dir` alone when name is ""); nothing is opened
+ * yet. An empty or too long path reads -ENOENT. */
+void holmes__kept_init(holmes__kept_file *k, const char *dir, const char *name);
+/* The whole file (up to cap - 1 bytes, NUL-terminated): length or -errno. */
+long holmes__kept_read(holmes__kept_file *k, char *buf, size_t cap);
+void holmes__kept_close(holmes__kept_file *k);
+
+/*
+ * The number of open descriptors of <root>/proc/self/fd. The directory is
+ * kept open (it is one of the descriptors counted). Where procfs gives the
+ * count as the directory's size (Linux 6.2 and later) one fstat reads it;
+ * elsewhere (older kernels say 0, a test tree's directory is not procfs)
+ * each read lists the directory. Which one is decided once, at open, by
+ * checking the size against a listing.
+ */
+typedef struct holmes__fd_counter {
+    int fd; /* -1 when the directory could not be opened */
+    bool by_size;
+} holmes__fd_counter;
+int holmes__fd_counter_open(holmes__fd_counter *c, const char *root);
+int holmes__fd_counter_read(holmes__fd_counter *c, long *count);
+void holmes__fd_counter_close(holmes__fd_counter *c);
+
 int holmes__machine_mem_total(const char *root, uint64_t *bytes);
 double holmes__usable_cpus(void);
 
 /* The process's own CPU time, resident memory and thread count. */
 typedef struct holmes__proc_stats {
-    uint64_t cpu_ns; /* user + system, at clock-tick resolution */
+    uint64_t cpu_ns; /* user + system */
     uint64_t rss_bytes;
     long threads;
 } holmes__proc_stats;
 typedef struct holmes__proc_reader holmes__proc_reader;
 /*
- * Parses <root>/proc/self/stat and statm; for the real process (root "")
- * CPU time comes from the nanosecond process clock. NULL without memory.
+ * Parses <root>/proc/self/stat and statm (clock ticks and pages). For the
+ * real process (root "") every number has a source whose cost does not
+ * grow with the process: the nanosecond process CPU clock, statm, and the
+ * link count of /proc/self/task for threads (see proc.c). NULL without
+ * memory.
  */
 holmes__proc_reader *holmes__proc_reader_new(const char *root);
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out);
 void holmes__proc_reader_free(holmes__proc_reader *r);
+/* How the reader gets what it reads, for tests and the benchmark. */
+typedef struct holmes__proc_sources {
+    bool threads_by_links; /* threads = links of /proc/self/task - 2, not stat's field */
+    bool cpu_clock_fast;   /* a process CPU timer is armed: the clock reads O(1) */
+} holmes__proc_sources;
+holmes__proc_sources holmes__proc_reader_sources(const holmes__proc_reader *r);
+/* Threads from which the reader arms its process CPU timer. */
+#define HOLMES_FAST_CLOCK_THREADS 64
 /* Parses /proc/<pid>/stat and statm text. It leaves
  * clock ticks in cpu_ns and pages in rss_bytes: the reader scales them. */
 int holmes__parse_proc_stat(const char *stat, const char *statm, holmes__proc_stats *out);

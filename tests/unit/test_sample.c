@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -260,10 +261,11 @@ static void test_cpu_percent(void)
     CHECK(is_valid(&b, HOLMES_METRIC_CPU));
     CHECK_NEAR(b.value[HOLMES_METRIC_CPU], want, want * 1e-9);
 
-    /* The stat file vanishes: CPU and threads are left out, fds are not
-     * affected by it (there is no fd dir: left out for their own reason). */
+    /* The stat file reads empty: CPU and threads are left out, fds are not
+     * affected by it (there is no fd dir: left out for their own reason).
+     * (The sampler keeps the file open, so it is rewritten in place.) */
     snprintf(path, sizeof(path), "%s/stat", self);
-    CHECK_EQ_INT(unlink(path), 0);
+    write_text(self, "stat", "");
     holmes__sampler_read(s, 0, false, &c);
     CHECK(!is_valid(&c, HOLMES_METRIC_CPU));
     CHECK(!is_valid(&c, HOLMES_METRIC_THREADS));
@@ -427,6 +429,171 @@ static void test_agent_cpu_excluded(void)
     holmes__proc_reader_free(r);
 }
 
+/* ---- kept files and the descriptor count ---- */
+
+/* A kept file reads what is there now: rewritten in place, missing at
+ * first and then created, longer than the buffer. */
+static void test_kept_file(void)
+{
+    char dir[] = "/tmp/holmes-kept-XXXXXX", text[16];
+    CHECK(mkdtemp(dir) != NULL);
+    holmes__kept_file k;
+    holmes__kept_init(&k, dir, "value");
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), -ENOENT);
+    write_text(dir, "value", "12\n");
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), 3);
+    CHECK_STR(text, "12\n");
+    write_text(dir, "value", "3456\n");
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), 5);
+    CHECK_STR(text, "3456\n");
+    write_text(dir, "value", "0123456789abcdefghij");
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), 15);
+    CHECK_STR(text, "0123456789abcde");
+    holmes__kept_close(&k);
+    holmes__kept_init(&k, "", "");
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), -ENOENT);
+    char path[HOLMES_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/value", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Opens n descriptors (or closes them again with n < 0). */
+static void hold_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < -n; i++)
+        close(fds[i]);
+}
+
+/* The counter follows descriptors opened and closed after it was opened. */
+static void check_counter_follows(holmes__fd_counter *c)
+{
+    int extra[50];
+    long before = -1, during = -1, after = -1;
+    CHECK_EQ_INT(holmes__fd_counter_read(c, &before), 0);
+    CHECK_EQ_INT(before, count_fds_readdir());
+    hold_fds(extra, 50);
+    CHECK_EQ_INT(holmes__fd_counter_read(c, &during), 0);
+    CHECK_EQ_INT(during, before + 50);
+    hold_fds(extra, -50);
+    CHECK_EQ_INT(holmes__fd_counter_read(c, &after), 0);
+    CHECK_EQ_INT(after, before);
+}
+
+/* This process's own directory: counted by its size where procfs gives it. */
+static void test_fd_count_by_size(void)
+{
+    struct stat st;
+    CHECK_EQ_INT(stat("/proc/self/fd", &st), 0);
+    holmes__fd_counter c;
+    CHECK_EQ_INT(holmes__fd_counter_open(&c, ""), 0);
+    fprintf(stderr, "/proc/self/fd size %lld: fds counted %s\n", (long long)st.st_size,
+            c.by_size ? "by the directory's size" : "by listing");
+    CHECK_EQ_INT(c.by_size, st.st_size > 0);
+    check_counter_follows(&c);
+    holmes__fd_counter_close(&c);
+}
+
+/*
+ * A kernel whose /proc/<pid>/fd has size 0 (before 6.2): a root whose
+ * proc/self/fd is this process's /proc/self/fdinfo, a procfs directory
+ * with one entry per open descriptor and size 0 on every kernel. The
+ * counter must list it, and follow descriptors opened later.
+ */
+static void test_fd_count_fallback(void)
+{
+    char root[] = "/tmp/holmes-fdroot-XXXXXX", self[128], link[160], target[64];
+    CHECK(mkdtemp(root) != NULL);
+    snprintf(self, sizeof(self), "%s/proc/self", root);
+    CHECK_EQ_INT(holmes__mkdirs(self), 0);
+    snprintf(link, sizeof(link), "%s/fd", self);
+    snprintf(target, sizeof(target), "/proc/%d/fdinfo", (int)getpid());
+    CHECK_EQ_INT(symlink(target, link), 0);
+    struct stat st;
+    CHECK_EQ_INT(stat(link, &st), 0);
+    CHECK_EQ_INT(st.st_size, 0);
+    holmes__fd_counter c;
+    CHECK_EQ_INT(holmes__fd_counter_open(&c, root), 0);
+    CHECK(!c.by_size);
+    check_counter_follows(&c);
+    holmes__fd_counter_close(&c);
+    /* A sampler on that root counts the same way. */
+    reset_cfg(HOLMES_MEM_RSS);
+    holmes__sampler *s = holmes__sampler_new(&cfg, root);
+    CHECK(s != NULL);
+    if (s) {
+        holmes__sample a;
+        holmes__sampler_read(s, 0, false, &a);
+        CHECK(is_valid(&a, HOLMES_METRIC_FDS));
+        CHECK_EQ_INT(a.fds, count_fds_readdir());
+        holmes__sampler_free(s);
+    }
+    unlink(link);
+    rmdir(self);
+    snprintf(link, sizeof(link), "%s/proc", root);
+    rmdir(link);
+    rmdir(root);
+}
+
+/* ---- threads and CPU time of the real process, whatever its size ---- */
+
+static double process_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Threads from /proc/self/task's links; from HOLMES_FAST_CLOCK_THREADS
+ * threads on, the process clock with a timer armed: both agree with the
+ * kernel's other sources, before and after the threads come and go. */
+static void test_many_threads(void)
+{
+    enum { EXTRA = HOLMES_FAST_CLOCK_THREADS + 8 };
+    holmes__proc_reader *r = holmes__proc_reader_new("");
+    CHECK(r != NULL);
+    if (!r)
+        return;
+    holmes__proc_stats ps;
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &ps), 0);
+    CHECK_EQ_INT(ps.threads, status_value("Threads"));
+    holmes__proc_sources src = holmes__proc_reader_sources(r);
+    fprintf(stderr, "threads from %s; clock fast: %d\n",
+            src.threads_by_links ? "/proc/self/task's links" : "stat", src.cpu_clock_fast);
+    CHECK(!src.cpu_clock_fast);
+
+    pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
+    pthread_t t[EXTRA];
+    int made = 0;
+    pthread_mutex_lock(&gate);
+    while (made < EXTRA && pthread_create(&t[made], NULL, park, &gate) == 0)
+        made++;
+    CHECK_EQ_INT(made, EXTRA);
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &ps), 0);
+    CHECK_EQ_INT(ps.threads, status_value("Threads"));
+    CHECK(holmes__proc_reader_sources(r).cpu_clock_fast);
+    /* With the timer armed the clock still counts this process's CPU: a
+     * burn shows in both, and the reader is never ahead of the clock. */
+    uint64_t before = ps.cpu_ns;
+    double clock0 = process_clock_ms();
+    burn_cpu_ms(100);
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &ps), 0);
+    double clock1 = process_clock_ms();
+    double read_ms = (double)(ps.cpu_ns - before) / 1e6;
+    fprintf(stderr, "100 ms burn: reader %.1f ms, clock %.1f ms\n", read_ms, clock1 - clock0);
+    CHECK(ps.cpu_ns > before);
+    CHECK(read_ms > (clock1 - clock0) * 0.5 && read_ms < (clock1 - clock0) * 1.5 + 5);
+
+    pthread_mutex_unlock(&gate);
+    for (int i = 0; i < made; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ_INT(holmes__proc_reader_read(r, &ps), 0);
+    CHECK_EQ_INT(ps.threads, status_value("Threads"));
+    holmes__proc_reader_free(r);
+}
+
 int main(void)
 {
     test_v2_tick();
@@ -438,5 +605,9 @@ int main(void)
     test_cpu_percent();
     test_real_process();
     test_agent_cpu_excluded();
+    test_kept_file();
+    test_fd_count_by_size();
+    test_fd_count_fallback();
+    test_many_threads();
     CHECK_DONE();
 }
