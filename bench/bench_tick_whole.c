@@ -11,6 +11,8 @@
  *   small    10 service threads, 100 open descriptors
  *   fds      10 threads, as many descriptors as RLIMIT_NOFILE allows up to 20,000
  *   threads  2,000 threads, 100 descriptors
+ * Last, what the process CPU timer the sampler arms from 64 threads on
+ * costs the service ("timer": two threads passing a byte back and forth).
  * In each, next to it: the CPU of one bare open/read/close of
  * /proc/self/stat (the cheapest read a sampler could do, whose kernel side
  * grows with the thread count), and, to say where the tick goes, the CPU of
@@ -27,6 +29,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -190,18 +193,21 @@ static double sampler_read_us(holmes__sampler *s, int n)
 }
 
 /* The refresh re-reads the memory map; it returns at once (EBUSY) while
- * another thread prepares, so only the calls that ran count. */
+ * another thread prepares, so only the calls that ran count, and it is
+ * tried until n have run (or 20 n tries). */
 static double maps_refresh_us(int n)
 {
     uint64_t spent = 0;
     int ran = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < 20 * n && ran < n; i++) {
         uint64_t c0 = bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
         int rc = holmes__unwind_try_prepare();
         uint64_t c1 = bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
         if (rc == 0) {
             spent += c1 - c0;
             ran++;
+        } else {
+            usleep(1000);
         }
     }
     return ran ? (double)spent / 1e3 / ran : -1;
@@ -319,6 +325,73 @@ static void print_shape(const shape *sh, const shape *base)
            sh->sampler_us / base->sampler_us, sh->maps_us, sh->maps_us / base->maps_us);
 }
 
+/* ---- what the armed timer costs the service ---- */
+
+/*
+ * While a process CPU timer is armed the kernel adds every thread's CPU time
+ * to a shared total as it accounts it, most often at a context switch. Two
+ * threads that hand a byte back and forth switch the most per unit of work:
+ * their CPU per round trip without a timer, with one armed as the sampler
+ * arms it, and without again, interleaved.
+ */
+#define PINGS 100000
+
+static int ping[2], pong[2];
+
+static void *ponger(void *arg)
+{
+    (void)arg;
+    char c;
+    for (int i = 0; i < PINGS; i++)
+        if (read(ping[0], &c, 1) != 1 || write(pong[1], &c, 1) != 1)
+            break;
+    return NULL;
+}
+
+static double round_trip_us(void)
+{
+    pthread_t t;
+    char c = 1;
+    uint64_t c0 = bench_cpu_ns();
+    pthread_create(&t, NULL, ponger, NULL);
+    for (int i = 0; i < PINGS; i++)
+        if (write(ping[1], &c, 1) != 1 || read(pong[0], &c, 1) != 1)
+            break;
+    pthread_join(t, NULL);
+    return (double)(bench_cpu_ns() - c0) / 1e3 / PINGS;
+}
+
+static int double_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void timer_cost(void)
+{
+    if (pipe2(ping, O_CLOEXEC) != 0 || pipe2(pong, O_CLOEXEC) != 0)
+        return;
+    enum { REPS = 5 };
+    double off[REPS], on[REPS];
+    for (int r = 0; r < REPS; r++) {
+        off[r] = round_trip_us();
+        timer_t timer;
+        struct sigevent sev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGURG};
+        struct itimerspec its = {.it_value = {.tv_sec = 3153600000}};
+        if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &sev, &timer) != 0)
+            return;
+        timer_settime(timer, 0, &its, NULL);
+        on[r] = round_trip_us();
+        timer_delete(timer);
+    }
+    qsort(off, REPS, sizeof(double), double_cmp);
+    qsort(on, REPS, sizeof(double), double_cmp);
+    printf("armed process CPU timer: ping-pong round trip %.3f us cpu without, %.3f us with "
+           "(%.4fx, medians of %d)\n",
+           off[REPS / 2], on[REPS / 2], on[REPS / 2] / off[REPS / 2], REPS);
+    close(ping[0]), close(ping[1]), close(pong[0]), close(pong[1]);
+}
+
 static int write_config(char *path, size_t cap, const char *dumps, const char *mem_source)
 {
     snprintf(path, cap, "%s/holmes.ini", dumps);
@@ -400,6 +473,8 @@ int main(int argc, char **argv)
     set_fds(0);
     holmes__sampler_free(sampler);
     holmes_stop();
+    if (wanted("timer", argc, argv))
+        timer_cost();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dumps);
     sink += system(cmd);

@@ -27,9 +27,9 @@ done
 
 # Sizes: the full run stays under ~10 minutes on 2 cores, --quick under ~3.
 if ((QUICK)); then
-    TICK_N=3000 IDLE_S=5 CPU_UNITS=8 MICRO_OPS=1000000 SQL_ROWS=100000 GIB_MIB=1024
+    TICK_N=3000 TICK_WHOLE_S=3 IDLE_S=5 CPU_UNITS=8 MICRO_OPS=1000000 SQL_ROWS=100000 GIB_MIB=1024
 else
-    TICK_N=20000 IDLE_S=5 CPU_UNITS=24 MICRO_OPS=3000000 SQL_ROWS=300000 GIB_MIB=1024
+    TICK_N=20000 TICK_WHOLE_S=10 IDLE_S=5 CPU_UNITS=24 MICRO_OPS=3000000 SQL_ROWS=300000 GIB_MIB=1024
 fi
 CG_TICK_N=300 CG_MICRO_OPS=200000 CG_SQL_ROWS=20000
 # gperftools' HEAPPROFILE records every allocation and heaptrack every call:
@@ -59,7 +59,7 @@ done
 
 build() {
     [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >>"$LOG"
-    cmake --build "$BUILD" -j2 --target holmes bench_tick bench_idle bench_cpu plain_idle \
+    cmake --build "$BUILD" -j2 --target holmes bench_tick bench_tick_whole bench_idle bench_cpu plain_idle \
         plain_heap_micro plain_heap_gib >>"$LOG"
 }
 
@@ -368,6 +368,32 @@ bench_heap_gib() {
         "< 10240 KiB" "$(verdict "$vs_off < 10240")"
 }
 
+# ---- 1b. the whole tick, as the watchdog thread pays it ----
+
+# The figure after "tick" on the first line of shape $2 in $1.
+tick_of() { awk -v s="$2" '$1 == s && /tick / { for (i = 1; i < NF; i++) if ($i == "tick") { print $(i + 1); exit } }' <<<"$1"; }
+# The figure after "wake + stat read" on that line.
+beside_of() { awk -v s="$2" '$1 == s && /tick / { for (i = 1; i < NF; i++) if ($i == "stat" && $(i + 1) == "read") { print $(i + 2); exit } }' <<<"$1"; }
+
+bench_tick_whole() {
+    say "== 1b. whole tick: the watchdog thread's CPU per tick, agent running, interval 100 ms"
+    local out
+    out=$("$BUILD/bench/bench_tick_whole" "$TICK_WHOLE_S")
+    say "$out"
+    local small fds threads cgroup
+    small=$(tick_of "$out" small) fds=$(tick_of "$out" fds) threads=$(tick_of "$out" threads)
+    cgroup=$(tick_of "$out" cgroup)
+    row "tick whole: watchdog CPU per tick, 10 threads/100 fds" \
+        "${small} us (a thread waking as often and reading /proc/self/stat: $(beside_of "$out" small) us)" \
+        "<= 50 us" "$(verdict "$small <= 50")"
+    row "tick whole: 20,000 fds vs 100" "$(ratio "$fds" "$small")x (${fds} us)" "<= 1.2x" \
+        "$(verdict "$fds <= 1.2 * $small")"
+    row "tick whole: 2,000 threads vs 10" "$(ratio "$threads" "$small")x (${threads} us)" "<= 2x" \
+        "$(verdict "$threads <= 2 * $small")"
+    row "tick whole: mem_source = cgroup, 10 threads" "${cgroup} us" "-" "info"
+    say "$(grep '^armed' <<<"$out")"
+}
+
 summary() {
     say ""
     say "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), reps $REPS)"
@@ -380,6 +406,7 @@ summary() {
 
 build
 bench_tick
+bench_tick_whole
 bench_idle
 bench_cpu
 bench_heap_micro
