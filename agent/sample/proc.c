@@ -47,7 +47,7 @@ struct holmes__proc_reader {
     bool real; /* root "": this process */
     holmes__kept_file stat, statm;
     int task_fd; /* O_PATH /proc/self/task, -1 when its links do not count threads */
-    bool timer_armed;
+    bool timer_armed, timer_refused;
     timer_t timer;
     uint64_t rearm_at_ns; /* re-arm before the timer could ever expire */
 };
@@ -129,7 +129,6 @@ holmes__proc_reader *holmes__proc_reader_new(const char *root)
     holmes__kept_init(&r->stat, root, "proc/self/stat");
     holmes__kept_init(&r->statm, root, "proc/self/statm");
     if (r->real) {
-        /* "/proc/self/...", not "/" + "proc/...": the same path either way. */
         r->task_fd = open_task_dir(r);
         if (r->task_fd >= 0)
             holmes__kept_close(&r->stat);
@@ -173,7 +172,8 @@ holmes__proc_sources holmes__proc_reader_sources(const holmes__proc_reader *r)
  * CPU time to that shared total as it accounts it (three atomic adds per
  * update on one cache line), and CPUs running the process keep their
  * scheduler tick on a nohz_full system. Below HOLMES_FAST_CLOCK_THREADS
- * threads the walk costs less than that (under 5 us), so no timer.
+ * threads the walk costs less than that (under 3 us), so no timer. Where no
+ * timer can be made (RLIMIT_SIGPENDING, a seccomp filter) the clock walks.
  */
 static void arm_cpu_timer(holmes__proc_reader *r, uint64_t cpu_ns)
 {
@@ -182,14 +182,17 @@ static void arm_cpu_timer(holmes__proc_reader *r, uint64_t cpu_ns)
         memset(&sev, 0, sizeof(sev));
         sev.sigev_notify = SIGEV_SIGNAL;
         sev.sigev_signo = SIGURG;
-        if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &sev, &r->timer) != 0)
+        if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &sev, &r->timer) != 0) {
+            r->timer_refused = true;
             return;
+        }
         r->timer_armed = true;
     }
     struct itimerspec its = {.it_value = {.tv_sec = (time_t)TIMER_SPAN_S}};
     if (timer_settime(r->timer, 0, &its, NULL) != 0) {
         timer_delete(r->timer);
         r->timer_armed = false;
+        r->timer_refused = true;
         return;
     }
     r->rearm_at_ns = cpu_ns + TIMER_REARM_NS;
@@ -201,7 +204,8 @@ static uint64_t process_cpu_ns(holmes__proc_reader *r, long threads)
     if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
         return 0;
     uint64_t all = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    if (r->timer_armed ? all >= r->rearm_at_ns : threads >= HOLMES_FAST_CLOCK_THREADS)
+    if (r->timer_armed ? all >= r->rearm_at_ns
+                       : !r->timer_refused && threads >= HOLMES_FAST_CLOCK_THREADS)
         arm_cpu_timer(r, all);
     return all;
 }
