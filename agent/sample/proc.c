@@ -46,7 +46,7 @@ struct holmes__proc_reader {
     uint64_t page_size;
     bool real; /* root "": this process */
     holmes__kept_file stat, statm;
-    int task_fd; /* O_PATH /proc/self/task, -1 when its links do not count threads */
+    holmes__kept_file task; /* O_PATH /proc/self/task, closed when its links do not count threads */
     bool timer_armed, timer_refused;
     timer_t timer;
     uint64_t rearm_at_ns; /* re-arm before the timer could ever expire */
@@ -104,17 +104,16 @@ static long task_links(int fd)
 /* Links of /proc/self/task count threads where a reading between two
  * unchanged link counts matches stat's field (threads may come and go
  * meanwhile: three tries). */
-static int open_task_dir(holmes__proc_reader *r)
+static void open_task_dir(holmes__proc_reader *r)
 {
-    int fd = open("/proc/self/task", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    holmes__kept_init(&r->task, "/proc/self/task", "");
+    int fd = holmes__kept_open(&r->task, O_PATH | O_DIRECTORY);
     for (int i = 0; i < 3 && fd >= 0; i++) {
         long before = task_links(fd), threads = stat_threads(r), after = task_links(fd);
         if (threads > 0 && before == after && before - 2 == threads)
-            return fd;
+            return;
     }
-    if (fd >= 0)
-        close(fd);
-    return -1;
+    holmes__kept_close(&r->task);
 }
 
 holmes__proc_reader *holmes__proc_reader_new(const char *root)
@@ -129,11 +128,11 @@ holmes__proc_reader *holmes__proc_reader_new(const char *root)
     holmes__kept_init(&r->stat, root, "proc/self/stat");
     holmes__kept_init(&r->statm, root, "proc/self/statm");
     if (r->real) {
-        r->task_fd = open_task_dir(r);
-        if (r->task_fd >= 0)
+        open_task_dir(r);
+        if (r->task.fd >= 0)
             holmes__kept_close(&r->stat);
     } else {
-        r->task_fd = -1;
+        holmes__kept_init(&r->task, "", "");
     }
     return r;
 }
@@ -144,8 +143,7 @@ void holmes__proc_reader_free(holmes__proc_reader *r)
         return;
     if (r->timer_armed)
         timer_delete(r->timer);
-    if (r->task_fd >= 0)
-        close(r->task_fd);
+    holmes__kept_close(&r->task);
     holmes__kept_close(&r->stat);
     holmes__kept_close(&r->statm);
     free(r);
@@ -153,7 +151,7 @@ void holmes__proc_reader_free(holmes__proc_reader *r)
 
 holmes__proc_sources holmes__proc_reader_sources(const holmes__proc_reader *r)
 {
-    return (holmes__proc_sources){.threads_by_links = r->task_fd >= 0,
+    return (holmes__proc_sources){.threads_by_links = r->task.fd >= 0,
                                   .cpu_clock_fast = r->timer_armed};
 }
 
@@ -234,7 +232,7 @@ static int read_stat_files(holmes__proc_reader *r, holmes__proc_stats *out)
 
 static int read_real(holmes__proc_reader *r, holmes__proc_stats *out)
 {
-    long links = task_links(r->task_fd);
+    long links = task_links(r->task.fd);
     if (links < 3)
         return links < 0 ? -errno : -EINVAL;
     out->threads = links - 2;
@@ -244,7 +242,7 @@ static int read_real(holmes__proc_reader *r, holmes__proc_stats *out)
 int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    int rc = r->task_fd >= 0 ? read_real(r, out) : read_stat_files(r, out);
+    int rc = r->task.fd >= 0 ? read_real(r, out) : read_stat_files(r, out);
     if (rc != 0)
         return rc;
     out->cpu_ns *= r->ns_per_tick;
@@ -270,12 +268,16 @@ static bool is_dot(const char *name)
     return name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0));
 }
 
-/* Lists the kept directory again from its start with getdents64 into a
- * stack buffer: no DIR, no malloc. */
-static int count_entries(int fd, long *count)
+/* Lists a directory with getdents64 into a stack buffer: no DIR, no malloc.
+ * In procfs the listing's own descriptor is one of the entries: it is left
+ * out (`skip_self`). */
+static int count_entries(const char *dir, bool skip_self, long *count)
 {
-    if (lseek(fd, 0, SEEK_SET) != 0)
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
+    char self[16];
+    snprintf(self, sizeof(self), "%d", fd);
     union {
         struct dirent64 d;
         char bytes[4096];
@@ -286,58 +288,65 @@ static int count_entries(int fd, long *count)
         for (ssize_t off = 0; off < n;) {
             const struct dirent64 *d = (const struct dirent64 *)(buf.bytes + off);
             off += d->d_reclen;
-            if (!is_dot(d->d_name))
+            if (!is_dot(d->d_name) && !(skip_self && strcmp(d->d_name, self) == 0))
                 total++;
         }
     }
-    if (n < 0)
-        return -errno;
-    *count = total;
-    return 0;
+    int rc = n < 0 ? -errno : 0;
+    close(fd);
+    if (rc == 0)
+        *count = total;
+    return rc;
 }
 
-static bool size_counts(int fd)
+/* The size counts when it is procfs's and matches a listing (descriptors
+ * opened or closed by other threads between the two make them differ:
+ * three tries). The kept descriptor is in both. */
+static bool size_counts(int fd, const char *dir)
 {
-    struct statfs fs;
-    if (fstatfs(fd, &fs) != 0 || fs.f_type != PROC_SUPER_MAGIC)
-        return false;
-    /* Descriptors opened or closed by other threads between the two reads
-     * make them differ: three tries. */
     for (int i = 0; i < 3; i++) {
         struct stat st;
         long listed = -1;
-        if (fstat(fd, &st) != 0 || st.st_size <= 0 || count_entries(fd, &listed) != 0)
+        if (fstat(fd, &st) != 0 || st.st_size <= 0 || count_entries(dir, true, &listed) != 0)
             return false;
+        /* The listing left its own descriptor out, not the kept one. */
         if (st.st_size == listed)
             return true;
     }
     return false;
 }
 
+/*
+ * Only the size is read through the kept descriptor. A listing opens the
+ * directory afresh: a service that closes descriptors it did not open
+ * (daemon code looping close() over all of them) may have reused the
+ * number, and rewinding a kept one would move the position of its file.
+ */
 int holmes__fd_counter_open(holmes__fd_counter *c, const char *root)
 {
+    c->by_size = c->procfs = c->opened = false;
     char dir[HOLMES_PATH_MAX];
-    c->fd = -1;
-    c->by_size = false;
     if (holmes__path_join(dir, sizeof(dir), root, "/proc/self/fd") != 0)
         return -ENAMETOOLONG;
-    c->fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (c->fd < 0) {
-        c->fd = -1;
-        return -errno;
-    }
-    c->by_size = size_counts(c->fd);
+    holmes__kept_init(&c->dir, dir, "");
+    int fd = holmes__kept_open(&c->dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return fd;
+    c->opened = true;
+    struct statfs fs;
+    c->procfs = fstatfs(fd, &fs) == 0 && fs.f_type == PROC_SUPER_MAGIC;
+    c->by_size = c->procfs && size_counts(fd, c->dir.path);
+    if (!c->by_size)
+        holmes__kept_close(&c->dir);
     return 0;
 }
 
 int holmes__fd_counter_read(holmes__fd_counter *c, long *count)
 {
-    if (c->fd < 0)
-        return -ENOENT;
     if (!c->by_size)
-        return count_entries(c->fd, count);
+        return count_entries(c->dir.path, c->procfs, count);
     struct stat st;
-    if (fstat(c->fd, &st) != 0)
+    if (fstat(c->dir.fd, &st) != 0)
         return -errno;
     *count = (long)st.st_size;
     return 0;
@@ -345,9 +354,8 @@ int holmes__fd_counter_read(holmes__fd_counter *c, long *count)
 
 void holmes__fd_counter_close(holmes__fd_counter *c)
 {
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
+    holmes__kept_close(&c->dir);
+    c->by_size = false;
 }
 
 /* ---- the machine ---- */

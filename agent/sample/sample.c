@@ -245,7 +245,7 @@ static void sample_mem(holmes__sampler *s, bool have_rss, holmes__sample *out)
 
 static void sample_fds(holmes__sampler *s, holmes__sample *out)
 {
-    int rc = s->fds.fd >= 0 ? 0 : holmes__fd_counter_open(&s->fds, s->root);
+    int rc = s->fds.opened ? 0 : holmes__fd_counter_open(&s->fds, s->root);
     if (rc == 0)
         rc = holmes__fd_counter_read(&s->fds, &out->fds);
     if (rc != 0) {

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "../../rules/config.h"
 
@@ -110,27 +111,34 @@ int holmes__mem_events_parse(int version, const char *a, const char *b, holmes__
 /* A small file read again every tick: opened once, read with pread from
  * offset 0, opened again after a failed read (agent/sample/kept.c). */
 typedef struct holmes__kept_file {
-    int fd; /* -1 while closed */
+    int fd;    /* -1 while closed */
+    dev_t dev; /* what fd was opened on: it is closed only while it still is */
+    ino_t ino;
     char path[HOLMES_PATH_MAX];
 } holmes__kept_file;
 /* Names "<dir>/<name>" (or `dir` alone when name is ""); nothing is opened
  * yet. An empty or too long path reads -ENOENT. */
 void holmes__kept_init(holmes__kept_file *k, const char *dir, const char *name);
+/* The descriptor, opened with `flags` (and O_CLOEXEC) if it is not yet: fd or -errno. */
+int holmes__kept_open(holmes__kept_file *k, int flags);
 /* The whole file (up to cap - 1 bytes, NUL-terminated): length or -errno. */
 long holmes__kept_read(holmes__kept_file *k, char *buf, size_t cap);
 void holmes__kept_close(holmes__kept_file *k);
 
 /*
- * The number of open descriptors of <root>/proc/self/fd. The directory is
- * kept open (it is one of the descriptors counted). Where procfs gives the
- * count as the directory's size (Linux 6.2 and later) one fstat reads it;
- * elsewhere (older kernels say 0, a test tree's directory is not procfs)
- * each read lists the directory. Which one is decided once, at open, by
- * checking the size against a listing.
+ * The number of open descriptors of <root>/proc/self/fd. Where procfs gives
+ * the count as the directory's size (Linux 6.2 and later) the directory is
+ * kept open and one fstat reads it (the kept descriptor is one of those
+ * counted); elsewhere (older kernels say 0, a test tree's directory is not
+ * procfs) each read lists the directory, leaving the listing's own
+ * descriptor out. Which one is decided once, at open, by checking the size
+ * against a listing.
  */
 typedef struct holmes__fd_counter {
-    int fd; /* -1 when the directory could not be opened */
-    bool by_size;
+    holmes__kept_file dir; /* kept open when by_size */
+    bool by_size;          /* the directory's size is the count */
+    bool procfs;           /* a listing sees its own descriptor */
+    bool opened;           /* the directory could be opened (a later try may succeed) */
 } holmes__fd_counter;
 int holmes__fd_counter_open(holmes__fd_counter *c, const char *root);
 int holmes__fd_counter_read(holmes__fd_counter *c, long *count);

@@ -452,6 +452,33 @@ static void test_kept_file(void)
     holmes__kept_close(&k);
     holmes__kept_init(&k, "", "");
     CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), -ENOENT);
+
+    /* The service closes the kept descriptor and its number comes back as a
+     * pipe of the service's: the read fails, and the pipe stays open, then
+     * and when the kept file is closed; the next read opens the file again. */
+    holmes__kept_init(&k, dir, "value");
+    CHECK(holmes__kept_read(&k, text, sizeof(text)) > 0);
+    int kept = k.fd, p[2];
+    close(kept);
+    CHECK_EQ_INT(pipe(p), 0);
+    if (p[0] != kept) {
+        int moved = dup2(p[0], kept);
+        CHECK_EQ_INT(moved, kept);
+        close(p[0]);
+        p[0] = kept;
+    }
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), -ESPIPE);
+    CHECK(fcntl(p[0], F_GETFD) >= 0);
+    CHECK_EQ_INT(holmes__kept_read(&k, text, sizeof(text)), 15);
+    CHECK(k.fd != p[0]);
+    CHECK(fcntl(p[0], F_GETFD) >= 0);
+    int again = k.fd;
+    k.fd = p[0]; /* as if the number had been taken over after that read */
+    holmes__kept_close(&k);
+    CHECK(fcntl(p[0], F_GETFD) >= 0);
+    close(again);
+    close(p[0]);
+    close(p[1]);
     char path[HOLMES_PATH_MAX];
     snprintf(path, sizeof(path), "%s/value", dir);
     unlink(path);
