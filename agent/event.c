@@ -1,40 +1,19 @@
 /*
  * The event file: what fired, against which baseline, and where the
- * evidence is. Field names are part of SPEC.md's contract.
+ * evidence is. Field names are part of the contract the README documents.
  */
-#include "agent.h"
+#include "agent/event.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "base/json.h"
+#include "agent/base/json.h"
 
-/* The files each capture produces, in the order the dump lists them. */
-static const struct {
-    holmes__capture kind;
-    const char *suffix;
-} capture_files[] = {
-    {HOLMES_CAPTURE_CPU, "cpu.pb.gz"},         {HOLMES_CAPTURE_CPU, "cpu.svg"},
-    {HOLMES_CAPTURE_HEAP, "heap.pb.gz"},       {HOLMES_CAPTURE_HEAP, "heap.svg"},
-    {HOLMES_CAPTURE_HEAP, "heap-base.pb.gz"},  {HOLMES_CAPTURE_HEAP, "heap-growth.svg"},
-    {HOLMES_CAPTURE_THREADS, "threads.pb.gz"}, {HOLMES_CAPTURE_THREADS, "threads.svg"},
-    {HOLMES_CAPTURE_THREADS, "threads.txt"},   {HOLMES_CAPTURE_FDS, "fds.txt"},
-    {HOLMES_CAPTURE_WALL, "wall.pb.gz"},       {HOLMES_CAPTURE_WALL, "wall.svg"},
-};
-
-int holmes__event_suffixes(bool baseline, uint32_t captures, const char **out, int cap)
+const char *holmes__event_status_name(holmes__event_status s)
 {
-    int n = 0;
-    for (size_t i = 0; i < HOLMES_ARRAY_LEN(capture_files) && n < cap; i++) {
-        if (!(captures & (1u << capture_files[i].kind)))
-            continue;
-        const char *sfx = capture_files[i].suffix;
-        if ((!strcmp(sfx, "heap-base.pb.gz") || !strcmp(sfx, "heap-growth.svg")) && !baseline)
-            continue;
-        out[n++] = capture_files[i].suffix;
-    }
-    return n;
+    static const char *const names[] = {"capturing", "complete", "partial"};
+    return s >= 0 && s <= HOLMES_EVENT_PARTIAL ? names[s] : "?";
 }
 
 static void write_rule(holmes__json *j, const holmes__event_info *info)
@@ -94,7 +73,7 @@ static void write_files(holmes__json *j, const holmes__dump *d, const holmes__ev
         }
     } else {
         const char *suffixes[16];
-        int n = holmes__event_suffixes(info->baseline, info->captures, suffixes, 16);
+        int n = holmes__capture_suffixes(info->baseline, info->captures, suffixes, 16);
         for (int i = 0; i < n; i++) {
             snprintf(name, sizeof(name), "%s.%s", d->stem, suffixes[i]);
             holmes__json_string(j, NULL, name);
@@ -150,7 +129,7 @@ void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *inf
     write_limits(&j, info);
     write_process(&j, info);
     write_captures(&j, info);
-    holmes__json_string(&j, "status", info->status);
+    holmes__json_string(&j, "status", holmes__event_status_name(info->status));
     if (info->notes[0])
         holmes__json_string(&j, "notes", info->notes);
     write_stats(&j, info);

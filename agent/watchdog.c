@@ -1,61 +1,64 @@
 /*
- * The watchdog thread: every interval it samples, judges every rule and
- * fires. It never captures and never delivers itself: a firing becomes a
- * job for the capture thread and a dump for the delivery queue, so a
- * 5-second CPU profile or a slow server never delays the next sample.
+ * The watchdog thread: wait, sample, judge (agent/tick.c), fire, and apply
+ * a reload between two ticks. Everything in struct holmes__watchdog is this
+ * thread's alone while it runs, except the doorbell and `stopping`.
  */
-#include "agent.h"
-#include "unwind/unwind.h"
+#include "agent/watchdog.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-void holmes__agent_wake(holmes__agent *a)
-{
-    char byte = 1;
-    /* The pipe is non-blocking: a full pipe already guarantees a wake-up. */
-    ssize_t n = write(a->wake_pipe[1], &byte, 1);
-    (void)n;
-}
+#include "agent/doorbell.h"
+#include "agent/dump_signal.h"
+#include "agent/event.h"
+#include "agent/reload.h"
+#include "agent/sample/sample.h"
+#include "agent/tick.h"
+#include "agent/unwind/unwind.h"
+#include "rules/keys.h"
 
-static void drain_wake_pipe(holmes__agent *a)
-{
-    char buf[64];
-    while (read(a->wake_pipe[0], buf, sizeof(buf)) > 0) {
-    }
-}
+struct holmes__watchdog {
+    holmes__config cfg;
+    holmes__config next; /* a reload's result, kept here rather than on the stack */
+    holmes__watchdog_env env;
+    holmes__reload reload;
+    holmes__sampler *sampler;
+    holmes__tick_state judge;
+    holmes__sample last; /* the latest tick's readings */
+    bool baseline_taken;
+    int maps_age;    /* ticks since the unwinder last re-read the thread stacks */
+    bool maps_stale; /* the thread count changed since that re-read */
+    /* Kernel PSI triggers of rules with wake = true (-1 = none): polled with
+     * the doorbell, a firing one starts a tick at once. */
+    int psi_fd[HOLMES_MAX_RULES];
+    holmes__doorbell bell;
+    atomic_bool stopping;
+    pthread_t thread;
+};
 
 /* ---- kernel PSI triggers (wake = true) ---- */
 
 /* The trigger window: unprivileged processes may only use multiples of 2 s. */
 #define PSI_WINDOW_US 2000000u
 
-/*
- * A trigger fires when the stall time within the window reaches a share of
- * it. That share is the rule's own threshold (abs, else min), so the wake
- * means what the rule asks; the judge still decides.
- */
-static double trigger_percent(const holmes__rule_cfg *rule)
-{
-    double pct = isfinite(rule->abs) ? rule->abs : rule->min;
-    return pct < 1 ? 1 : pct > 100 ? 100 : pct;
-}
-
-static int open_trigger(holmes__agent *a, const holmes__rule_cfg *rule, double pct)
+static int open_trigger(holmes__watchdog *w, const holmes__rule_cfg *rule)
 {
     const char *kind = rule->metric == HOLMES_METRIC_MEM_PRESSURE ? "memory" : "cpu";
     char path[HOLMES_PATH_MAX], spec[64];
-    if (holmes__psi_path("", holmes__sampler_cgroup(a->sampler), kind, path, sizeof(path)) != 0)
+    if (holmes__psi_path("", holmes__sampler_cgroup(w->sampler), kind, path, sizeof(path)) != 0)
         return -1;
     int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    unsigned stall = (unsigned)(pct / 100.0 * PSI_WINDOW_US);
+    unsigned stall = (unsigned)(holmes__psi_trigger_percent(rule) / 100.0 * PSI_WINDOW_US);
     int n = snprintf(spec, sizeof(spec), "some %u %u", stall, PSI_WINDOW_US);
     if (write(fd, spec, (size_t)n + 1) < 0) {
         close(fd);
@@ -65,66 +68,63 @@ static int open_trigger(holmes__agent *a, const holmes__rule_cfg *rule, double p
     return fd;
 }
 
-void holmes__psi_triggers_close(holmes__agent *a)
+static void close_triggers(holmes__watchdog *w)
 {
     for (int i = 0; i < HOLMES_MAX_RULES; i++) {
-        if (a->psi_fd[i] >= 0)
-            close(a->psi_fd[i]);
-        a->psi_fd[i] = -1;
+        if (w->psi_fd[i] >= 0)
+            close(w->psi_fd[i]);
+        w->psi_fd[i] = -1;
     }
 }
 
-void holmes__psi_triggers_open(holmes__agent *a)
+static void open_triggers(holmes__watchdog *w)
 {
-    holmes__psi_triggers_close(a);
-    for (int i = 0; i < a->cfg.nrules; i++) {
-        const holmes__rule_cfg *rule = &a->cfg.rules[i];
+    close_triggers(w);
+    for (int i = 0; i < w->cfg.nrules; i++) {
+        const holmes__rule_cfg *rule = &w->cfg.rules[i];
         if (!rule->wake)
             continue;
-        a->psi_threshold[i] = trigger_percent(rule);
-        a->psi_fd[i] = open_trigger(a, rule, a->psi_threshold[i]);
-        if (a->psi_fd[i] < 0)
-            holmes__log(HOLMES_LOG_WARN, "rule %s: no kernel PSI trigger here (%s); it is judged "
-                                         "at every tick instead",
+        w->psi_fd[i] = open_trigger(w, rule);
+        if (w->psi_fd[i] < 0)
+            holmes__log(HOLMES_LOG_WARN,
+                        "rule %s: no kernel PSI trigger here (%s); it is judged "
+                        "at every tick instead",
                         rule->name, strerror(errno));
     }
 }
 
 /*
- * Sleeps until `deadline_ns` or a wake-up; returns early on either. Returns
- * the index of a rule whose PSI trigger fired, or -1.
+ * Sleeps until `deadline_ns` or a ring of the doorbell; returns early on
+ * either. Returns the index of a rule whose PSI trigger fired, or -1;
+ * *dumps gets the manual dump requests counted meanwhile.
  */
-static int wait_until(holmes__agent *a, uint64_t deadline_ns)
+static int wait_until(holmes__watchdog *w, uint64_t deadline_ns, int *dumps)
 {
+    *dumps = 0;
     uint64_t now = holmes__now_ns();
     if (now >= deadline_ns)
         return -1;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
     struct pollfd pfd[1 + HOLMES_MAX_RULES];
     int owner[1 + HOLMES_MAX_RULES], n = 1;
-    pfd[0] = (struct pollfd){.fd = a->wake_pipe[0], .events = POLLIN};
-    for (int i = 0; i < a->cfg.nrules; i++) {
-        if (a->psi_fd[i] < 0)
+    pfd[0] = (struct pollfd){.fd = holmes__doorbell_fd(&w->bell), .events = POLLIN};
+    for (int i = 0; i < w->cfg.nrules; i++) {
+        if (w->psi_fd[i] < 0)
             continue;
         owner[n] = i;
-        pfd[n++] = (struct pollfd){.fd = a->psi_fd[i], .events = POLLPRI};
+        pfd[n++] = (struct pollfd){.fd = w->psi_fd[i], .events = POLLPRI};
     }
     if (poll(pfd, (nfds_t)n, ms > 60000 ? 60000 : (int)ms) <= 0)
         return -1;
     if (pfd[0].revents)
-        drain_wake_pipe(a);
+        *dumps = holmes__doorbell_drain(&w->bell);
     for (int k = 1; k < n; k++)
         if (pfd[k].revents & (POLLPRI | POLLERR))
             return owner[k];
     return -1;
 }
 
-static void snapshot_window(const holmes__window *w, holmes__event_info *info)
-{
-    info->nsamples = w->n;
-    for (int i = 0; i < w->n; i++)
-        info->samples[i] = holmes__window_get(w, i);
-}
+/* ---- firing ---- */
 
 static uint32_t captures_of_rule(const holmes__rule_cfg *rule)
 {
@@ -132,184 +132,126 @@ static uint32_t captures_of_rule(const holmes__rule_cfg *rule)
 }
 
 /* A manual dump runs every capture that is enabled in this process. */
-static uint32_t manual_captures(const holmes__agent *a)
+static uint32_t manual_captures(const holmes__config *cfg)
 {
-    uint32_t set = 1u << HOLMES_CAPTURE_CPU | 1u << HOLMES_CAPTURE_THREADS |
-                   1u << HOLMES_CAPTURE_FDS;
-    if (a->cfg.sample_bytes > 0)
+    uint32_t set =
+        1u << HOLMES_CAPTURE_CPU | 1u << HOLMES_CAPTURE_THREADS | 1u << HOLMES_CAPTURE_FDS;
+    if (cfg->sample_bytes > 0)
         set |= 1u << HOLMES_CAPTURE_HEAP;
-    for (int i = 0; i < a->cfg.nrules; i++)
-        set |= captures_of_rule(&a->cfg.rules[i]);
+    for (int i = 0; i < cfg->nrules; i++)
+        set |= captures_of_rule(&cfg->rules[i]);
     return set;
 }
 
-static void make_stem(const holmes__agent *a, const char *rule, uint64_t wall_ns, char *out,
-                      size_t cap)
+static void fill_info(const holmes__watchdog *w, const holmes__rule_cfg *rule,
+                      const holmes__window *win, holmes__event_info *info)
 {
-    char stamp[32];
-    holmes__format_utc_stamp(wall_ns, stamp);
-    snprintf(out, cap, "%s.%d.%s.%s", a->cfg.name, a->pid, rule, stamp);
+    info->manual = rule == NULL;
+    snprintf(info->app, sizeof(info->app), "%s", w->cfg.name);
+    info->interval_ms = w->cfg.interval_ms;
+    info->window = w->cfg.window;
+    info->mem_source = w->cfg.mem_source;
+    info->baseline = w->cfg.baseline;
+    info->limits = *holmes__sampler_limits(w->sampler);
+    info->process = w->last;
+    if (rule)
+        info->rule = *rule;
+    if (rule && win) {
+        info->nsamples = win->n;
+        for (int i = 0; i < win->n; i++)
+            info->samples[i] = holmes__window_get(win, i);
+    }
+    info->wall_ns = holmes__wall_ns();
+    info->captures = rule ? captures_of_rule(rule) : manual_captures(&w->cfg);
+    info->status = info->captures ? HOLMES_EVENT_CAPTURING : HOLMES_EVENT_COMPLETE;
 }
 
-static holmes__dump *new_dump(const holmes__agent *a, const holmes__event_info *info)
+static holmes__dump *new_dump(const holmes__watchdog *w, const holmes__event_info *info)
 {
     holmes__dump *d = holmes__dump_new();
     if (!d)
         return NULL;
     const char *rule = info->manual ? "manual" : info->rule.name;
-    snprintf(d->app, sizeof(d->app), "%s", a->cfg.name);
+    char stamp[32];
+    holmes__format_utc_stamp(info->wall_ns, stamp);
+    snprintf(d->app, sizeof(d->app), "%s", w->cfg.name);
     snprintf(d->rule, sizeof(d->rule), "%s", rule);
     snprintf(d->metric, sizeof(d->metric), "%s",
              info->manual ? "manual" : holmes__metric_name(info->rule.metric));
     snprintf(d->clause, sizeof(d->clause), "%s", holmes__clause_name(info->clause));
-    make_stem(a, rule, info->wall_ns, d->stem, sizeof(d->stem));
+    snprintf(d->stem, sizeof(d->stem), "%s.%d.%s.%s", w->cfg.name, w->env.pid, rule, stamp);
     d->from_wall_ns = d->until_wall_ns = info->wall_ns;
     return d;
 }
 
-void holmes__agent_fire(holmes__agent *a, const holmes__rule_cfg *rule, holmes__clause clause,
-                        double value, double average)
+static void log_firing(const holmes__job *job)
 {
-    static holmes__job job; /* only the watchdog fires: one static job saves 5 KiB of stack */
-    memset(&job, 0, sizeof(job));
-    holmes__event_info *info = &job.info;
-    info->manual = rule == NULL;
-    snprintf(info->app, sizeof(info->app), "%s", a->cfg.name);
-    info->interval_ms = a->cfg.interval_ms;
-    info->window = a->cfg.window;
-    info->mem_source = a->cfg.mem_source;
-    info->baseline = a->cfg.baseline;
-    info->limits = *holmes__sampler_limits(a->sampler);
-    info->process = a->last;
-    if (rule) {
-        info->rule = *rule;
-        snapshot_window(&a->windows[rule->metric], info);
-    }
-    info->clause = clause;
-    info->value = value;
-    info->average = average;
-    info->wall_ns = holmes__wall_ns();
-    info->captures = rule ? captures_of_rule(rule) : manual_captures(a);
-    snprintf(info->status, sizeof(info->status), "%s", info->captures ? "capturing" : "complete");
-
-    job.dump = new_dump(a, info);
-    if (!job.dump) {
-        holmes__log(HOLMES_LOG_ERROR, "rule %s fired but there is no memory for its event",
-                    rule ? rule->name : "manual");
-        return;
-    }
+    const holmes__event_info *info = &job->info;
+    const holmes__rule_cfg *r = &info->rule;
     if (info->manual)
-        holmes__log(HOLMES_LOG_INFO, "manual dump requested -> %s", job.dump->stem);
-    else if (isfinite(average))
-        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f, average %.2f -> %s",
-                    rule->name, holmes__clause_name(clause), holmes__metric_name(rule->metric),
-                    value, average, job.dump->stem);
+        holmes__log(HOLMES_LOG_INFO, "manual dump requested -> %s", job->dump->stem);
+    else if (isfinite(info->average))
+        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f, average %.2f -> %s", r->name,
+                    holmes__clause_name(info->clause), holmes__metric_name(r->metric), info->value,
+                    info->average, job->dump->stem);
     else
-        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f -> %s", rule->name,
-                    holmes__clause_name(clause), holmes__metric_name(rule->metric), value,
-                    job.dump->stem);
-    holmes__event_write(a->pid, job.dump, info);
-    if (!info->captures) {
-        job.dump->final = true;
-        holmes__delivery_submit(a->delivery, job.dump);
+        holmes__log(HOLMES_LOG_INFO, "rule %s fired (%s): %s = %.2f -> %s", r->name,
+                    holmes__clause_name(info->clause), holmes__metric_name(r->metric), info->value,
+                    job->dump->stem);
+}
+
+/* The event lands now; when there are captures, the job follows to the capture thread. */
+static void hand_over(holmes__watchdog *w, holmes__job *job)
+{
+    holmes__event_write(w->env.pid, job->dump, &job->info);
+    if (!job->info.captures) {
+        job->dump->final = true;
+        holmes__delivery_submit(w->env.delivery, job->dump);
+        free(job);
         return;
     }
-    /* The event lands now; its captures follow when they are done. */
-    holmes__dump_ref(job.dump);
-    holmes__delivery_submit(a->delivery, job.dump);
-    if (holmes__dispatch_submit(a, &job) != 0) {
+    holmes__dump_ref(job->dump);
+    holmes__delivery_submit(w->env.delivery, job->dump);
+    if (holmes__capture_thread_submit(w->env.captures, job) != 0) {
         holmes__log(HOLMES_LOG_WARN, "capture queue full: %s keeps its event only",
-                    job.dump->stem);
-        holmes__dump_unref(job.dump);
+                    job->dump->stem);
+        holmes__dump_unref(job->dump);
+        free(job);
     }
 }
 
-/* Judges every rule of one metric against its window, then records the value. */
-static void judge_metric(holmes__agent *a, holmes__metric m, double value, uint64_t now)
+/* Fires a rule (a manual dump when rule is NULL); the signature of holmes__fire_fn. */
+static void fire(void *ud, const holmes__rule_cfg *rule, holmes__clause clause, double value,
+                 double average, const holmes__window *win)
 {
-    if (a->psi_woken >= 0 && a->cfg.rules[a->psi_woken].metric == m) {
-        /* avg10 lags a stall that just began; the kernel has asserted the
-         * stall reached the trigger's share within its 2 s window. */
-        double asserted = a->psi_threshold[a->psi_woken];
-        if (value < asserted)
-            value = asserted;
+    holmes__watchdog *w = ud;
+    const char *name = rule ? rule->name : "manual";
+    holmes__job *job = calloc(1, sizeof(*job));
+    if (job) {
+        fill_info(w, rule, win, &job->info);
+        job->info.clause = clause;
+        job->info.value = value;
+        job->info.average = average;
+        job->dump = new_dump(w, &job->info);
     }
-    /* holmes__config_finish has resolved warmup = window already. */
-    bool judged = a->metric_samples[m] >= (uint64_t)a->cfg.warmup;
-    holmes__window *w = &a->windows[m];
-    for (int i = 0; i < a->cfg.nrules; i++) {
-        const holmes__rule_cfg *rule = &a->cfg.rules[i];
-        if (rule->metric != m)
-            continue;
-        holmes__verdict v = holmes__judge(rule, &a->rule_state[i], w, value, now, judged,
-                                          &a->budget, a->cfg.max_dumps_per_hour);
-        if (v.clause != HOLMES_CLAUSE_NONE) {
-            holmes__agent_fire(a, rule, v.clause, value, v.average);
-        } else if (v.blocked_budget) {
-            static holmes__ratelimit rl;
-            holmes__log_limited(&rl, 600, HOLMES_LOG_WARN,
-                                "rule %s matched but max_dumps_per_hour (%d) is spent",
-                                rule->name, a->cfg.max_dumps_per_hour);
-        }
+    if (!job || !job->dump) {
+        holmes__log(HOLMES_LOG_ERROR, "rule %s fired but there is no memory for its event", name);
+        free(job);
+        return;
     }
-    holmes__window_push(w, value, now);
-    a->metric_samples[m]++;
+    log_firing(job);
+    hand_over(w, job);
 }
 
-/*
- * The cgroup's memory events: the limit was hit (v2 "max", v1 failcnt), or
- * the OOM killer ran. A rise fires the built-in rule "memory-events" (clause
- * abs, value = the rise), with a heap capture when heap profiling is on: the
- * moments just before an OOM kill are the evidence this agent exists for.
- * It has a cooldown of a minute and counts against the hourly budget.
- */
-static void fire_memory_events(holmes__agent *a, uint64_t rise, const char *what, uint64_t now)
-{
-    static holmes__rule_cfg rule;
-    holmes__log(HOLMES_LOG_WARN, "cgroup memory: %s (%llu since the last tick)", what,
-                (unsigned long long)rise);
-    if (a->mem_events_fired_ns && now - a->mem_events_fired_ns < 60000000000ull)
-        return;
-    if (!holmes__budget_allows(&a->budget, a->cfg.max_dumps_per_hour, now))
-        return;
-    holmes__budget_record(&a->budget, now);
-    a->mem_events_fired_ns = now;
-    memset(&rule, 0, sizeof(rule));
-    snprintf(rule.name, sizeof(rule.name), "memory-events");
-    rule.metric = HOLMES_METRIC_MEM;
-    rule.min = 0;
-    rule.diff = NAN;
-    rule.abs = 1;
-    rule.consecutive = 1;
-    rule.cooldown_ms = 60000;
-    rule.capture = a->cfg.sample_bytes > 0 ? HOLMES_CAPTURE_HEAP : HOLMES_CAPTURE_NONE;
-    holmes__agent_fire(a, &rule, HOLMES_CLAUSE_ABS, (double)rise, NAN);
-}
+/* ---- the tick ---- */
 
-static void judge_memory_events(holmes__agent *a, const holmes__sample *prev,
-                                const holmes__sample *s)
+static void maybe_take_baseline(holmes__watchdog *w)
 {
-    const holmes__mem_events *now = &s->mem_events, *before = &prev->mem_events;
-    if (!now->valid || !before->valid)
+    if (w->baseline_taken || !w->cfg.baseline || !holmes__heap_enabled())
         return;
-    uint64_t kills = now->oom_kill - before->oom_kill + now->oom - before->oom;
-    uint64_t limit = now->max - before->max + now->failcnt - before->failcnt;
-    if (kills > 0)
-        fire_memory_events(a, kills, "the OOM killer ran", s->t_ns);
-    else if (limit > 0)
-        fire_memory_events(a, limit, "the memory limit was hit", s->t_ns);
-    if (now->high > before->high)
-        holmes__log(HOLMES_LOG_INFO, "cgroup memory: memory.high throttled %llu time(s)",
-                    (unsigned long long)(now->high - before->high));
-}
-
-static void maybe_take_baseline(holmes__agent *a)
-{
-    if (a->baseline_taken || !a->cfg.baseline || !holmes__heap_enabled())
+    if (holmes__tick_samples(&w->judge, HOLMES_METRIC_MEM) < (uint64_t)w->cfg.warmup)
         return;
-    if (a->metric_samples[HOLMES_METRIC_MEM] < (uint64_t)a->cfg.warmup)
-        return;
-    a->baseline_taken = true;
+    w->baseline_taken = true;
     if (holmes__heap_take_baseline() == 0)
         holmes__log(HOLMES_LOG_DEBUG, "heap baseline taken");
 }
@@ -322,75 +264,198 @@ static void maybe_take_baseline(holmes__agent *a)
  * capture thread is building tables (seconds for a huge binary) the refresh
  * waits for a later tick: the watchdog never stalls behind it.
  */
-static void refresh_unwinder(holmes__agent *a, const holmes__sample *prev,
+static void refresh_unwinder(holmes__watchdog *w, const holmes__sample *prev,
                              const holmes__sample *s)
 {
     if (!holmes__heap_enabled())
         return;
     if (s->threads != prev->threads)
-        a->maps_stale = true;
-    if (a->maps_stale || ++a->maps_age >= 10) {
+        w->maps_stale = true;
+    if (w->maps_stale || ++w->maps_age >= 10) {
         if (holmes__unwind_try_prepare() == HOLMES_EBUSY)
             return;
-        a->maps_stale = false;
-        a->maps_age = 0;
+        w->maps_stale = false;
+        w->maps_age = 0;
     }
 }
 
-static void tick(holmes__agent *a)
+static void tick(holmes__watchdog *w, int woken)
 {
-    /* a->last holds this tick's readings while it is judged, so an event
+    /* w->last holds this tick's readings while it is judged, so an event
      * shows the numbers that fired it; `prev` is the tick before. */
-    holmes__sample prev = a->last;
+    holmes__sample prev = w->last;
     bool heap_on = holmes__heap_enabled();
-    holmes__sampler_read(a->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &a->last);
-    const holmes__sample *s = &a->last;
-    for (int m = 0; m < HOLMES_METRIC_COUNT; m++) {
-        if (s->valid & (1u << m))
-            judge_metric(a, (holmes__metric)m, s->value[m], s->t_ns);
-    }
-    judge_memory_events(a, &prev, s);
-    refresh_unwinder(a, &prev, s);
+    holmes__sampler_read(w->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &w->last);
+    holmes__tick_judge(&w->judge, &w->cfg, &prev, &w->last, woken, fire, w);
+    refresh_unwinder(w, &prev, &w->last);
     holmes__heap_maintain(); /* returns the sampler's surplus free spans to the kernel */
-    maybe_take_baseline(a);
+    maybe_take_baseline(w);
 }
 
-static void handle_dump_requests(holmes__agent *a)
+/* ---- reload ---- */
+
+static void apply_sampler(holmes__watchdog *w, const holmes__config *next)
 {
-    if (atomic_exchange(&a->dump_requests, 0) > 0)
-        holmes__agent_fire(a, NULL, HOLMES_CLAUSE_MANUAL, NAN, NAN);
+    if (next->cpu_cores == w->cfg.cpu_cores && next->mem_limit == w->cfg.mem_limit &&
+        next->mem_source == w->cfg.mem_source)
+        return;
+    holmes__sampler *s = holmes__sampler_new(next, "");
+    if (!s) {
+        holmes__log(HOLMES_LOG_WARN, "reload: the sampler did not restart; keeping the old limits");
+        return;
+    }
+    holmes__sampler_free(w->sampler);
+    w->sampler = s;
 }
 
-void *holmes__watchdog_main(void *arg)
+static void apply_heap(const holmes__config *old, const holmes__config *next)
 {
-    holmes__agent *a = arg;
-    uint64_t interval = a->cfg.interval_ms * 1000000ull;
+    if (old->sample_bytes == next->sample_bytes)
+        return;
+    if (next->sample_bytes == 0)
+        holmes__heap_disable();
+    else if (holmes__heap_enable(next->sample_bytes) != 0)
+        holmes__log(HOLMES_LOG_WARN, "reload: heap sampling could not change");
+}
+
+/*
+ * Reporter settings are not swapped under a running delivery queue: such a
+ * change is logged as needing a restart, and the reporters keep copies of
+ * their own settings.
+ */
+static void apply(holmes__watchdog *w, const holmes__config *next)
+{
+    if (holmes__config_section_differs(&w->cfg, next, HOLMES_SEC_FILE) ||
+        holmes__config_section_differs(&w->cfg, next, HOLMES_SEC_PYROSCOPE))
+        holmes__log(HOLMES_LOG_WARN, "reload: reporter settings changed; they take effect at "
+                                     "the next start (the running reporters stay)");
+    holmes__tick_reconfigure(&w->judge, &w->cfg, next);
+    apply_sampler(w, next);
+    apply_heap(&w->cfg, next);
+    if (strcmp(next->log, w->cfg.log) || next->log_level != w->cfg.log_level)
+        holmes__log_configure(next->log, next->log_level);
+    holmes__dump_signal_move(next->dump_signal, &w->bell);
+    w->cfg = *next;
+    open_triggers(w);
+    holmes__log(HOLMES_LOG_INFO, "reloaded %s: %d rule(s), interval %llums, window %d",
+                w->reload.path, w->cfg.nrules, (unsigned long long)w->cfg.interval_ms,
+                w->cfg.window);
+}
+
+/* ---- the thread ---- */
+
+static void *watchdog_main(void *arg)
+{
+    holmes__watchdog *w = arg;
     uint64_t next = holmes__now_ns();
-    holmes__psi_triggers_open(a);
-    while (!atomic_load(&a->stopping)) {
-        a->psi_woken = wait_until(a, next);
-        if (atomic_load(&a->stopping))
+    open_triggers(w);
+    while (!atomic_load(&w->stopping)) {
+        int dumps;
+        int woken = wait_until(w, next, &dumps);
+        if (atomic_load(&w->stopping))
             break;
-        handle_dump_requests(a);
+        if (dumps > 0)
+            fire(w, NULL, HOLMES_CLAUSE_MANUAL, NAN, NAN, NULL);
         uint64_t now = holmes__now_ns();
-        if (now < next && a->psi_woken < 0)
+        if (now < next && woken < 0)
             continue; /* woken early: only a dump request or a stop */
-        if (a->psi_woken >= 0) {
+        if (woken >= 0) {
             holmes__log(HOLMES_LOG_DEBUG, "rule %s: woken by its PSI trigger",
-                        a->cfg.rules[a->psi_woken].name);
+                        w->cfg.rules[woken].name);
             next = now; /* this tick replaces the one due: the grid restarts here */
         }
-        tick(a);
-        a->psi_woken = -1;
-        if (holmes__reload_poll(a))
-            holmes__psi_triggers_open(a);
-        interval = a->cfg.interval_ms * 1000000ull;
+        tick(w, woken);
+        if (holmes__reload_poll(&w->reload, holmes__now_ns(), &w->next))
+            apply(w, &w->next);
+        uint64_t interval = w->cfg.interval_ms * 1000000ull;
         /* Ticks stay on a fixed grid; after a long stall (a suspended
          * process) the grid restarts instead of bursting missed ticks. */
         next += interval;
         if (holmes__now_ns() > next + interval)
             next = holmes__now_ns() + interval;
     }
-    holmes__psi_triggers_close(a);
+    close_triggers(w);
     return NULL;
+}
+
+static void log_started(const holmes__watchdog *w)
+{
+    const holmes__limits *lim = holmes__sampler_limits(w->sampler);
+    holmes__log(HOLMES_LOG_INFO,
+                "holmes %s started for %s (pid %d): %d rule(s), interval %llums, window %d; "
+                "cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
+                HOLMES_VERSION_STRING, w->cfg.name, w->env.pid, w->cfg.nrules,
+                (unsigned long long)w->cfg.interval_ms, w->cfg.window, lim->cpu_cores,
+                lim->cpu_source, (unsigned long long)lim->mem_limit, lim->mem_source,
+                w->cfg.sample_bytes ? ", heap sampling on" : "");
+}
+
+static void free_watchdog(holmes__watchdog *w)
+{
+    if (w->sampler)
+        holmes__sampler_free(w->sampler);
+    holmes__doorbell_close(&w->bell);
+    free(w);
+}
+
+static holmes__watchdog *new_watchdog(const holmes__config *cfg, const holmes__watchdog_env *env)
+{
+    holmes__watchdog *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->cfg = *cfg;
+    w->env = *env;
+    w->env.config_path = NULL; /* the caller's string is not ours to keep */
+    holmes__reload_init(&w->reload, env->config_path);
+    holmes__tick_init(&w->judge, cfg);
+    w->bell.pipe[0] = w->bell.pipe[1] = -1;
+    for (int i = 0; i < HOLMES_MAX_RULES; i++)
+        w->psi_fd[i] = -1;
+    return w;
+}
+
+int holmes__watchdog_start(const holmes__config *cfg, const holmes__watchdog_env *env,
+                           holmes__watchdog **out)
+{
+    holmes__watchdog *w = new_watchdog(cfg, env);
+    if (!w)
+        return HOLMES_ENOMEM;
+    const char *what = "wake pipe";
+    int rc = holmes__doorbell_open(&w->bell);
+    if (rc == 0) {
+        what = "sampler";
+        w->sampler = holmes__sampler_new(&w->cfg, "");
+        rc = w->sampler ? 0 : HOLMES_EIO;
+    }
+    if (rc == 0) {
+        /* The thread does not exist yet: this one still owns the signal. */
+        holmes__dump_signal_move(w->cfg.dump_signal, &w->bell);
+        log_started(w);
+        what = "watchdog thread";
+        rc = holmes__thread_create(watchdog_main, w, "holmes", &w->thread);
+        if (rc)
+            holmes__dump_signal_move(0, NULL);
+    }
+    if (rc) {
+        holmes__log(HOLMES_LOG_ERROR, "holmes not started: %s: %s", what, holmes_strerror(rc));
+        free_watchdog(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+void holmes__watchdog_submit_dump(holmes__watchdog *w)
+{
+    holmes__doorbell_ring_dump(&w->bell);
+}
+
+void holmes__watchdog_stop(holmes__watchdog *w)
+{
+    atomic_store(&w->stopping, true);
+    holmes__doorbell_ring(&w->bell);
+    pthread_join(w->thread, NULL);
+    /* The thread is gone: the signal is this thread's to restore. */
+    holmes__dump_signal_move(0, NULL);
+    free_watchdog(w);
 }

@@ -709,6 +709,39 @@ void holmes__config_finish(holmes__config *c)
     }
 }
 
+/* ---- comparing configurations ---- */
+
+static bool key_differs(const holmes__key *k, const holmes__config *a, const holmes__config *b)
+{
+    const char *x = (const char *)a + k->offset, *y = (const char *)b + k->offset;
+    switch (k->type) {
+    case HOLMES_KT_STRING:
+    case HOLMES_KT_PATH:
+        return strncmp(x, y, k->size) != 0;
+    case HOLMES_KT_FLOAT: {
+        double u, v;
+        memcpy(&u, x, sizeof(u));
+        memcpy(&v, y, sizeof(v));
+        return !(u == v || (isnan(u) && isnan(v)));
+    }
+    default:
+        return memcmp(x, y, k->size) != 0;
+    }
+}
+
+bool holmes__config_section_differs(const holmes__config *a, const holmes__config *b, int section)
+{
+    if (section == HOLMES_SEC_RULE)
+        return false;
+    if (section == HOLMES_SEC_PYROSCOPE && a->pyroscope != b->pyroscope)
+        return true;
+    for (size_t i = 0; i < holmes__nkeys; i++)
+        if (holmes__keys[i].section == (holmes__section)section &&
+            key_differs(&holmes__keys[i], a, b))
+            return true;
+    return false;
+}
+
 /* ---- the public API ---- */
 
 #define API_ERRORS 16384

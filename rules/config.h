@@ -128,6 +128,13 @@ int holmes__config_validate(const holmes__config *c, char *errors, size_t errors
  */
 void holmes__config_finish(holmes__config *c);
 
+/*
+ * True when a and b differ in any key of the section with this index in the
+ * key table's holmes__section (whether a [reporter.pyroscope] section is
+ * present counts as one of its keys). Rule sections are not compared here.
+ */
+bool holmes__config_section_differs(const holmes__config *a, const holmes__config *b, int section);
+
 const char *holmes__metric_name(holmes__metric m);
 const char *holmes__capture_name(holmes__capture k);
 /* Writes the configuration reference as Markdown (for the README) to `out`. */

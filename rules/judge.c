@@ -5,9 +5,10 @@
  * average and a half-point change was invisible.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
-#include "judge.h"
+#include "rules/judge.h"
 
 #define NS_PER_S 1e9
 #define HOUR_NS 3600000000000ull
@@ -187,4 +188,29 @@ const char *holmes__clause_name(holmes__clause c)
 {
     static const char *const names[] = {"none", "abs", "diff", "forecast", "manual"};
     return c >= 0 && c <= HOLMES_CLAUSE_MANUAL ? names[c] : "?";
+}
+
+double holmes__psi_trigger_percent(const holmes__rule_cfg *rule)
+{
+    double pct = isfinite(rule->abs) ? rule->abs : rule->min;
+    return pct < 1 ? 1 : pct > 100 ? 100 : pct;
+}
+
+double holmes__psi_woken_value(const holmes__rule_cfg *woken, double value)
+{
+    double asserted = holmes__psi_trigger_percent(woken);
+    return value < asserted ? asserted : value;
+}
+
+void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on)
+{
+    memset(out, 0, sizeof(*out));
+    snprintf(out->name, sizeof(out->name), "memory-events");
+    out->metric = HOLMES_METRIC_MEM;
+    out->min = 0;
+    out->diff = NAN;
+    out->abs = 1;
+    out->consecutive = 1;
+    out->cooldown_ms = HOLMES_MEM_EVENTS_COOLDOWN_MS;
+    out->capture = heap_on ? HOLMES_CAPTURE_HEAP : HOLMES_CAPTURE_NONE;
 }

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "rules/config.h"
 
 #define HOLMES_WINDOW_MAX 600
 
@@ -75,5 +75,29 @@ holmes__verdict holmes__judge(const holmes__rule_cfg *rule, holmes__rule_state *
                               bool judged, holmes__budget *budget, int budget_limit);
 
 const char *holmes__clause_name(holmes__clause c);
+
+/*
+ * ---- kernel PSI triggers (rules with wake = true) ----
+ * A trigger fires when the stall time within its window reaches a share of
+ * it. That share is the rule's own threshold (abs, else min, within 1..100
+ * percent), so the wake means what the rule asks; the judge still decides.
+ */
+double holmes__psi_trigger_percent(const holmes__rule_cfg *rule);
+/*
+ * The value a pressure metric is judged with on a tick that the trigger of
+ * rule `woken` started: avg10 lags a stall that just began, while the kernel
+ * has asserted the stall reached the trigger's share within its window.
+ */
+double holmes__psi_woken_value(const holmes__rule_cfg *woken, double value);
+
+/*
+ * ---- the built-in memory-events rule ----
+ * A rise of the cgroup's memory events (the limit hit, the OOM killer ran)
+ * is judged as this rule with the rise as its value: clause abs at 1, a
+ * cooldown of a minute, counted against the hourly budget like any rule.
+ * It captures the heap when heap profiling is on.
+ */
+#define HOLMES_MEM_EVENTS_COOLDOWN_MS 60000
+void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on);
 
 #endif

@@ -9,7 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
+#include "rules/config.h"
 
 typedef struct holmes__capture_stats {
     uint64_t samples;     /* samples recorded */
@@ -17,6 +18,68 @@ typedef struct holmes__capture_stats {
     size_t peak_bytes;    /* most memory the capture and its encoding held */
     int threads;          /* threads covered */
 } holmes__capture_stats;
+
+/* ---- files.c: the files each kind of capture produces ---- */
+typedef enum holmes__file_id {
+    HOLMES_FILE_CPU_PB,
+    HOLMES_FILE_CPU_SVG,
+    HOLMES_FILE_HEAP_PB,
+    HOLMES_FILE_HEAP_SVG,
+    HOLMES_FILE_HEAP_BASE_PB,
+    HOLMES_FILE_HEAP_GROWTH_SVG,
+    HOLMES_FILE_THREADS_PB,
+    HOLMES_FILE_THREADS_SVG,
+    HOLMES_FILE_THREADS_TXT,
+    HOLMES_FILE_FDS_TXT,
+    HOLMES_FILE_WALL_PB,
+    HOLMES_FILE_WALL_SVG,
+    HOLMES_FILE_COUNT
+} holmes__file_id;
+
+typedef struct holmes__capture_file {
+    holmes__capture capture;
+    const char *suffix;  /* after "<stem>." */
+    const char *profile; /* the profile kind uploads name it by, "" for text and SVG */
+    bool baseline;       /* only when [heap] baseline is on */
+} holmes__capture_file;
+
+/* Indexed by holmes__file_id, in the order a dump lists its files. */
+extern const holmes__capture_file holmes__capture_files[HOLMES_FILE_COUNT];
+/* The suffixes a set of captures (bit per holmes__capture) produces, in order; returns their count. */
+int holmes__capture_suffixes(bool baseline, uint32_t captures, const char **out, int cap);
+
+/*
+ * ---- the timed captures (cpu, wall) behind one shape ----
+ * Both sample for a duration while the capture thread polls them; the
+ * capture thread drives them through this table only.
+ */
+typedef struct holmes__timed_vt {
+    holmes__capture capture;
+    holmes__file_id pb, svg;
+    unsigned poll_ms; /* how often poll() wants to run */
+    int (*start)(int hz, void **out);
+    void (*poll)(void *c);
+    int (*stop)(void *c, holmes__buf *out, holmes__capture_stats *st);
+} holmes__timed_vt;
+
+extern const holmes__timed_vt holmes__cpu_timed_vt, holmes__wall_timed_vt;
+
+/* Defines a timed capture's vtable `name` over its typed start/poll/stop functions. */
+#define HOLMES_TIMED_VT(name, type, kind, pb_id, svg_id, poll_every_ms, start_fn, poll_fn, stop_fn) \
+    static int name##_start(int hz, void **out)                                                  \
+    {                                                                                            \
+        type *c = NULL;                                                                          \
+        int rc = start_fn(hz, &c);                                                               \
+        *out = c;                                                                                \
+        return rc;                                                                               \
+    }                                                                                            \
+    static void name##_poll(void *c) { poll_fn(c); }                                             \
+    static int name##_stop(void *c, holmes__buf *out, holmes__capture_stats *st)                 \
+    {                                                                                            \
+        return stop_fn(c, out, st);                                                              \
+    }                                                                                            \
+    const holmes__timed_vt name = {kind, pb_id, svg_id, poll_every_ms, name##_start, name##_poll, \
+                                   name##_stop}
 
 /* ---- cpu.c: per-thread CPU-time timers and SIGPROF ---- */
 typedef struct holmes__cpu_capture holmes__cpu_capture;

@@ -579,3 +579,8 @@ int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__c
     __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
     return rc;
 }
+
+/* New threads get their timer within 100 ms of starting. */
+HOLMES_TIMED_VT(holmes__cpu_timed_vt, holmes__cpu_capture, HOLMES_CAPTURE_CPU, HOLMES_FILE_CPU_PB,
+                HOLMES_FILE_CPU_SVG, 100, holmes__cpu_capture_start, holmes__cpu_capture_poll,
+                holmes__cpu_capture_stop);

@@ -173,3 +173,8 @@ int holmes__wall_capture_stop(holmes__wall_capture *c, holmes__buf *out, holmes_
     munmap(c, sizeof(*c));
     return rc;
 }
+
+/* poll() takes a round of stacks when one is due, so it runs every few ms. */
+HOLMES_TIMED_VT(holmes__wall_timed_vt, holmes__wall_capture, HOLMES_CAPTURE_WALL,
+                HOLMES_FILE_WALL_PB, HOLMES_FILE_WALL_SVG, 2, holmes__wall_capture_start,
+                holmes__wall_capture_poll, holmes__wall_capture_stop);
