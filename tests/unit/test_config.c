@@ -384,6 +384,27 @@ static void test_reference(void)
     free(md);
 }
 
+/* Reload compares sections through the key table, so every key of a reporter counts. */
+static void test_section_differs(void)
+{
+    static holmes__config a;
+    CHECK_EQ_INT(parse("[reporter.pyroscope]\nurl = http://x:4040\ntags = a=b\n"), 0);
+    a = cfg;
+    CHECK_EQ_INT(parse("[reporter.pyroscope]\nurl = http://x:4040\ntags = a=b\n"
+                       "[agent]\ninterval = 2s\n"),
+                 0);
+    CHECK(!holmes__config_section_differs(&a, &cfg, HOLMES_SEC_PYROSCOPE));
+    CHECK(!holmes__config_section_differs(&a, &cfg, HOLMES_SEC_FILE));
+    CHECK(holmes__config_section_differs(&a, &cfg, HOLMES_SEC_AGENT));
+    CHECK_EQ_INT(parse("[reporter.pyroscope]\nurl = http://x:4040\ntags = a=c\n"), 0);
+    CHECK(holmes__config_section_differs(&a, &cfg, HOLMES_SEC_PYROSCOPE));
+    CHECK_EQ_INT(parse("[reporter.pyroscope]\nurl = http://x:4040\ntags = a=b\ntimeout = 3s\n"), 0);
+    CHECK(holmes__config_section_differs(&a, &cfg, HOLMES_SEC_PYROSCOPE));
+    CHECK_EQ_INT(parse("[reporter.file]\nmax_files = 7\n"), 0);
+    CHECK(holmes__config_section_differs(&a, &cfg, HOLMES_SEC_FILE));
+    CHECK(holmes__config_section_differs(&a, &cfg, HOLMES_SEC_PYROSCOPE)); /* the section went */
+}
+
 int main(void)
 {
     test_defaults();
@@ -399,5 +420,6 @@ int main(void)
     test_agent_name();
     test_public_api();
     test_reference();
+    test_section_differs();
     CHECK_DONE();
 }

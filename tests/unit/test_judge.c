@@ -258,6 +258,61 @@ static void test_clause_names(void)
     CHECK_STR(holmes__clause_name(HOLMES_CLAUSE_MANUAL), "manual");
 }
 
+/* A wake rule's trigger stands for its abs threshold, else min, kept within 1..100. */
+static void test_psi_trigger_percent(void)
+{
+    holmes__rule_cfg r = rule(5, NAN, 30);
+    CHECK_NEAR(holmes__psi_trigger_percent(&r), 30, 1e-12);
+    r = rule(5, 20, NAN);
+    CHECK_NEAR(holmes__psi_trigger_percent(&r), 5, 1e-12);
+    r = rule(0, 20, NAN);
+    CHECK_NEAR(holmes__psi_trigger_percent(&r), 1, 1e-12);
+    r = rule(0, NAN, 250);
+    CHECK_NEAR(holmes__psi_trigger_percent(&r), 100, 1e-12);
+}
+
+/* On a woken tick the lagging avg10 is raised to what the kernel asserted, never lowered. */
+static void test_psi_woken_value(void)
+{
+    holmes__rule_cfg r = rule(0, NAN, 40);
+    r.metric = HOLMES_METRIC_MEM_PRESSURE;
+    CHECK_NEAR(holmes__psi_woken_value(&r, 3), 40, 1e-12);
+    CHECK_NEAR(holmes__psi_woken_value(&r, 55), 55, 1e-12);
+    CHECK(isnan(holmes__psi_woken_value(&r, NAN)));
+    /* The raised value is what fires the rule through the ordinary judge. */
+    holmes__rule_state st = {0};
+    fill(10, 10, 2);
+    CHECK_EQ_INT(judge(&r, &st, 3, 10 * S).clause, HOLMES_CLAUSE_NONE);
+    CHECK_EQ_INT(judge(&r, &st, holmes__psi_woken_value(&r, 3), 11 * S).clause, HOLMES_CLAUSE_ABS);
+}
+
+/* The memory-events rule: any rise fires, once a minute, within the hourly budget. */
+static void test_mem_events_rule(void)
+{
+    holmes__rule_cfg r;
+    holmes__mem_events_rule(&r, true);
+    CHECK_STR(r.name, "memory-events");
+    CHECK_EQ_INT(r.capture, HOLMES_CAPTURE_HEAP);
+    holmes__mem_events_rule(&r, false);
+    CHECK_EQ_INT(r.capture, HOLMES_CAPTURE_NONE);
+    holmes__rule_state st = {0};
+    holmes__budget_init(&budget);
+    fill(1, 0, 0);
+    uint64_t t0 = 1000 * S;
+    CHECK_EQ_INT(holmes__judge(&r, &st, &win, 1, t0, true, &budget, 3).clause, HOLMES_CLAUSE_ABS);
+    holmes__verdict v = holmes__judge(&r, &st, &win, 7, t0 + 59 * S, true, &budget, 3);
+    CHECK(v.blocked_cooldown);
+    CHECK_EQ_INT(holmes__judge(&r, &st, &win, 2, t0 + 60 * S, true, &budget, 3).clause,
+                 HOLMES_CLAUSE_ABS);
+    /* No rise, no firing. */
+    CHECK(!holmes__judge(&r, &st, &win, 0, t0 + 200 * S, true, &budget, 3).matched);
+    /* The budget is the one every rule shares. */
+    holmes__budget_record(&budget, t0 + 100 * S);
+    v = holmes__judge(&r, &st, &win, 1, t0 + 200 * S, true, &budget, 3);
+    CHECK(v.blocked_budget);
+    holmes__budget_init(&budget);
+}
+
 int main(void)
 {
     holmes__budget_init(&budget);
@@ -273,5 +328,8 @@ int main(void)
     test_forecast();
     test_forecast_late_clock();
     test_clause_names();
+    test_psi_trigger_percent();
+    test_psi_woken_value();
+    test_mem_events_rule();
     CHECK_DONE();
 }
