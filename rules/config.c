@@ -1,15 +1,19 @@
 /*
- * INI text -> holmes__config. inih splits "key = value" lines; a line reader
- * in front of it does what Debian's build of inih lacks or does differently:
- * it tracks line numbers (the handler gets none), reads section headers
- * itself (inih truncates them to 50 characters), strips leading blanks (inih
- * would take an indented key for the continuation of the previous value),
- * passes values longer than inih's 200-byte line buffer around it, and
- * reports every malformed line instead of only the first one.
+ * INI text -> holmes__config, one line at a time.
+ *
+ * The reader is our own and inih is not used: Debian 12's libinih (r55) is
+ * built with INI_HANDLER_LINENO 0, INI_MAX_LINE 200 and no new-section
+ * callback, and those are compile-time options of the library, not of its
+ * header. Its handler therefore never learns the line of a key, a header
+ * without keys never reaches it, headers are cut at 50 characters, longer
+ * lines are errors, and ini_parse returns the line of the first error only.
+ * This reader gives every error its file:line; the syntax it takes is
+ * inih's: a UTF-8 BOM, ';' and '#' comment lines, a ';' comment after a
+ * blank, [section] headers, "key = value" or "key: value" with blanks
+ * trimmed. An indented line is a line of its own, never a continuation.
  */
 #include <ctype.h>
 #include <errno.h>
-#include <ini.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -74,17 +78,12 @@ static void errbuf_add(errbuf *e, const char *origin, int line, const char *fmt,
 typedef struct parser {
     holmes__config *c;
     const char *origin;
-    const char *next; /* the next unread character of the text */
     int line;
     int sec;   /* holmes__section of the current header; -1 before the first */
     bool skip; /* the current header was wrong and reported: ignore its keys */
     int rule;  /* the rule the current header names */
     char sec_text[HOLMES_NAME_MAX + 24]; /* the header as written, for messages */
-    /* The key line handed to inih, which must reach the handler. */
-    bool key_pending;
-    char key_text[96];
-    bool long_line; /* the value was too long for inih and waits in long_value */
-    char long_value[LONG_VALUE_MAX];
+    char value[LONG_VALUE_MAX];          /* the value of the current line */
     uint32_t seen[NSLOTS];
     int seen_line[NSLOTS][MAX_SECTION_KEYS];
     int header_line[NSLOTS];
@@ -370,23 +369,6 @@ static void set_pair(parser *p, const char *name, const char *value)
 
 /* ---- lines ---- */
 
-static int on_pair(void *user, const char *section, const char *name, const char *value)
-{
-    parser *p = user;
-    (void)section; /* inih truncates long headers; the reader tracks the real one */
-    p->key_pending = false;
-    set_pair(p, name, p->long_line ? p->long_value : value);
-    return 1;
-}
-
-/* A key line inih did not hand to the handler is malformed in a way we missed. */
-static void flush_pending(parser *p)
-{
-    if (p->key_pending)
-        errbuf_add(&p->err, p->origin, p->line, "cannot parse the line: '%s'", p->key_text);
-    p->key_pending = false;
-}
-
 static bool blank(char ch)
 {
     return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\f' || ch == '\v';
@@ -433,45 +415,40 @@ static void header_line(parser *p, const char *s, size_t len)
     enter_section(p, name, nlen);
 }
 
-/*
- * Prepares a "key = value" line for inih in buf (num bytes). A value too
- * long for inih's buffer waits in long_value while inih sees a stand-in.
- * Returns false when the line is malformed (and reported).
- */
-static bool key_line(parser *p, const char *s, size_t len, char *buf, size_t num)
+/* Splits a trimmed "key = value" (or "key: value") line at its first separator and sets it. */
+static void key_line(parser *p, const char *s, size_t len)
 {
-    size_t sep = strcspn(s, "=:");
-    snprintf(p->key_text, sizeof(p->key_text), "%.*s", (int)(len < 80 ? len : 80), s);
-    if (sep >= len || sep == 0) {
+    const char *sep = s;
+    while (sep < s + len && *sep != '=' && *sep != ':')
+        sep++;
+    size_t nlen = (size_t)(sep - s);
+    if (sep == s + len || nlen == 0) {
         errbuf_add(&p->err, p->origin, p->line,
-                   "expected 'key = value', a [section] header or a comment: '%s'", p->key_text);
-        return false;
+                   "expected 'key = value', a [section] header or a comment: '%.*s'",
+                   (int)(len < 80 ? len : 80), s);
+        return;
     }
-    p->long_line = len + 2 > num;
-    if (!p->long_line) {
-        memcpy(buf, s, len);
-        memcpy(buf + len, "\n", 2);
-        return true;
-    }
-    const char *value = s + sep + 1;
-    size_t vlen = len - sep - 1;
+    while (nlen > 0 && blank(s[nlen - 1]))
+        nlen--;
+    const char *value = sep + 1;
+    size_t vlen = len - (size_t)(value - s);
     while (vlen > 0 && blank(*value)) {
         value++;
         vlen--;
     }
-    if (sep + 4 > num || vlen >= sizeof(p->long_value)) {
+    if (vlen >= sizeof(p->value)) {
         errbuf_add(&p->err, p->origin, p->line, "line too long: %zu characters (at most %zu)", len,
-                   sizeof(p->long_value) - 1);
-        return false;
+                   sizeof(p->value) - 1);
+        return;
     }
-    memcpy(p->long_value, value, vlen);
-    p->long_value[vlen] = 0;
-    snprintf(buf, num, "%.*s=x\n", (int)sep, s);
-    return true;
+    char name[96];
+    snprintf(name, sizeof(name), "%.*s", (int)nlen, s);
+    memcpy(p->value, value, vlen);
+    p->value[vlen] = 0;
+    set_pair(p, name, p->value);
 }
 
-/* Handles one raw line; returns true when buf holds a line for inih. */
-static bool take_line(parser *p, const char *s, size_t len, char *buf, size_t num)
+static void take_line(parser *p, const char *s, size_t len)
 {
     if (p->line == 1 && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {
         s += 3;
@@ -479,32 +456,11 @@ static bool take_line(parser *p, const char *s, size_t len, char *buf, size_t nu
     }
     len = clean_line(&s, len);
     if (len == 0 || s[0] == ';' || s[0] == '#')
-        return false;
-    if (s[0] == '[') {
+        return;
+    if (s[0] == '[')
         header_line(p, s, len);
-        return false;
-    }
-    if (!key_line(p, s, len, buf, num))
-        return false;
-    p->key_pending = true;
-    return true;
-}
-
-/* inih's fgets-like reader over the text, one logical line per call. */
-static char *read_line(char *buf, int num, void *stream)
-{
-    parser *p = stream;
-    flush_pending(p);
-    while (*p->next && num > 4) {
-        const char *s = p->next;
-        const char *eol = strchr(s, '\n');
-        size_t len = eol ? (size_t)(eol - s) : strlen(s);
-        p->next = s + len + (eol ? 1 : 0);
-        p->line++;
-        if (take_line(p, s, len, buf, (size_t)num))
-            return buf;
-    }
-    return NULL;
+    else
+        key_line(p, s, len);
 }
 
 static void parser_init(parser *p, holmes__config *c, const char *origin, char *errors, size_t cap)
@@ -528,9 +484,13 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
     if (origin != c->origin)
         snprintf(c->origin, sizeof(c->origin), "%s", origin ? origin : "<string>");
     parser_init(p, c, c->origin, errors, errors_cap);
-    p->next = text ? text : "";
-    ini_parse_stream(read_line, p, on_pair, p);
-    flush_pending(p);
+    for (const char *s = text ? text : ""; *s;) {
+        const char *eol = strchr(s, '\n');
+        size_t len = eol ? (size_t)(eol - s) : strlen(s);
+        p->line++;
+        take_line(p, s, len);
+        s += len + (eol ? 1 : 0);
+    }
     validate(c, &p->err, p->failed);
     int n = p->err.n;
     free(p);
@@ -821,7 +781,7 @@ HOLMES_EXPORT int holmes_config_load_string(holmes_config *cfg, const char *ini,
     return finish_load(cfg, l, n, HOLMES_ECONFIG);
 }
 
-/* Trims blanks on both sides into out, as inih does with a value. */
+/* Trims blanks on both sides into out, as a line's value is trimmed. */
 static void trim_copy(const char *s, char *out, size_t cap)
 {
     size_t len = strlen(s);

@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [build|test|bench]   (each set includes the ones before it)
 set -euo pipefail
 want=${1:-build}
-build_pkgs=(build-essential cmake pkg-config libinih-dev libcurl4-openssl-dev
+build_pkgs=(build-essential cmake pkg-config libcurl4-openssl-dev
   libprotobuf-c-dev protobuf-c-compiler zlib1g-dev libelf-dev libproc2-dev golang-go)
 test_pkgs=(python3 clang libclang-rt-14-dev binutils procps chromium memcached libmemcached-tools nginx-light
   libxml2-utils strace libc6-dbg libpython3.11

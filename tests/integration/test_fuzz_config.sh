@@ -13,7 +13,7 @@ clang -std=gnu11 -g -O1 -D_GNU_SOURCE -DHOLMES_NO_INTERPOSE \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$SRC" -I"$SRC/include" \
     "$SRC/tests/fuzz/fuzz_config.c" "$SRC"/rules/*.c "$SRC"/agent/base/*.c \
-    -linih -lpthread -lm -o "$tmp/fuzz_config"
+    -lpthread -lm -o "$tmp/fuzz_config"
 
 mkdir "$tmp/corpus"
 cp "$SRC"/tests/fixtures/ini/good/*.ini "$SRC"/tests/fixtures/ini/bad/*.ini "$tmp/corpus/"
