@@ -212,25 +212,6 @@ HOLMES_EXPORT const char *holmes_last_error(void)
 
 /* ---- mmap-backed buffer ---- */
 
-/*
- * ThreadSanitizer does not intercept mremap(): a mapping moved by it leaves
- * stale shadow behind, and the next thread that gets those pages reports
- * races with the former owner. Its builds grow by mmap, copy and munmap.
- */
-void *holmes__remap(void *old, size_t old_len, size_t new_len)
-{
-#if defined(__SANITIZE_THREAD__)
-    void *p = mmap(NULL, new_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED) {
-        memcpy(p, old, old_len);
-        munmap(old, old_len);
-    }
-    return p;
-#else
-    return mremap(old, old_len, new_len, MREMAP_MAYMOVE);
-#endif
-}
-
 static bool buf_grow(holmes__buf *b, size_t need)
 {
     if (b->failed)

@@ -1,7 +1,9 @@
-#include "cpu_table.h"
+#include "agent/capture/cpu_table.h"
 
 #include <stdbool.h>
 #include <sys/mman.h>
+
+#include "agent/base/hash.h"
 
 /*
  * A slot goes empty (key 0) -> claimed (key = hash, state WRITING) -> READY,
@@ -69,14 +71,11 @@ size_t holmes__cpu_table_bytes(const holmes__cpu_table *t)
 
 static uint64_t stack_hash(uint32_t thread, const uintptr_t *pcs, int depth)
 {
-    uint64_t h = 0xcbf29ce484222325ull ^ thread;
+    uint64_t h = holmes__hash_word(HOLMES_HASH_SEED, thread);
     for (int i = 0; i < depth; i++)
-        h = (h ^ (uint64_t)pcs[i]) * 0x100000001b3ull;
-    /* The final mix of MurmurHash3 spreads the low bits used as the index. */
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h | 1; /* 0 marks an empty slot */
+        h = holmes__hash_word(h, (uint64_t)pcs[i]);
+    /* The finalizer spreads the low bits used as the index. */
+    return holmes__hash_mix(h) | 1; /* 0 marks an empty slot */
 }
 
 static bool slot_holds(const holmes__cpu_table *t, const struct slot *s, uint32_t thread,

@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../pprof/decode.h"
-#include "../pprof/mem.h"
-#include "capture.h"
+#include "agent/capture/capture.h"
+#include "agent/pprof/decode.h"
+#include "agent/pprof/mem.h"
 
 #define MAX_DEPTH 128
 #define WIDTH 1200
@@ -52,8 +52,7 @@ typedef struct tree {
 
 static uint32_t slot_hash(uint32_t parent, uint32_t name)
 {
-    uint64_t h = ((uint64_t)parent << 32 | name) * 0x9e3779b97f4a7c15ull;
-    return (uint32_t)(h >> 32);
+    return holmes__hash_fold(holmes__hash_word(HOLMES_HASH_SEED, (uint64_t)parent << 32 | name));
 }
 
 typedef struct child_key {
@@ -218,9 +217,7 @@ static void put_label(holmes__buf *b, const char *name, double width)
 /* A warm color from the name, stable across graphs (flamegraph.pl's "hot"). */
 static void name_color(const char *name, int *r, int *g, int *bl)
 {
-    uint32_t h = 2166136261u;
-    for (const char *c = name; *c; c++)
-        h = (h ^ (unsigned char)*c) * 16777619u;
+    uint32_t h = holmes__hash_str(name, strlen(name));
     *r = 205 + (int)(h % 51);
     *g = (int)((h >> 8) % 231);
     *bl = (int)((h >> 20) % 56);

@@ -5,7 +5,7 @@
  * function view sees them. Strings are interned so a name or a location
  * has one id, and a base profile can be merged in by comparing ids.
  */
-#include "decode.h"
+#include "agent/pprof/decode.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -17,110 +17,35 @@
 
 #include "holmes/holmes.h"
 #include "profile.pb-c.h"
+#include "agent/pprof/mem.h"
 
-#define NO_ID UINT32_MAX
+#define NO_ID HOLMES_STRTAB_FULL
 
-/* ---- memory: a pool released at once, and an interner over it ---- */
-
-typedef struct pool_block {
-    struct pool_block *next;
-    size_t used, cap;
-    _Alignas(16) char data[];
-} pool_block;
+/* ---- memory: mapped and metered (see mem.h), strings interned ---- */
 
 struct holmes__profile_store {
-    pool_block *blocks;
-    char **strs; /* interned, NUL-terminated */
-    uint32_t *hashes;
-    uint32_t nstrs, capstrs;
-    uint32_t *slots; /* open addressing: id + 1, 0 = empty */
-    uint32_t mask;
+    holmes__meter meter;
+    holmes__arena arena; /* everything a profile holds, released at once */
+    holmes__strtab strs; /* copies in the arena */
 };
 
 typedef struct holmes__profile_store store;
 
+static void store_init(store *s)
+{
+    holmes__arena_init(&s->arena, &s->meter);
+    holmes__strtab_init(&s->strs, &s->meter, &s->arena);
+}
+
 static void *pool_alloc(store *s, size_t len)
 {
-    len = (len + 15) & ~(size_t)15;
-    pool_block *b = s->blocks;
-    if (!b || b->cap - b->used < len) {
-        size_t cap = len > (64u << 10) ? len : (64u << 10);
-        b = malloc(sizeof(*b) + cap);
-        if (!b)
-            return NULL;
-        b->used = 0;
-        b->cap = cap;
-        b->next = s->blocks;
-        s->blocks = b;
-    }
-    void *p = b->data + b->used;
-    b->used += len;
-    return p;
-}
-
-static uint32_t hash_bytes(const char *p, size_t len)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)p[i]) * 16777619u;
-    return h;
-}
-
-static bool grow_slots(store *s)
-{
-    uint32_t cap = s->mask ? (s->mask + 1) * 2 : 1024;
-    uint32_t *slots = calloc(cap, sizeof(*slots));
-    if (!slots)
-        return false;
-    for (uint32_t id = 0; id < s->nstrs; id++) {
-        uint32_t i = s->hashes[id] & (cap - 1);
-        while (slots[i])
-            i = (i + 1) & (cap - 1);
-        slots[i] = id + 1;
-    }
-    free(s->slots);
-    s->slots = slots;
-    s->mask = cap - 1;
-    return true;
-}
-
-static bool grow_strs(store *s)
-{
-    uint32_t cap = s->capstrs ? s->capstrs * 2 : 256;
-    char **strs = realloc(s->strs, cap * sizeof(*strs));
-    if (!strs)
-        return false;
-    s->strs = strs;
-    uint32_t *hashes = realloc(s->hashes, cap * sizeof(*hashes));
-    if (!hashes)
-        return false;
-    s->hashes = hashes;
-    s->capstrs = cap;
-    return true;
+    return holmes__arena_alloc(&s->arena, len);
 }
 
 /* Returns the id of the string's one copy, or NO_ID when memory ran out. */
 static uint32_t intern(store *s, const char *str, size_t len)
 {
-    if ((s->nstrs + 1) * 2 > (s->mask ? s->mask + 1 : 0) && !grow_slots(s))
-        return NO_ID;
-    uint32_t h = hash_bytes(str, len), i = h & s->mask;
-    for (; s->slots[i]; i = (i + 1) & s->mask) {
-        uint32_t id = s->slots[i] - 1;
-        if (s->hashes[id] == h && !strncmp(s->strs[id], str, len) && !s->strs[id][len])
-            return id;
-    }
-    if (s->nstrs == s->capstrs && !grow_strs(s))
-        return NO_ID;
-    char *copy = pool_alloc(s, len + 1);
-    if (!copy)
-        return NO_ID;
-    memcpy(copy, str, len);
-    copy[len] = 0;
-    s->strs[s->nstrs] = copy;
-    s->hashes[s->nstrs] = h;
-    s->slots[i] = s->nstrs + 1;
-    return s->nstrs++;
+    return holmes__strtab_intern(&s->strs, str, len);
 }
 
 static uint32_t intern_str(store *s, const char *str)
@@ -647,13 +572,13 @@ static void own_header_strings(holmes__profile *p, store *s, bool *failed)
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         uint32_t id = intern_str(s, *all[i]);
         *failed |= id == NO_ID;
-        *all[i] = id == NO_ID ? "" : s->strs[id];
+        *all[i] = id == NO_ID ? "" : HOLMES_STRTAB_AT(&s->strs, id);
     }
     for (int i = 0; i < p->ntypes * 2 + p->ncomments; i++) {
         const char **slot = i < p->ntypes * 2 ? &p->type[i] : &p->comments[i - p->ntypes * 2];
         uint32_t id = intern_str(s, *slot);
         *failed |= id == NO_ID;
-        *slot = id == NO_ID ? "" : s->strs[id];
+        *slot = id == NO_ID ? "" : HOLMES_STRTAB_AT(&s->strs, id);
     }
 }
 
@@ -681,8 +606,8 @@ static int decode_message(const uint8_t *data, size_t len, const char *what, hol
     free(w.key.data);
     free(w.tmp.data);
     perftools__profiles__profile__free_unpacked(pb, NULL);
-    p->names = (const char *const *)p->store->strs;
-    p->nnames = p->store->nstrs;
+    p->names = (const char *const *)(void *)p->store->strs.strs.data;
+    p->nnames = (uint32_t)p->store->strs.strs.len;
     return w.rc;
 }
 
@@ -703,6 +628,8 @@ int holmes__profile_decode(const void *data, size_t len, const char *what, holme
     store *s = calloc(1, sizeof(*s));
     if (!rc && (!p || !s))
         rc = fail(err, errlen, what, HOLMES_ENOMEM, "out of memory");
+    if (s)
+        store_init(s);
     if (p)
         p->store = s;
     if (!rc)
@@ -765,13 +692,8 @@ void holmes__profile_free(holmes__profile *p)
         return;
     store *s = p->store;
     if (s) {
-        for (pool_block *b = s->blocks, *next; b; b = next) {
-            next = b->next;
-            free(b);
-        }
-        free(s->strs);
-        free(s->hashes);
-        free(s->slots);
+        holmes__strtab_free(&s->strs);
+        holmes__arena_free(&s->arena);
         free(s);
     }
     free(p);
@@ -814,10 +736,9 @@ int holmes__profile_index(const holmes__profile *p, const char *name, char *err,
 
 static uint64_t sample_hash(const holmes__profile_sample *s)
 {
-    uint64_t h = 1469598103934665603ull ^ s->labels;
-    for (int i = 0; i < s->nlocs; i++)
-        h = (h ^ s->locs[i]) * 1099511628211ull;
-    return h ^ (uint64_t)s->nlocs;
+    uint64_t h = holmes__hash_word(HOLMES_HASH_SEED, s->labels);
+    h = holmes__hash_bytes(h, s->locs, (size_t)s->nlocs * sizeof(*s->locs));
+    return holmes__hash_mix(h ^ (uint64_t)s->nlocs);
 }
 
 static bool same_stack(const holmes__profile_sample *a, const holmes__profile_sample *b)
@@ -840,10 +761,11 @@ static bool append_negated(holmes__profile *p, const holmes__profile *base,
                            holmes__profile_sample *all)
 {
     const store *bs = base->store;
-    uint32_t *map = malloc(((size_t)bs->nstrs + 1) * sizeof(*map));
+    uint32_t nstrs = (uint32_t)bs->strs.strs.len;
+    uint32_t *map = malloc(((size_t)nstrs + 1) * sizeof(*map));
     bool ok = map != NULL;
-    for (uint32_t i = 0; ok && i < bs->nstrs; i++)
-        ok = (map[i] = intern_str(p->store, bs->strs[i])) != NO_ID;
+    for (uint32_t i = 0; ok && i < nstrs; i++)
+        ok = (map[i] = intern_str(p->store, HOLMES_STRTAB_AT(&bs->strs, i))) != NO_ID;
     for (size_t i = 0; ok && i < base->nsamples; i++) {
         const holmes__profile_sample *b = &base->samples[i];
         holmes__profile_sample *s = &all[p->nsamples + i];
@@ -931,8 +853,8 @@ int holmes__profile_subtract(holmes__profile *p, holmes__profile *base, char *er
         p->samples = all;
         p->nsamples = (size_t)kept;
     }
-    p->names = (const char *const *)p->store->strs;
-    p->nnames = p->store->nstrs;
+    p->names = (const char *const *)(void *)p->store->strs.strs.data;
+    p->nnames = (uint32_t)p->store->strs.strs.len;
     /* The header of the merged profile, as pprof's merge makes it. */
     p->duration_nanos += base->duration_nanos;
     if (base->time_nanos && (!p->time_nanos || base->time_nanos < p->time_nanos))

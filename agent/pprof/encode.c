@@ -36,10 +36,10 @@ typedef struct enc {
     z_stream z;
     bool z_ready, failed;
     holmes__buf *out;
-    holmes__vec strs; /* of const char * */
-    holmes__vec locs; /* of loc */
-    holmes__vec funcs; /* of func, indexed by name string - see fn_index */
-    holmes__itab str_index, loc_index, fn_index;
+    holmes__strtab strs; /* by reference: the strings outlive the encoding */
+    holmes__vec locs;    /* of loc */
+    holmes__vec funcs;   /* of func, indexed by name string - see fn_index */
+    holmes__itab loc_index, fn_index;
     holmes__vec ids;    /* scratch: one sample's location ids */
     holmes__vec labels; /* scratch: one sample's Label messages and pointers */
 } enc;
@@ -107,30 +107,17 @@ static void put_message(enc *e, unsigned field, const ProtobufCMessage *m)
 
 /* ---- interning ---- */
 
-static bool str_matches(void *ctx, uint32_t id)
-{
-    void **c = ctx;
-    const enc *e = c[0];
-    return strcmp(*HOLMES_VEC_AT(&e->strs, const char *, id - 1), c[1]) == 0;
-}
-
 /* The string's index in the table, adding it when new; 0 ("") on failure. */
 static int64_t intern(enc *e, const char *s)
 {
     if (!s || !*s)
         return 0;
-    uint32_t h = holmes__hash_fold(holmes__hash_bytes(HOLMES_HASH_SEED, s, strlen(s)));
-    void *ctx[2] = {e, (void *)s};
-    uint32_t id = holmes__itab_find(&e->str_index, h, str_matches, ctx);
-    if (id)
-        return id - 1;
-    const char **slot = holmes__vec_push(&e->strs);
-    if (!slot || !holmes__itab_insert(&e->str_index, h, (uint32_t)e->strs.len)) {
+    uint32_t id = holmes__strtab_intern(&e->strs, s, strlen(s));
+    if (id == HOLMES_STRTAB_FULL) {
         e->failed = true;
         return 0;
     }
-    *slot = s;
-    return (int64_t)e->strs.len - 1;
+    return id;
 }
 
 /* ---- functions and locations ---- */
@@ -266,7 +253,8 @@ static bool fill_labels(enc *e, const holmes__pprof_rec *r, Perftools__Profiles_
 {
     size_t n = (size_t)r->nlabels;
     e->labels.len = 0;
-    if (!holmes__vec_reserve(&e->labels, n + (n * sizeof(void *) + e->labels.elem - 1) / e->labels.elem))
+    if (!holmes__vec_reserve(&e->labels,
+                             n + (n * sizeof(void *) + e->labels.elem - 1) / e->labels.elem))
         return false;
     Perftools__Profiles__Label *labels = (Perftools__Profiles__Label *)(void *)e->labels.data;
     Perftools__Profiles__Label **ptrs = (Perftools__Profiles__Label **)(void *)(labels + n);
@@ -357,8 +345,8 @@ static void put_functions(enc *e)
 
 static void put_strings(enc *e)
 {
-    for (size_t i = 0; i < e->strs.len; i++) {
-        const char *s = *HOLMES_VEC_AT(&e->strs, const char *, i);
+    for (size_t i = 0; i < e->strs.strs.len; i++) {
+        const char *s = HOLMES_STRTAB_AT(&e->strs, i);
         size_t len = strlen(s);
         put_varint(e, 6 << 3 | 2);
         put_varint(e, len);
@@ -376,18 +364,15 @@ static bool enc_init(enc *e, holmes__pprof *p, holmes__buf *out)
     e->meter = &p->meter;
     e->out = out;
     holmes__arena_init(&e->arena, e->meter);
-    holmes__vec_init(&e->strs, e->meter, sizeof(const char *));
+    holmes__strtab_init(&e->strs, e->meter, NULL);
     holmes__vec_init(&e->locs, e->meter, sizeof(loc));
     holmes__vec_init(&e->funcs, e->meter, sizeof(func));
     holmes__vec_init(&e->ids, e->meter, sizeof(uint64_t));
     holmes__vec_init(&e->labels, e->meter, sizeof(Perftools__Profiles__Label));
-    holmes__itab_init(&e->str_index, e->meter);
     holmes__itab_init(&e->loc_index, e->meter);
     holmes__itab_init(&e->fn_index, e->meter);
-    const char **empty = holmes__vec_push(&e->strs);
-    if (!empty)
+    if (holmes__strtab_intern(&e->strs, "", 0) != 0) /* string 0 is always "" */
         return false;
-    *empty = ""; /* string 0 is always "" */
     e->z.zalloc = z_alloc;
     e->z.zfree = z_free;
     e->z.opaque = e->meter;
@@ -406,10 +391,9 @@ static void enc_free(enc *e)
     if (e->z_ready)
         deflateEnd(&e->z);
     holmes__symbols_free(e->syms);
-    holmes__itab_free(&e->str_index);
     holmes__itab_free(&e->loc_index);
     holmes__itab_free(&e->fn_index);
-    holmes__vec_free(&e->strs);
+    holmes__strtab_free(&e->strs);
     holmes__vec_free(&e->locs);
     holmes__vec_free(&e->funcs);
     holmes__vec_free(&e->ids);

@@ -1,10 +1,10 @@
-#include "mem.h"
+#include "agent/pprof/mem.h"
 
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 static size_t page_round(size_t len)
 {
@@ -228,28 +228,49 @@ void holmes__itab_free(holmes__itab *t)
     t->mask = t->count = 0;
 }
 
-/* ---- hashing ---- */
+/* ---- the interner ---- */
 
-uint64_t holmes__hash_bytes(uint64_t h, const void *data, size_t len)
+void holmes__strtab_init(holmes__strtab *t, holmes__meter *m, holmes__arena *copies)
 {
-    const unsigned char *p = data;
-    /* Eight bytes at a time: stacks are arrays of words, and hashing them a
-     * byte at a time would dominate the cost of adding a sample. */
-    for (; len >= 8; p += 8, len -= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; len > 0; p++, len--)
-        h = (h ^ *p) * 0x100000001b3ull;
-    return h;
+    holmes__vec_init(&t->strs, m, sizeof(const char *));
+    holmes__itab_init(&t->index, m);
+    t->copies = copies;
 }
 
-uint32_t holmes__hash_fold(uint64_t h)
+typedef struct str_key {
+    const holmes__strtab *t;
+    const char *s;
+    size_t len;
+} str_key;
+
+static bool str_matches(void *ctx, uint32_t id)
 {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return (uint32_t)h;
+    const str_key *k = ctx;
+    const char *have = HOLMES_STRTAB_AT(k->t, id - 1);
+    return strncmp(have, k->s, k->len) == 0 && have[k->len] == 0;
+}
+
+uint32_t holmes__strtab_intern(holmes__strtab *t, const char *s, size_t len)
+{
+    uint32_t h = holmes__hash_str(s, len);
+    str_key key = {t, s, len};
+    uint32_t id = holmes__itab_find(&t->index, h, str_matches, &key);
+    if (id)
+        return id - 1;
+    const char *kept = t->copies ? holmes__arena_strndup(t->copies, s, len) : s;
+    const char **slot = kept ? holmes__vec_push(&t->strs) : NULL;
+    if (!slot)
+        return HOLMES_STRTAB_FULL;
+    *slot = kept;
+    if (!holmes__itab_insert(&t->index, h, (uint32_t)t->strs.len)) {
+        t->strs.len--;
+        return HOLMES_STRTAB_FULL;
+    }
+    return (uint32_t)t->strs.len - 1;
+}
+
+void holmes__strtab_free(holmes__strtab *t)
+{
+    holmes__itab_free(&t->index);
+    holmes__vec_free(&t->strs);
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/base/hash.h"
+
 /* Bytes currently mapped, and the most ever mapped at once. */
 typedef struct holmes__meter {
     size_t cur, peak;
@@ -70,9 +72,24 @@ uint32_t holmes__itab_find(const holmes__itab *t, uint32_t hash, holmes__itab_eq
 bool holmes__itab_insert(holmes__itab *t, uint32_t hash, uint32_t id);
 void holmes__itab_free(holmes__itab *t);
 
-/* FNV-1a style mixing, good enough for hash tables of addresses and names. */
-uint64_t holmes__hash_bytes(uint64_t h, const void *data, size_t len);
-uint32_t holmes__hash_fold(uint64_t h);
-#define HOLMES_HASH_SEED 0xcbf29ce484222325ull
+/*
+ * The one interner: each distinct string gets one id (0, 1, 2, ... in order
+ * of arrival). With an arena it keeps copies; without one it keeps the
+ * caller's pointers, which must outlive the table.
+ */
+typedef struct holmes__strtab {
+    holmes__vec strs; /* of const char *, by id */
+    holmes__itab index;
+    holmes__arena *copies;
+} holmes__strtab;
+
+#define HOLMES_STRTAB_FULL UINT32_MAX
+
+void holmes__strtab_init(holmes__strtab *t, holmes__meter *m, holmes__arena *copies);
+/* The id of the len bytes at s (no NUL needed), added when new; HOLMES_STRTAB_FULL without memory.
+ */
+uint32_t holmes__strtab_intern(holmes__strtab *t, const char *s, size_t len);
+#define HOLMES_STRTAB_AT(t, id) (*HOLMES_VEC_AT(&(t)->strs, const char *, id))
+void holmes__strtab_free(holmes__strtab *t);
 
 #endif
