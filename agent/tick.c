@@ -13,6 +13,20 @@ void holmes__tick_init(holmes__tick_state *t, const holmes__config *cfg)
     for (int m = 0; m < HOLMES_METRIC_COUNT; m++)
         holmes__window_init(&t->windows[m], cfg->window);
     holmes__budget_init(&t->budget);
+    holmes__budget_init(&t->manual_budget);
+}
+
+bool holmes__tick_manual(holmes__tick_state *t, const holmes__config *cfg, uint64_t now,
+                         holmes__fire_fn *fire, void *ud)
+{
+    if (!holmes__judge_manual(&t->manual_budget, cfg->max_manual_dumps_per_hour, now)) {
+        holmes__log_limited(&t->manual_log, 600, HOLMES_LOG_WARN,
+                            "manual dump dropped: max_manual_dumps_per_hour (%d) is spent",
+                            cfg->max_manual_dumps_per_hour);
+        return false;
+    }
+    fire(ud, NULL, HOLMES_CLAUSE_MANUAL, NAN, NAN, NULL);
+    return true;
 }
 
 uint64_t holmes__tick_samples(const holmes__tick_state *t, holmes__metric m)

@@ -16,10 +16,14 @@ typedef struct holmes__tick_state {
     holmes__rule_state rule_state[HOLMES_MAX_RULES];
     holmes__rule_state mem_events_state;
     holmes__budget budget;
-    holmes__ratelimit budget_log;
+    holmes__budget manual_budget; /* manual dumps count apart from the rules */
+    holmes__ratelimit budget_log, manual_log;
 } holmes__tick_state;
 
-/* A firing: the rule (valid during the call only), its verdict and the window it was judged on. */
+/*
+ * A firing: the rule (valid during the call only; NULL for a manual dump),
+ * its verdict and the window it was judged on (NULL for a manual dump).
+ */
 typedef void holmes__fire_fn(void *ud, const holmes__rule_cfg *rule, holmes__clause clause,
                              double value, double average, const holmes__window *w);
 
@@ -33,6 +37,13 @@ void holmes__tick_init(holmes__tick_state *t, const holmes__config *cfg);
 void holmes__tick_judge(holmes__tick_state *t, const holmes__config *cfg,
                         const holmes__sample *prev, const holmes__sample *s, int woken,
                         holmes__fire_fn *fire, void *ud);
+/*
+ * A manual dump request at now: fires it (rule NULL, clause manual) when the
+ * manual budget allows; otherwise logs, at most every ten minutes, that it
+ * was dropped. Returns whether it fired.
+ */
+bool holmes__tick_manual(holmes__tick_state *t, const holmes__config *cfg, uint64_t now,
+                         holmes__fire_fn *fire, void *ud);
 /* Valid samples of metric m seen since the windows were last reset. */
 uint64_t holmes__tick_samples(const holmes__tick_state *t, holmes__metric m);
 /*

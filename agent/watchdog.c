@@ -354,8 +354,8 @@ static void *watchdog_main(void *arg)
         int woken = wait_until(w, next, &dumps);
         if (atomic_load(&w->stopping))
             break;
-        if (dumps > 0)
-            fire(w, NULL, HOLMES_CLAUSE_MANUAL, NAN, NAN, NULL);
+        if (dumps > 0) /* requests between two wake-ups are one dump */
+            holmes__tick_manual(&w->judge, &w->cfg, holmes__now_ns(), fire, w);
         uint64_t now = holmes__now_ns();
         if (now < next && woken < 0)
             continue; /* woken early: only a dump request or a stop */

@@ -70,6 +70,7 @@ typedef struct holmes__config {
     holmes__mem_source mem_source;
     int dump_signal; /* 0 = none */
     int max_dumps_per_hour; /* 0 = no budget */
+    int max_manual_dumps_per_hour; /* signal, `holmes dump`, API; 0 = no budget */
     char log[HOLMES_PATH_MAX];
     holmes_log_level log_level;
     /* [heap] */

@@ -190,6 +190,14 @@ const char *holmes__clause_name(holmes__clause c)
     return c >= 0 && c <= HOLMES_CLAUSE_MANUAL ? names[c] : "?";
 }
 
+bool holmes__judge_manual(holmes__budget *manual, int limit, uint64_t now_ns)
+{
+    if (!holmes__budget_allows(manual, limit, now_ns))
+        return false;
+    holmes__budget_record(manual, now_ns);
+    return true;
+}
+
 double holmes__psi_trigger_percent(const holmes__rule_cfg *rule)
 {
     double pct = isfinite(rule->abs) ? rule->abs : rule->min;

@@ -77,6 +77,12 @@ holmes__verdict holmes__judge(const holmes__rule_cfg *rule, holmes__rule_state *
 const char *holmes__clause_name(holmes__clause c);
 
 /*
+ * A manual dump request at now_ns: true when the manual budget (apart from
+ * the rules') has room, and then it is recorded. limit 0 = no budget.
+ */
+bool holmes__judge_manual(holmes__budget *manual, int limit, uint64_t now_ns);
+
+/*
  * ---- kernel PSI triggers (rules with wake = true) ----
  * A trigger fires when the stall time within its window reaches a share of
  * it. That share is the rule's own threshold (abs, else min, within 1..100

@@ -178,6 +178,10 @@ const holmes__key holmes__keys[] = {
      CFG(dump_signal), "a signal that asks for a dump of every enabled capture"},
     {HOLMES_SEC_AGENT, "max_dumps_per_hour", HOLMES_KT_INT, 0, "20", NULL, 0, 3600, NULL, NULL,
      CFG(max_dumps_per_hour), "firings allowed in any hour, across all rules; 0 = no budget"},
+    {HOLMES_SEC_AGENT, "max_manual_dumps_per_hour", HOLMES_KT_INT, 0, "10", NULL, 0, 3600, NULL,
+     NULL, CFG(max_manual_dumps_per_hour),
+     "manual dumps (dump_signal, `holmes dump`, holmes_dump_now) allowed in any hour, a budget "
+     "apart from the rules'; requests beyond it are logged and dropped; 0 = no budget"},
     {HOLMES_SEC_AGENT, "log", HOLMES_KT_PATH, 0, "stderr", NULL, 0, 0, NULL, NULL, CFG(log),
      "stderr, syslog or a file path"},
     {HOLMES_SEC_AGENT, "log_level", HOLMES_KT_ENUM, 0, "info", NULL, 0, 0, log_level_names, NULL,

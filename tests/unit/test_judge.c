@@ -313,6 +313,22 @@ static void test_mem_events_rule(void)
     holmes__budget_init(&budget);
 }
 
+/* Manual dumps have a budget of their own, sliding over the hour like the rules'. */
+static void test_manual_budget(void)
+{
+    holmes__budget manual;
+    holmes__budget_init(&manual);
+    uint64_t t0 = 50 * S;
+    CHECK(holmes__judge_manual(&manual, 2, t0));
+    CHECK(holmes__judge_manual(&manual, 2, t0 + 1 * S));
+    CHECK(!holmes__judge_manual(&manual, 2, t0 + 2 * S));
+    CHECK(!holmes__judge_manual(&manual, 2, t0 + 3599 * S)); /* refusals are not recorded */
+    CHECK(holmes__judge_manual(&manual, 2, t0 + 3600 * S));
+    CHECK(!holmes__judge_manual(&manual, 2, t0 + 3600 * S));
+    for (int i = 0; i < 100; i++) /* 0 = no budget */
+        CHECK(holmes__judge_manual(&manual, 0, t0 + 3601 * S));
+}
+
 int main(void)
 {
     holmes__budget_init(&budget);
@@ -331,5 +347,6 @@ int main(void)
     test_psi_trigger_percent();
     test_psi_woken_value();
     test_mem_events_rule();
+    test_manual_budget();
     CHECK_DONE();
 }

@@ -26,7 +26,7 @@ static void record(void *ud, const holmes__rule_cfg *rule, holmes__clause clause
     if (nfired == 16)
         return;
     firing *f = &fired[nfired++];
-    snprintf(f->rule, sizeof(f->rule), "%s", rule->name);
+    snprintf(f->rule, sizeof(f->rule), "%s", rule ? rule->name : "manual");
     f->clause = clause;
     f->value = value;
     f->average = average;
@@ -172,11 +172,34 @@ static void test_reconfigure(void)
     CHECK_EQ_INT(holmes__tick_samples(&state, HOLMES_METRIC_CPU), 0);
 }
 
+/* A signal loop cannot fill the disk: manual dumps stop at their budget; rules are not affected. */
+static void test_manual_budget(void)
+{
+    configure("[agent]\nwindow = 2\nmax_manual_dumps_per_hour = 3\nmax_dumps_per_hour = 1\n"
+              "[rule.cpu]\nabs = 50\n");
+    int fired_manual = 0;
+    for (uint64_t t = 1; t <= 100; t++)
+        fired_manual += holmes__tick_manual(&state, &cfg, t * S, record, NULL);
+    CHECK_EQ_INT(fired_manual, 3);
+    CHECK_EQ_INT(nfired, 3);
+    CHECK_STR(fired[0].rule, "manual");
+    CHECK_EQ_INT(fired[0].clause, HOLMES_CLAUSE_MANUAL);
+    CHECK(fired[0].nsamples == -1);
+    /* The rules' own budget is untouched by manual dumps. */
+    feed(HOLMES_METRIC_CPU, 1, 101, -1);
+    feed(HOLMES_METRIC_CPU, 1, 102, -1);
+    CHECK_EQ_INT(feed(HOLMES_METRIC_CPU, 60, 103, -1), 1);
+    /* An hour after the first, one more manual dump fits. */
+    CHECK(!holmes__tick_manual(&state, &cfg, 3600 * S, record, NULL));
+    CHECK(holmes__tick_manual(&state, &cfg, 3601 * S, record, NULL));
+}
+
 int main(void)
 {
     test_warmup_then_fire();
     test_psi_woken();
     test_memory_events();
     test_reconfigure();
+    test_manual_budget();
     CHECK_DONE();
 }
