@@ -12,6 +12,8 @@
  * blank, [section] headers, "key = value" or "key: value" with blanks
  * trimmed. An indented line is a line of its own, never a continuation.
  */
+#include "rules/config.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -21,9 +23,8 @@
 #include <string.h>
 
 #include "agent/base/base.h"
-#include "config.h"
-#include "keys.h"
-#include "reference.h"
+#include "rules/keys.h"
+#include "rules/reference.h"
 
 /* "Seen" bookkeeping slots: one per fixed section, then one per rule. */
 #define SLOT_RULE0 4
