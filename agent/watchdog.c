@@ -378,16 +378,17 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
-static void log_started(const holmes__watchdog *w)
+/* Written before the thread starts (it owns the sampler afterwards), logged once it has. */
+static void describe(const holmes__watchdog *w, char *out, size_t cap)
 {
     const holmes__limits *lim = holmes__sampler_limits(w->sampler);
-    holmes__log(HOLMES_LOG_INFO,
-                "holmes %s started for %s (pid %d): %d rule(s), interval %llums, window %d; "
-                "cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
-                HOLMES_VERSION_STRING, w->cfg.name, w->env.pid, w->cfg.nrules,
-                (unsigned long long)w->cfg.interval_ms, w->cfg.window, lim->cpu_cores,
-                lim->cpu_source, (unsigned long long)lim->mem_limit, lim->mem_source,
-                w->cfg.sample_bytes ? ", heap sampling on" : "");
+    snprintf(out, cap,
+             "holmes %s started for %s (pid %d): %d rule(s), interval %llums, window %d; "
+             "cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
+             HOLMES_VERSION_STRING, w->cfg.name, w->env.pid, w->cfg.nrules,
+             (unsigned long long)w->cfg.interval_ms, w->cfg.window, lim->cpu_cores, lim->cpu_source,
+             (unsigned long long)lim->mem_limit, lim->mem_source,
+             w->cfg.sample_bytes ? ", heap sampling on" : "");
 }
 
 static void free_watchdog(holmes__watchdog *w)
@@ -420,6 +421,7 @@ int holmes__watchdog_start(const holmes__config *cfg, const holmes__watchdog_env
     holmes__watchdog *w = new_watchdog(cfg, env);
     if (!w)
         return HOLMES_ENOMEM;
+    char started[HOLMES_PATH_MAX];
     const char *what = "wake pipe";
     int rc = holmes__doorbell_open(&w->bell);
     if (rc == 0) {
@@ -430,7 +432,7 @@ int holmes__watchdog_start(const holmes__config *cfg, const holmes__watchdog_env
     if (rc == 0) {
         /* The thread does not exist yet: this one still owns the signal. */
         holmes__dump_signal_move(w->cfg.dump_signal, &w->bell);
-        log_started(w);
+        describe(w, started, sizeof(started));
         what = "watchdog thread";
         rc = holmes__thread_create(watchdog_main, w, "holmes", &w->thread);
         if (rc)
@@ -441,6 +443,7 @@ int holmes__watchdog_start(const holmes__config *cfg, const holmes__watchdog_env
         free_watchdog(w);
         return rc;
     }
+    holmes__log(HOLMES_LOG_INFO, "%s", started);
     *out = w;
     return 0;
 }
