@@ -315,14 +315,15 @@ static void begin_job(holmes__capture_thread *t, holmes__job *job)
 static holmes__job *next_job(holmes__capture_thread *t, uint64_t deadline_ns, bool *stop)
 {
     pthread_mutex_lock(&t->lock);
-    if (t->nqueued == 0 && !t->stop && deadline_ns > holmes__now_ns()) {
+    /* A job is taken only when it can become active: a full active set waits too. */
+    bool room = t->nactive < HOLMES_MAX_JOBS;
+    if ((t->nqueued == 0 || !room) && !t->stop && deadline_ns > holmes__now_ns()) {
         struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
                               .tv_nsec = (long)(deadline_ns % 1000000000ull)};
         pthread_cond_timedwait(&t->cond, &t->lock, &ts);
     }
     holmes__job *job = NULL;
-    /* A job is taken only when it can become active: a full active set waits. */
-    if (t->nqueued > 0 && t->nactive < HOLMES_MAX_JOBS) {
+    if (t->nqueued > 0 && room) {
         job = t->queue[0];
         memmove(&t->queue[0], &t->queue[1], (size_t)(t->nqueued - 1) * sizeof(t->queue[0]));
         t->nqueued--;
