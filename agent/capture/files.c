@@ -4,19 +4,21 @@
  */
 #include "agent/capture/capture.h"
 
+/* A profile ("<name>.pb.gz", uploaded as kind <name>) and its flame graph. */
+#define PROFILE(id, capture, name)                                                                 \
+    [id##_PB] = {capture, name ".pb.gz", name, false},                                             \
+    [id##_SVG] = {capture, name ".svg", "", false}
+
 const holmes__capture_file holmes__capture_files[HOLMES_FILE_COUNT] = {
-    [HOLMES_FILE_CPU_PB] = {HOLMES_CAPTURE_CPU, "cpu.pb.gz", "cpu", false},
-    [HOLMES_FILE_CPU_SVG] = {HOLMES_CAPTURE_CPU, "cpu.svg", "", false},
-    [HOLMES_FILE_HEAP_PB] = {HOLMES_CAPTURE_HEAP, "heap.pb.gz", "heap", false},
-    [HOLMES_FILE_HEAP_SVG] = {HOLMES_CAPTURE_HEAP, "heap.svg", "", false},
+    PROFILE(HOLMES_FILE_CPU, HOLMES_CAPTURE_CPU, "cpu"),
+    PROFILE(HOLMES_FILE_HEAP, HOLMES_CAPTURE_HEAP, "heap"),
+    /* With [heap] baseline: the baseline itself, and the growth since it. */
     [HOLMES_FILE_HEAP_BASE_PB] = {HOLMES_CAPTURE_HEAP, "heap-base.pb.gz", "heap-base", true},
     [HOLMES_FILE_HEAP_GROWTH_SVG] = {HOLMES_CAPTURE_HEAP, "heap-growth.svg", "", true},
-    [HOLMES_FILE_THREADS_PB] = {HOLMES_CAPTURE_THREADS, "threads.pb.gz", "threads", false},
-    [HOLMES_FILE_THREADS_SVG] = {HOLMES_CAPTURE_THREADS, "threads.svg", "", false},
+    PROFILE(HOLMES_FILE_THREADS, HOLMES_CAPTURE_THREADS, "threads"),
     [HOLMES_FILE_THREADS_TXT] = {HOLMES_CAPTURE_THREADS, "threads.txt", "", false},
     [HOLMES_FILE_FDS_TXT] = {HOLMES_CAPTURE_FDS, "fds.txt", "", false},
-    [HOLMES_FILE_WALL_PB] = {HOLMES_CAPTURE_WALL, "wall.pb.gz", "wall", false},
-    [HOLMES_FILE_WALL_SVG] = {HOLMES_CAPTURE_WALL, "wall.svg", "", false},
+    PROFILE(HOLMES_FILE_WALL, HOLMES_CAPTURE_WALL, "wall"),
 };
 
 int holmes__capture_suffixes(bool baseline, uint32_t captures, const char **out, int cap)
