@@ -15,9 +15,9 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "agent/pprof/mem.h"
 #include "holmes/holmes.h"
 #include "profile.pb-c.h"
-#include "agent/pprof/mem.h"
 
 #define NO_ID HOLMES_STRTAB_FULL
 
