@@ -112,7 +112,8 @@ static void record_stats(holmes__job *job, holmes__capture kind, const holmes__c
 static void capture_heap(holmes__job *job)
 {
     if (!holmes__heap_enabled()) {
-        note(&job->info, "heap: heap profiling is off ([heap] sample_bytes = 0)");
+        if (!holmes__heap_out_of_reach()) /* run_instant noted why */
+            note(&job->info, "heap: heap profiling is off ([heap] sample_bytes = 0)");
         return;
     }
     holmes__buf now = {0}, base = {0};
@@ -174,6 +175,8 @@ static const struct {
 
 static void run_instant(holmes__job *job)
 {
+    if (holmes__heap_out_of_reach())
+        note(&job->info, "%s", holmes__heap_out_of_reach());
     for (size_t i = 0; i < HOLMES_ARRAY_LEN(instants); i++)
         if (job->info.captures & (1u << instants[i].capture))
             instants[i].run(job);

@@ -107,6 +107,11 @@ bool holmes__heap_enabled(void);
 void holmes__heap_maintain(void);
 /* Estimated bytes in use through malloc (from the sampled live table). */
 uint64_t holmes__heap_inuse_bytes(void);
+/*
+ * Why the heap cannot be seen (malloc is defined ahead of libholmes), for
+ * every event's notes; NULL while it can. Set by holmes__heap_enable.
+ */
+const char *holmes__heap_out_of_reach(void);
 /* Writes the current heap profile (gzip'd pprof). */
 int holmes__heap_profile(holmes__buf *out, holmes__capture_stats *st);
 /* Keeps the current state as the baseline; holmes__heap_baseline_profile writes it. */

@@ -1,19 +1,19 @@
 /*
- * The malloc family, interposed on glibc's.
+ * The malloc family, interposed on the service's allocator.
  *
  * Every allocation subtracts its size from a thread-local countdown; while
- * the countdown stays positive the call goes straight to glibc's own entry
- * point (__libc_malloc and friends, resolved by the linker, never dlsym).
+ * the countdown stays positive the call goes straight to the allocator that
+ * would have served it without libholmes (glibc, jemalloc, tcmalloc,
+ * mimalloc...: heap_next.c finds it), one indirect jump through a table.
  * free() and the other calls that take a pointer first ask whether it lies
  * in the sampled region (two loads, a subtraction and a comparison); only
- * sampled objects live there, everything else belongs to glibc, including
- * memory glibc handed out before this library was loaded or enabled.
+ * sampled objects live there, everything else belongs to the allocator,
+ * including memory it handed out before this library was loaded or enabled.
  *
  * With HOLMES_NO_INTERPOSE (sanitizer builds, where the sanitizer's runtime
  * owns malloc) the same code is compiled under the holmes__heap_ names only
  * and forwards to the public malloc family, so tests still reach it.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -22,42 +22,13 @@
 
 #include "heap_int.h"
 
+#define NEXT holmes__heap_next_fn
 #ifdef HOLMES_NO_INTERPOSE
 #define FAMILY(name) holmes__heap_##name
 #define HEAP_API HOLMES_HEAP_TEXT
-#define REAL_MALLOC malloc
-#define REAL_FREE free
-#define REAL_CALLOC calloc
-#define REAL_REALLOC realloc
-#define REAL_MEMALIGN memalign
-#define REAL_VALLOC valloc
-#define REAL_PVALLOC pvalloc
 #else
 #define FAMILY(name) name
 #define HEAP_API HOLMES_EXPORT HOLMES_HEAP_TEXT
-#define REAL_MALLOC __libc_malloc
-#define REAL_FREE __libc_free
-#define REAL_CALLOC __libc_calloc
-#define REAL_REALLOC __libc_realloc
-#define REAL_MEMALIGN __libc_memalign
-#define REAL_VALLOC __libc_valloc
-#define REAL_PVALLOC __libc_pvalloc
-/*
- * glibc exports these for exactly this use: allocators layered on its own.
- * noplt: the tail call jumps through the GOT directly, one jump instead of two.
- */
-#if __has_attribute(noplt)
-#define LIBC_ENTRY __attribute__((noplt))
-#else
-#define LIBC_ENTRY
-#endif
-extern void *__libc_malloc(size_t n) LIBC_ENTRY;
-extern void __libc_free(void *p) LIBC_ENTRY;
-extern void *__libc_calloc(size_t k, size_t size) LIBC_ENTRY;
-extern void *__libc_realloc(void *p, size_t n) LIBC_ENTRY;
-extern void *__libc_memalign(size_t align, size_t n) LIBC_ENTRY;
-extern void *__libc_valloc(size_t n) LIBC_ENTRY;
-extern void *__libc_pvalloc(size_t n) LIBC_ENTRY;
 /* Gone from glibc's headers since 2.26, still exported for old binaries. */
 void cfree(void *p);
 #endif
@@ -96,40 +67,6 @@ static inline __attribute__((always_inline)) bool foreign(const void *p)
     return __builtin_expect(!holmes__heap_in_region(p), 1);
 }
 
-#ifdef HOLMES_NO_INTERPOSE
-static size_t real_usable(void *p)
-{
-    return malloc_usable_size(p);
-}
-#else
-static size_t (*libc_usable)(void *);
-
-/*
- * glibc exports malloc_usable_size under no __libc_ name. Its own
- * definition is looked up once, in libc itself; dlopen and dlsym may call
- * malloc, which is harmless here since malloc never needs this function.
- */
-static size_t (*resolve_libc_usable(void))(void *)
-{
-    size_t (*fn)(void *) = NULL;
-    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    if (libc)
-        *(void **)&fn = dlsym(libc, "malloc_usable_size");
-    if (!fn)
-        *(void **)&fn = dlsym(RTLD_NEXT, "malloc_usable_size");
-    __atomic_store_n(&libc_usable, fn, __ATOMIC_RELEASE);
-    return fn;
-}
-
-static size_t real_usable(void *p)
-{
-    size_t (*fn)(void *) = __atomic_load_n(&libc_usable, __ATOMIC_ACQUIRE);
-    if (!fn)
-        fn = resolve_libc_usable();
-    return fn ? fn(p) : 0;
-}
-#endif
-
 static size_t page_size(void)
 {
     return (size_t)getpagesize();
@@ -138,7 +75,7 @@ static size_t page_size(void)
 /* The return address into the caller of the family: the profile's leaf if the walk fails. */
 #define CALLER ((uintptr_t)__builtin_return_address(0))
 
-/* A sampled allocation when the sampler takes it, glibc's otherwise. */
+/* A sampled allocation when the sampler takes it, the allocator's otherwise. */
 static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, size_t align,
                                                                    bool zero, uintptr_t caller)
 {
@@ -148,21 +85,21 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, siz
             return p;
     }
     if (align)
-        return REAL_MEMALIGN(align, n);
-    return zero ? REAL_CALLOC(1, n) : REAL_MALLOC(n);
+        return NEXT.memalign(align, n);
+    return zero ? NEXT.calloc(1, n) : NEXT.malloc(n);
 }
 
 HEAP_API void *FAMILY(malloc)(size_t n)
 {
     if (unsampled(n))
-        return REAL_MALLOC(n);
+        return NEXT.malloc(n);
     return alloc_slow(n, 0, false, CALLER);
 }
 
 HEAP_API void FAMILY(free)(void *p)
 {
     if (foreign(p))
-        REAL_FREE(p);
+        NEXT.free(p);
     else
         holmes__heap_sample_free(p);
 }
@@ -175,31 +112,35 @@ HEAP_API void *FAMILY(calloc)(size_t k, size_t size)
         return NULL;
     }
     if (unsampled(n))
-        return REAL_CALLOC(k, size);
+        return NEXT.calloc(k, size);
     return alloc_slow(n, 0, true, CALLER);
 }
 
-/* glibc's block, resized into a sampled one when the sampler takes the new size. */
-static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_libc_slow(void *p, size_t n,
-                                                                          uintptr_t caller)
+/*
+ * The allocator's block grown by `added` bytes past its usable size: those
+ * bytes are drawn (see heap_sample.c), and the block moves into the region
+ * when they are taken.
+ */
+static HOLMES_HEAP_TEXT __attribute__((noinline)) void *
+realloc_foreign_slow(void *p, size_t n, size_t had, uintptr_t caller)
 {
-    if ((p && n == 0) || !holmes__heap_decide(n))
-        return REAL_REALLOC(p, n);
-    void *q = holmes__heap_sample_alloc(n, 0, false, caller);
+    if (!holmes__heap_decide(n - had))
+        return NEXT.realloc(p, n);
+    void *q = holmes__heap_sample_alloc_exposed(n, 0, n, caller);
     if (!q)
-        return REAL_REALLOC(p, n);
+        return NEXT.realloc(p, n);
     if (p) {
-        size_t old = real_usable(p);
-        memcpy(q, p, old < n ? old : n);
-        REAL_FREE(p);
+        memcpy(q, p, had < n ? had : n);
+        NEXT.free(p);
     }
     return q;
 }
 
 /*
- * The new size of a sampled block is an allocation of its own, sampled or
- * not by its own draw. A sampled one stays in place when its span has room
- * (a growing array); anything else moves.
+ * A sampled block stays sampled whatever its new size (see heap_sample.c
+ * for why that keeps the estimate unbiased): in place when its span has
+ * room, else moved within the region; to the allocator only when the
+ * region is full.
  */
 static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p, size_t n,
                                                                         uintptr_t caller)
@@ -213,14 +154,10 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
         holmes__heap_sample_free(p);
         return NULL;
     }
-    void *q = NULL;
-    if (!unsampled(n) && holmes__heap_decide(n)) {
-        if (holmes__heap_sample_resize(p, n, caller))
-            return p;
-        q = holmes__heap_sample_alloc(n, 0, false, caller);
-    }
-    if (!q)
-        q = REAL_MALLOC(n);
+    void *q = holmes__heap_sample_realloc(p, n, 0, caller);
+    if (q)
+        return q;
+    q = NEXT.malloc(n);
     if (!q)
         return NULL;
     memcpy(q, p, old < n ? old : n);
@@ -228,13 +165,18 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
     return q;
 }
 
+/*
+ * Growth within the usable size, a shrink and realloc(p, 0) expose no new
+ * bytes, so they go to the allocator without touching the countdown.
+ */
 HEAP_API void *FAMILY(realloc)(void *p, size_t n)
 {
     if (!foreign(p))
         return realloc_sampled(p, n, CALLER);
-    if (unsampled(n))
-        return REAL_REALLOC(p, n);
-    return realloc_libc_slow(p, n, CALLER);
+    size_t had = p ? NEXT.usable(p) : 0;
+    if (n <= had || unsampled(n - had))
+        return NEXT.realloc(p, n);
+    return realloc_foreign_slow(p, n, had, CALLER);
 }
 
 HEAP_API void *FAMILY(reallocarray)(void *p, size_t k, size_t size)
@@ -265,14 +207,14 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *memalign_slow(size_t ali
 {
     size_t a = memalign_rule(align);
     if (!a)
-        return REAL_MEMALIGN(align, n); /* sets errno as glibc does */
+        return NEXT.memalign(align, n); /* sets errno as glibc does */
     return alloc_slow(n, a > 16 ? a : 0, false, caller);
 }
 
 HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
 {
     if (unsampled(n))
-        return REAL_MEMALIGN(align, n);
+        return NEXT.memalign(align, n);
     return memalign_slow(align, n, CALLER);
 }
 
@@ -280,7 +222,7 @@ HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
 HEAP_API void *FAMILY(aligned_alloc)(size_t align, size_t n)
 {
     if (unsampled(n))
-        return REAL_MEMALIGN(align, n);
+        return NEXT.memalign(align, n);
     return memalign_slow(align, n, CALLER);
 }
 
@@ -289,7 +231,7 @@ HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
     if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
         return EINVAL;
     int saved = errno; /* posix_memalign reports through its result only */
-    void *p = unsampled(n) ? REAL_MEMALIGN(align, n) : memalign_slow(align, n, CALLER);
+    void *p = unsampled(n) ? NEXT.memalign(align, n) : memalign_slow(align, n, CALLER);
     errno = saved;
     if (!p)
         return ENOMEM;
@@ -300,7 +242,7 @@ HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
 HEAP_API void *FAMILY(valloc)(size_t n)
 {
     if (unsampled(n))
-        return REAL_VALLOC(n);
+        return NEXT.valloc(n);
     return alloc_slow(n, page_size(), false, CALLER);
 }
 
@@ -313,7 +255,7 @@ HEAP_API void *FAMILY(pvalloc)(size_t n)
     }
     rounded &= ~(page - 1);
     if (unsampled(rounded))
-        return REAL_PVALLOC(n);
+        return NEXT.pvalloc(n);
     return alloc_slow(rounded ? rounded : page, page, false, CALLER);
 }
 
@@ -322,7 +264,7 @@ HEAP_API size_t FAMILY(malloc_usable_size)(void *p)
     if (!p)
         return 0;
     if (foreign(p))
-        return real_usable(p);
+        return NEXT.usable(p);
     return holmes__heap_sample_usable(p);
 }
 

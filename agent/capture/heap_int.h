@@ -1,14 +1,17 @@
 /*
  * Private to the heap sampler (agent/capture/heap*.c).
  *
- * heap.c          the malloc family: a countdown test, then glibc or the slow path
+ * heap.c          the malloc family: a countdown test, then the allocator or the slow path
+ * heap_next.c     which allocator serves the process, its entry points (forwarding)
+ * heap_api.c      jemalloc's *allocx, tcmalloc's tc_* and mimalloc's mi_* taking pointers
+ * heap_cxx.c      every C++ operator new and delete
  * heap_sample.c   the Poisson countdown, sampled allocations and frees, the lock
  * heap_region.c   the reserved region where sampled objects live
  * heap_table.c    the stack depot and per-(stack, size class) counters
  * heap_profile.c  pprof output, baselines
  *
  * Only sampled objects live in the region, so free() tells them apart from
- * glibc's with one subtract-and-compare on two globals.
+ * the allocator's with one subtract-and-compare on two globals.
  */
 #ifndef HOLMES_HEAP_INT_H
 #define HOLMES_HEAP_INT_H
@@ -40,6 +43,87 @@ void *holmes__heap_valloc(size_t n);
 void *holmes__heap_pvalloc(size_t n);
 size_t holmes__heap_malloc_usable_size(void *p);
 
+/* ---- heap_next.c: the allocator that serves what is not sampled ---- */
+enum {
+    HOLMES_ALLOC_GLIBC,
+    HOLMES_ALLOC_JEMALLOC,
+    HOLMES_ALLOC_TCMALLOC,
+    HOLMES_ALLOC_MIMALLOC,
+    HOLMES_ALLOC_OTHER,
+};
+
+/* The C++ operators, in the order of holmes__heap_cxx_names. */
+#define HOLMES_CXX_OPS 20
+extern const char *const holmes__heap_cxx_names[HOLMES_CXX_OPS] HOLMES_INTERNAL;
+
+/*
+ * Entry points of the serving allocator. The family's start out as
+ * trampolines that resolve the table on their first call; the optional
+ * ones are NULL where the allocator has none, the C++ ones until resolved.
+ */
+typedef struct holmes__heap_next {
+    void *(*malloc)(size_t);
+    void (*free)(void *);
+    void *(*calloc)(size_t, size_t);
+    void *(*realloc)(void *, size_t);
+    void *(*memalign)(size_t, size_t);
+    void *(*aligned_alloc)(size_t, size_t);
+    int (*posix_memalign)(void **, size_t, size_t);
+    void *(*valloc)(size_t);
+    void *(*pvalloc)(size_t);
+    size_t (*usable)(void *);
+    size_t (*nallocx)(size_t, int);
+    void *(*mallocx)(size_t, int);
+    void *(*rallocx)(void *, size_t, int);
+    size_t (*xallocx)(void *, size_t, size_t, int);
+    size_t (*sallocx)(const void *, int);
+    void (*dallocx)(void *, int);
+    void (*sdallocx)(void *, size_t, int);
+    void *cxx[HOLMES_CXX_OPS];
+    bool cxx_counts[HOLMES_CXX_OPS]; /* the allocator's own: they never come through malloc */
+    int serving_kind;
+} holmes__heap_next;
+
+extern holmes__heap_next holmes__heap_next_fn HOLMES_INTERNAL;
+
+/* A looked-up address as a function pointer (ISO C has no direct conversion). */
+typedef void (*holmes__any_fn)(void);
+static inline holmes__any_fn holmes__as_fn(void *p)
+{
+    union {
+        void *v;
+        holmes__any_fn f;
+    } u = {.v = p};
+    return u.f;
+}
+
+/* Resolves the table once (idempotent, thread-safe, allocates nothing). */
+void holmes__heap_resolve(void);
+/* Copies a resolved table in (heap_next.c's trampolines keep working meanwhile). */
+void holmes__heap_install(const holmes__heap_next *t);
+/* The first definition of name after libholmes in the modules loaded now, or NULL. */
+void *holmes__heap_find_next(const char *name);
+/* The next definition of C++ operator op, looked up again if it was missing. */
+void *holmes__heap_resolve_cxx(int op);
+/* What the serving allocator's malloc_usable_size reports for a fresh n-byte object. */
+size_t holmes__heap_usable_for(size_t n);
+/* The module that defines malloc ahead of libholmes (the heap is out of reach), or NULL. */
+const char *holmes__heap_owner(void);
+/* HOLMES_ALLOC_* of the module owning malloc (ahead of libholmes, or the one served). */
+int holmes__heap_owner_kind(void);
+const char *holmes__heap_allocator_name(int kind);
+
+#ifndef HOLMES_NO_INTERPOSE
+/* glibc exports these for allocators layered on its own. */
+extern void *__libc_malloc(size_t n);
+extern void __libc_free(void *p);
+extern void *__libc_calloc(size_t k, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void *__libc_memalign(size_t align, size_t n);
+extern void *__libc_valloc(size_t n);
+extern void *__libc_pvalloc(size_t n);
+#endif
+
 /* ---- heap_sample.c ---- */
 /*
  * Bytes this thread may still allocate before the next sample. The fast
@@ -57,15 +141,22 @@ bool holmes__heap_decide(size_t n);
  * walked.
  */
 void *holmes__heap_sample_alloc(size_t n, size_t align, bool zero, uintptr_t caller);
+/* The same for an object whose history exposed `exposure` bytes to the sampler (>= n). */
+void *holmes__heap_sample_alloc_exposed(size_t n, size_t align, uint64_t exposure,
+                                        uintptr_t caller);
 void holmes__heap_sample_free(void *p);
 /*
- * realloc of a live sampled object p to n bytes, sampled anew, in place:
- * counted as a free and an allocation at the caller's stack. False, and
- * nothing changed, when p's span has no room for n bytes.
+ * realloc of a live sampled object p to n bytes: it stays sampled, in place
+ * when its span has room, else moved within the region, counted as a free
+ * and an allocation at the caller's stack. Its weight follows the bytes its
+ * growth exposed (see heap_sample.c). NULL, and p unchanged, when the region
+ * is full.
  */
-bool holmes__heap_sample_resize(void *p, size_t n, uintptr_t caller);
-/* Usable size of a sampled object, or 0 when p is not a live one. */
+void *holmes__heap_sample_realloc(void *p, size_t n, size_t align, uintptr_t caller);
+/* Usable size of a sampled object, as its allocator would report it; 0 when p is not a live one. */
 size_t holmes__heap_sample_usable(const void *p);
+/* Bytes asked for by a live sampled object, or 0. */
+size_t holmes__heap_sample_size(const void *p);
 
 typedef struct holmes__heap_counters {
     uint64_t sampled;  /* sampled allocations recorded */
@@ -103,6 +194,7 @@ typedef struct holmes__heap_rec {
     uintptr_t ptr;   /* the object; 0 while its span is free */
     uint64_t size;   /* bytes asked for */
     uint64_t weight; /* bytes it stands for in the in-use estimate */
+    uint64_t exposure; /* bytes its allocation and growth exposed to the sampler */
     uint32_t start;  /* first page of its span */
     uint32_t pages;  /* pages the object may use from start */
     uint32_t bucket; /* heap_table bucket */

@@ -22,6 +22,19 @@
  * an unbiased estimate of the bytes allocated), which is what the in-use
  * estimate adds up; the profile unsamples per bucket the way Go's pprof does.
  *
+ * realloc keeps a sampled object sampled, without bias, by treating growth
+ * as the allocation of the bytes it adds. A realloc from an object whose
+ * allocator reports u usable bytes to n > u bytes exposes n - u new bytes
+ * to the same Poisson process, whoever holds the object: an unsampled one
+ * (the countdown runs down by n - u and may take it now), a sampled one
+ * (it is sampled already; its record adds n - u to its exposure E). A
+ * shrink, or growth within u, exposes nothing, and nothing changes hands.
+ * So an object is sampled with probability 1 - exp(-E/S) whichever way its
+ * history went, where E is its first request plus what each growth exposed,
+ * and it stands for n / (1 - exp(-E/S)) bytes. The one approximation: an
+ * object first taken at a growth is given E = n, its earlier history being
+ * unknown (its earlier reallocs' slack, u - n, was exposed to no one).
+ *
  * The sampled path is rare by construction (once per S bytes per thread),
  * but two threads of a malloc-heavy service meet on it often enough that
  * one lock around all of it made them wait for each other. So it takes no
@@ -33,6 +46,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "../unwind/unwind.h"
@@ -176,11 +190,22 @@ static uint64_t weight(size_t n, uint64_t rate)
     return (uint64_t)((double)n / -expm1(-(double)n / (double)rate));
 }
 
+/* The bytes an object of n whose history exposed e bytes stands for: n / (1 - exp(-e/S)). */
+static uint64_t weight_exposed(size_t n, uint64_t e, uint64_t rate)
+{
+    if (rate <= 1 || e <= n)
+        return weight(n, rate);
+    return (uint64_t)((double)n / -expm1(-(double)e / (double)rate));
+}
+
 /* Records a sampled object of n bytes allocated at this stack in r. */
-static void record(holmes__heap_rec *r, const uintptr_t *pcs, int depth, size_t n)
+static void record(holmes__heap_rec *r, const uintptr_t *pcs, int depth, size_t n,
+                   uint64_t exposure)
 {
     r->size = n;
-    r->weight = weight(n, atomic_load_explicit(&sample_rate, memory_order_relaxed));
+    r->exposure = exposure > n ? exposure : n;
+    r->weight = weight_exposed(n, r->exposure,
+                               atomic_load_explicit(&sample_rate, memory_order_relaxed));
     r->bucket = holmes__heap_bucket_for(pcs, depth, n);
     holmes__heap_count(r->bucket, n, true);
     atomic_fetch_add_explicit(&estimate, (int64_t)r->weight, memory_order_relaxed);
@@ -194,11 +219,17 @@ static void count_free(const holmes__heap_rec *r)
     atomic_fetch_add_explicit(&n_freed, 1, memory_order_relaxed);
 }
 
-static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool zero)
+/*
+ * A sampled object has room for what its allocator would have given it:
+ * code that sizes its buffers by malloc_usable_size (redis's sds) writes
+ * that far, and must see the same number as for the allocator's own objects.
+ */
+static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool zero,
+                   uint64_t exposure)
 {
     holmes__heap_rec *r;
     void *p = atomic_load_explicit(&ready, memory_order_acquire)
-                  ? holmes__heap_region_alloc(n, align, &r)
+                  ? holmes__heap_region_alloc(holmes__heap_usable_for(n), align, &r)
                   : NULL;
     if (!p) {
         atomic_fetch_add_explicit(&n_dropped, 1, memory_order_relaxed);
@@ -207,7 +238,19 @@ static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool
     /* A reused span holds its last object's bytes; memset beats the page faults of a fresh one. */
     if (zero && r->warm)
         memset(p, 0, n);
-    record(r, pcs, depth, n);
+    record(r, pcs, depth, n, exposure);
+    return p;
+}
+
+HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc_exposed(size_t n, size_t align,
+                                                         uint64_t exposure, uintptr_t caller)
+{
+    uintptr_t pcs[HOLMES_MAX_FRAMES];
+    const uintptr_t *first;
+    self.busy++;
+    int depth = own_stack(pcs, caller, &first);
+    void *p = place(first, depth, n, align, false, exposure);
+    self.busy--;
     return p;
 }
 
@@ -218,24 +261,45 @@ HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, bool ze
     const uintptr_t *first;
     self.busy++;
     int depth = own_stack(pcs, caller, &first);
-    void *p = place(first, depth, n, align, zero);
+    void *p = place(first, depth, n, align, zero, n);
     self.busy--;
     return p;
 }
 
-HOLMES_HEAP_TEXT bool holmes__heap_sample_resize(void *p, size_t n, uintptr_t caller)
+/* Growth past what the allocator reported usable exposes the added bytes (see the top). */
+static uint64_t exposed(const holmes__heap_rec *r, size_t n)
+{
+    size_t had = holmes__heap_usable_for(r->size);
+    return r->exposure + (n > had ? n - had : 0);
+}
+
+HOLMES_HEAP_TEXT void *holmes__heap_sample_realloc(void *p, size_t n, size_t align,
+                                                   uintptr_t caller)
 {
     holmes__heap_rec *r = holmes__heap_region_find(p);
-    if (!r || !holmes__heap_region_resize(r, n))
-        return false;
+    if (!r)
+        return NULL;
     uintptr_t pcs[HOLMES_MAX_FRAMES];
     const uintptr_t *first;
+    uint64_t exposure = exposed(r, n);
+    size_t old = r->size;
     self.busy++;
     int depth = own_stack(pcs, caller, &first);
-    count_free(r);
-    record(r, first, depth, n);
+    void *q = p;
+    if ((align <= 1 || ((uintptr_t)p & (align - 1)) == 0) &&
+        holmes__heap_region_resize(r, holmes__heap_usable_for(n))) {
+        count_free(r);
+        record(r, first, depth, n, exposure);
+    } else {
+        q = place(first, depth, n, align, false, exposure);
+        if (q) {
+            size_t keep = holmes__heap_usable_for(old);
+            memcpy(q, p, keep < n ? keep : n);
+            holmes__heap_sample_free(p);
+        }
+    }
     self.busy--;
-    return true;
+    return q;
 }
 
 HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
@@ -252,7 +316,16 @@ HOLMES_HEAP_TEXT void holmes__heap_sample_free(void *p)
 HOLMES_HEAP_TEXT size_t holmes__heap_sample_usable(const void *p)
 {
     const holmes__heap_rec *r = holmes__heap_region_find(p);
-    return r ? holmes__heap_region_usable(r) : 0;
+    if (!r)
+        return 0;
+    size_t want = holmes__heap_usable_for(r->size), room = holmes__heap_region_usable(r);
+    return want < room ? want : room;
+}
+
+HOLMES_HEAP_TEXT size_t holmes__heap_sample_size(const void *p)
+{
+    const holmes__heap_rec *r = holmes__heap_region_find(p);
+    return r ? r->size : 0;
 }
 
 /* ---- switching on and off ---- */
@@ -273,12 +346,36 @@ static int prepare(void)
     return rc;
 }
 
+/* The note events carry while the heap is out of reach, "" until known. */
+static char reach_note[400];
+static pthread_once_t reach_once = PTHREAD_ONCE_INIT;
+
+static void check_reach(void)
+{
+    const char *owner = holmes__heap_owner();
+    if (!owner)
+        return;
+    snprintf(reach_note, sizeof(reach_note),
+             "heap: malloc is served by %s (%s), ahead of libholmes: allocations are not seen, "
+             "heap profiling and heap rules are off",
+             owner, holmes__heap_allocator_name(holmes__heap_owner_kind()));
+    holmes__log(HOLMES_LOG_WARN, "%s", reach_note);
+}
+
+const char *holmes__heap_out_of_reach(void)
+{
+    return reach_note[0] ? reach_note : NULL;
+}
+
 int holmes__heap_enable(uint64_t sample_bytes)
 {
     if (sample_bytes == 0) {
         holmes__heap_disable();
         return 0;
     }
+    pthread_once(&reach_once, check_reach);
+    if (reach_note[0])
+        return 0; /* a zero estimate would be meaningless: sampling stays off */
     HOLMES_AGENT_ENTER();
     int rc = prepare();
     HOLMES_AGENT_LEAVE();
