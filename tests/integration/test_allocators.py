@@ -40,7 +40,7 @@ dump_signal = SIGURG
 sample_bytes = @RATE@
 [rule.heap]
 diff = off
-abs = 1
+abs = @ABS@
 capture = heap
 cooldown = 1m
 [reporter.file]
@@ -48,8 +48,10 @@ dir = @DUMPS@
 """
 
 
-def ini(w, name, rate):
-    return w.write_ini(INI.replace("@NAME@", name).replace("@RATE@", rate), name + ".ini")
+def ini(w, name, rate, rule_abs=99):
+    """A heap rule at rule_abs % of mem_limit (99: never, so only the manual dump writes)."""
+    text = INI.replace("@NAME@", name).replace("@RATE@", rate).replace("@ABS@", str(rule_abs))
+    return w.write_ini(text, name + ".ini")
 
 
 def free_port():
@@ -68,12 +70,12 @@ def total_inuse(profile):
 
 
 def dump_now(w, pid, name, timeout=30):
-    before = set(w.files("%s.*manual*heap.pb.gz" % name) + w.files("%s.*dump*heap.pb.gz" % name))
+    pattern = "%s.*.manual.*.heap.pb.gz" % name
+    before = set(w.files(pattern))
     os.kill(pid, signal.SIGURG)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        now = [f for f in w.files("%s.*heap.pb.gz" % name) if f not in before
-               and not f.endswith("heap-base.pb.gz")]
+        now = [f for f in w.files(pattern) if f not in before]
         if now:
             time.sleep(0.5)  # the file is renamed into place whole; its event follows
             return now[-1]
@@ -170,9 +172,8 @@ int main()
         MallocExtension_GetNumericProperty("generic.current_allocated_bytes", &tc);
     printf("held %zu tcmalloc_allocated %zu\n", total, tc);
     fflush(stdout);
-    pause();
-    for (size_t i = 0; i < n; i++)
-        delete[] keep[i];
+    for (;;)
+        pause(); /* the dump signal's handler returns here: keep holding */
 }
 """
 
@@ -261,6 +262,7 @@ int main(void)
 {
     static void *slot[4096];
     static size_t size[4096];
+    static int align[4096]; /* jemalloc's sized free wants the allocation's alignment flag */
     uint64_t x = 88172645463325252ull;
     long ops = 0;
     while (ops < 10000000) {
@@ -271,15 +273,16 @@ int main(void)
         if (!slot[i]) {
             slot[i] = mallocx(n, flags);
             size[i] = n;
+            align[i] = flags & ~MALLOCX_ZERO;
             if (!slot[i]) return 2;
             if ((flags & MALLOCX_ZERO) && ((char *)slot[i])[n - 1]) return 3;
             memset(slot[i], 7, n);
         } else if (what == 0) {
             if (sallocx(slot[i], 0) < size[i]) return 4;
-            sdallocx(slot[i], size[i], 0);
+            sdallocx(slot[i], size[i], align[i]);
             slot[i] = NULL;
         } else if (what == 1) {
-            dallocx(slot[i], 0);
+            dallocx(slot[i], align[i]);
             slot[i] = NULL;
         } else if (what == 2) {
             void *q = rallocx(slot[i], n, flags);
@@ -287,11 +290,13 @@ int main(void)
             if (((char *)q)[0] != 7) return 6;
             slot[i] = q;
             size[i] = n;
+            align[i] = flags & ~MALLOCX_ZERO;
             memset(q, 7, n);
         } else if (what == 3) {
-            size_t got = xallocx(slot[i], n, 0, 0);
+            size_t got = xallocx(slot[i], n, 0, align[i]);
             if (got < (n < size[i] ? n : size[i])) return 7;
-            if (got >= n) size[i] = n;
+            /* the new size, where it names the size class the object now has */
+            if (got >= n && nallocx(n, align[i]) == got) size[i] = n;
         } else if (what == 4) {
             if (malloc_usable_size(slot[i]) < size[i]) return 8;
         } else {
@@ -374,7 +379,8 @@ int main(void)
     for (int i = 0; i < 64; i++) memset(malloc(1 << 20), 1, 1 << 20);
     printf("ready\n");
     fflush(stdout);
-    pause();
+    for (;;)
+        pause();
 }
 """
 
@@ -393,7 +399,7 @@ def test_static_allocator():
     if p.returncode != 0:
         return
     log = os.path.join(w.path, "own.log")
-    s = Service([exe], env=preload_env(ini(w, "ownmalloc", "64KiB")), stderr_path=log)
+    s = Service([exe], env=preload_env(ini(w, "ownmalloc", "64KiB", 1)), stderr_path=log)
     try:
         check(s.wait_line("ready", timeout=30), "ownmalloc did not start: %s" % s.stderr())
         prof = dump_now(w, s.pid, "ownmalloc")
