@@ -195,6 +195,7 @@ typedef struct holmes__heap_rec {
     uint64_t size;   /* bytes asked for */
     uint64_t weight; /* bytes it stands for in the in-use estimate */
     uint64_t exposure; /* bytes its allocation and growth exposed to the sampler */
+    uint64_t usable;   /* what its allocator's malloc_usable_size would say */
     uint32_t start;  /* first page of its span */
     uint32_t pages;  /* pages the object may use from start */
     uint32_t bucket; /* heap_table bucket */

@@ -200,9 +200,10 @@ static uint64_t weight_exposed(size_t n, uint64_t e, uint64_t rate)
 
 /* Records a sampled object of n bytes allocated at this stack in r. */
 static void record(holmes__heap_rec *r, const uintptr_t *pcs, int depth, size_t n,
-                   uint64_t exposure)
+                   uint64_t exposure, size_t usable)
 {
     r->size = n;
+    r->usable = usable;
     r->exposure = exposure > n ? exposure : n;
     r->weight = weight_exposed(n, r->exposure,
                                atomic_load_explicit(&sample_rate, memory_order_relaxed));
@@ -228,8 +229,9 @@ static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool
                    uint64_t exposure)
 {
     holmes__heap_rec *r;
+    size_t usable = holmes__heap_usable_for(n);
     void *p = atomic_load_explicit(&ready, memory_order_acquire)
-                  ? holmes__heap_region_alloc(holmes__heap_usable_for(n), align, &r)
+                  ? holmes__heap_region_alloc(usable, align, &r)
                   : NULL;
     if (!p) {
         atomic_fetch_add_explicit(&n_dropped, 1, memory_order_relaxed);
@@ -238,7 +240,7 @@ static void *place(const uintptr_t *pcs, int depth, size_t n, size_t align, bool
     /* A reused span holds its last object's bytes; memset beats the page faults of a fresh one. */
     if (zero && r->warm)
         memset(p, 0, n);
-    record(r, pcs, depth, n, exposure);
+    record(r, pcs, depth, n, exposure, usable);
     return p;
 }
 
@@ -269,8 +271,7 @@ HOLMES_HEAP_TEXT void *holmes__heap_sample_alloc(size_t n, size_t align, bool ze
 /* Growth past what the allocator reported usable exposes the added bytes (see the top). */
 static uint64_t exposed(const holmes__heap_rec *r, size_t n)
 {
-    size_t had = holmes__heap_usable_for(r->size);
-    return r->exposure + (n > had ? n - had : 0);
+    return r->exposure + (n > r->usable ? n - r->usable : 0);
 }
 
 HOLMES_HEAP_TEXT void *holmes__heap_sample_realloc(void *p, size_t n, size_t align,
@@ -282,18 +283,17 @@ HOLMES_HEAP_TEXT void *holmes__heap_sample_realloc(void *p, size_t n, size_t ali
     uintptr_t pcs[HOLMES_MAX_FRAMES];
     const uintptr_t *first;
     uint64_t exposure = exposed(r, n);
-    size_t old = r->size;
+    size_t keep = r->usable, usable = holmes__heap_usable_for(n);
     self.busy++;
     int depth = own_stack(pcs, caller, &first);
     void *q = p;
     if ((align <= 1 || ((uintptr_t)p & (align - 1)) == 0) &&
-        holmes__heap_region_resize(r, holmes__heap_usable_for(n))) {
+        holmes__heap_region_resize(r, usable)) {
         count_free(r);
-        record(r, first, depth, n, exposure);
+        record(r, first, depth, n, exposure, usable);
     } else {
         q = place(first, depth, n, align, false, exposure);
         if (q) {
-            size_t keep = holmes__heap_usable_for(old);
             memcpy(q, p, keep < n ? keep : n);
             holmes__heap_sample_free(p);
         }
@@ -318,8 +318,8 @@ HOLMES_HEAP_TEXT size_t holmes__heap_sample_usable(const void *p)
     const holmes__heap_rec *r = holmes__heap_region_find(p);
     if (!r)
         return 0;
-    size_t want = holmes__heap_usable_for(r->size), room = holmes__heap_region_usable(r);
-    return want < room ? want : room;
+    size_t room = holmes__heap_region_usable(r);
+    return r->usable < room ? r->usable : room;
 }
 
 HOLMES_HEAP_TEXT size_t holmes__heap_sample_size(const void *p)
