@@ -95,6 +95,11 @@ def redis_info(port):
 
 
 def test_redis(rate):
+    if not heap_interposed():
+        # The sanitizer's runtime is preloaded first and owns malloc: redis
+        # would run on it, not on jemalloc, whatever libholmes does.
+        print("SKIPPED: redis at %s: the sanitizer runtime replaces jemalloc in this build" % rate)
+        return
     if not shutil.which("redis-server") or not shutil.which("redis-benchmark"):
         check(False, "redis-server / redis-benchmark missing (scripts/deps.sh installs them)")
         return
@@ -121,9 +126,6 @@ def test_redis(rate):
         check(info.get("mem_allocator", "").startswith("jemalloc"), "redis is not on jemalloc")
         check(used > 100 << 20, "the SET run left only %d bytes" % used)
         check(held >= 0.9 * used, "jemalloc holds %d of used_memory %d" % (held, used))
-        if not heap_interposed():
-            print("SKIPPED: heap dump check: the sanitizer build compiles out interposition")
-            return
         prof = dump_now(w, s.pid, name)
         check(prof, "no heap dump after the dump signal: %s" % s.stderr()[-2000:])
         if not prof:
