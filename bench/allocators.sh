@@ -12,7 +12,8 @@
 #    path did not regress.
 # 2. Debian's redis-server (jemalloc) under redis-benchmark SET and GET with
 #    2 KB values on 127.0.0.1, without and with libholmes preloaded,
-#    interleaved (none, holmes, none, holmes, ...): the throughput ratio, and
+#    interleaved (none, holmes, none, holmes, ...): the throughput ratio, the
+#    server's CPU time ratio for the same requests, and
 #    INFO memory's allocator_allocated / used_memory after each holmes run
 #    (jemalloc still the allocator).
 # Environment: HOLMES_BUILD (default build-bench, built when missing),
@@ -101,12 +102,16 @@ redis_round() {
     r=$(redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REDIS_N" -d 2048 -r 100000 \
         -c 16 --csv 2>>"$LOG" | rps)
     info=$(redis-cli -p "$port" info memory | tr -d '\r')
+    # The server's CPU ticks (user + system): the cost per request, which the
+    # machine's other load moves far less than throughput.
+    local ticks
+    ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     local used held
     used=$(awk -F: '$1 == "used_memory" { print $2 }' <<<"$info")
     held=$(awk -F: '$1 == "allocator_allocated" { print $2 }' <<<"$info")
-    echo "$mode $r $used $held"
+    echo "$mode $r $used $held $ticks"
 }
 
 say "== 2. redis-server (jemalloc), redis-benchmark SET/GET 2 KB values, -n $REDIS_N, interleaved"
@@ -125,6 +130,9 @@ for col in 2:SET 3:GET; do
     h=$(awk -v c="$c" '$1 == "holmes" { print $c }' "$OUT/redis.txt" | median)
     say "redis $name: median rps none $n, holmes $h, ratio $(ratio "$h" "$n")"
 done
+n=$(awk '$1 == "none" { print $6 }' "$OUT/redis.txt" | median)
+h=$(awk '$1 == "holmes" { print $6 }' "$OUT/redis.txt" | median)
+say "redis server CPU ticks for the run: median none $n, holmes $h, ratio $(ratio "$h" "$n")"
 awk '$1 == "holmes" { printf "redis with holmes: jemalloc holds %.1f%% of used_memory\n", $5 * 100 / $4 }' \
     "$OUT/redis.txt" | tee -a "$LOG"
 say "log: $LOG"
