@@ -111,14 +111,15 @@ static void record_stats(holmes__job *job, holmes__capture kind, const holmes__c
 
 static void capture_heap(holmes__job *job)
 {
-    if (!holmes__heap_enabled()) {
+    bool jeprof = !holmes__heap_enabled() && holmes__heap_jeprof_available();
+    if (!holmes__heap_enabled() && !jeprof) {
         if (!holmes__heap_out_of_reach()) /* run_instant noted why */
             note(&job->info, "heap: heap profiling is off ([heap] sample_bytes = 0)");
         return;
     }
     holmes__buf now = {0}, base = {0};
     holmes__capture_stats st = {0};
-    int rc = holmes__heap_profile(&now, &st);
+    int rc = jeprof ? holmes__heap_jeprof_profile(&now, &st) : holmes__heap_profile(&now, &st);
     if (rc != 0) {
         note(&job->info, "heap: %s", holmes_strerror(rc));
         holmes__buf_free(&now);

@@ -112,6 +112,12 @@ uint64_t holmes__heap_inuse_bytes(void);
  * every event's notes; NULL while it can. Set by holmes__heap_enable.
  */
 const char *holmes__heap_out_of_reach(void);
+/*
+ * Out of reach, but jemalloc owns malloc with its profiling on: a heap
+ * profile from its prof.dump, in the sampler's sample types (heap_jeprof.c).
+ */
+bool holmes__heap_jeprof_available(void);
+int holmes__heap_jeprof_profile(holmes__buf *out, holmes__capture_stats *st);
 /* Writes the current heap profile (gzip'd pprof). */
 int holmes__heap_profile(holmes__buf *out, holmes__capture_stats *st);
 /* Keeps the current state as the baseline; holmes__heap_baseline_profile writes it. */

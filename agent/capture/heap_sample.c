@@ -357,8 +357,10 @@ static void check_reach(void)
         return;
     snprintf(reach_note, sizeof(reach_note),
              "heap: malloc is served by %s (%s), ahead of libholmes: allocations are not seen, "
-             "heap profiling and heap rules are off",
-             owner, holmes__heap_allocator_name(holmes__heap_owner_kind()));
+             "heap sampling and heap rules are off%s",
+             owner, holmes__heap_allocator_name(holmes__heap_owner_kind()),
+             holmes__heap_jeprof_available() ? "; heap captures come from jemalloc's prof.dump"
+                                             : "");
     holmes__log(HOLMES_LOG_WARN, "%s", reach_note);
 }
 

@@ -13,6 +13,8 @@
   operations at sample_bytes = 1 KiB: no crash.
 - An executable with its own malloc: one log line naming it, the note in
   the event, and no heap rule firing on the meaningless zero.
+- jemalloc preloaded ahead of libholmes with MALLOC_CONF=prof:true: heap
+  captures come from its prof.dump, converted to the same pprof types.
 """
 import os
 import re
@@ -421,11 +423,81 @@ def test_static_allocator():
         w.cleanup()
 
 
+JEPROF_PROG = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+__attribute__((noinline)) void *hold_in_jemalloc(size_t n)
+{
+    void *p = malloc(n);
+    memset(p, 1, n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+
+int main(void)
+{
+    static void *keep[32768];
+    for (int i = 0; i < 32768; i++)
+        keep[i] = hold_in_jemalloc(4096);
+    printf("ready %p\n", keep[0]);
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+"""
+
+
+def test_jeprof():
+    """jemalloc ahead of libholmes, with its profiler on: captures come from prof.dump."""
+    if not heap_interposed():
+        print("SKIPPED: jemalloc prof.dump: the sanitizer runtime owns malloc in this build")
+        return
+    lib = os.path.join(LIB, "libjemalloc.so.2")
+    if not check(os.path.exists(lib), "libjemalloc.so.2 missing (scripts/deps.sh)"):
+        return
+    w = Workdir()
+    src = os.path.join(w.path, "jeprof.c")
+    exe = os.path.join(w.path, "jeprof")
+    with open(src, "w") as f:
+        f.write(JEPROF_PROG)
+    p = subprocess.run(["gcc", "-O1", "-g", "-o", exe, src], capture_output=True, text=True)
+    if not check(p.returncode == 0, "gcc jeprof: %s" % p.stderr):
+        return
+    env = preload_env(ini(w, "jeprof", "64KiB"))
+    env["LD_PRELOAD"] = lib + ":" + env["LD_PRELOAD"]  # jemalloc ahead: out of reach
+    env["MALLOC_CONF"] = "prof:true,lg_prof_sample:17"
+    s = Service([exe], env=env, stderr_path=os.path.join(w.path, "jeprof.log"))
+    try:
+        check(s.wait_line("ready", timeout=30), "jeprof did not start: %s" % s.stderr())
+        prof = dump_now(w, s.pid, "jeprof")
+        text = s.stderr()
+        lines = [ln for ln in text.splitlines() if "malloc is served by" in ln]
+        check(len(lines) == 1 and "libjemalloc" in lines[0] and "prof.dump" in lines[0],
+              "expected one line naming libjemalloc and prof.dump: %s" % text[-2000:])
+        check(prof, "no heap profile from jemalloc's prof.dump: %s" % text[-2000:])
+        if not prof:
+            return
+        truth = 32768 * 4096
+        rows = pprof_top(prof, "inuse_space", ["-cum", "-nodecount=40"])
+        check(any(r[5].startswith("hold_in_jemalloc") for r in rows),
+              "the jemalloc profile does not name hold_in_jemalloc: %s" % rows[:10])
+        inuse = total_inuse(prof)
+        print("jeprof: inuse_space %.0f vs %d (%.3f)" % (inuse, truth, inuse / truth))
+        check(abs(inuse - truth) <= 0.1 * truth,
+              "inuse_space %.0f not within 10%% of %d" % (inuse, truth))
+    finally:
+        s.kill()
+        w.cleanup()
+
+
 def main():
     only = sys.argv[1:]
     tests = [("redis64", lambda: test_redis("64KiB")), ("redis512", lambda: test_redis("512KiB")),
              ("tcmalloc", lambda: test_cxx("tcmalloc")), ("mimalloc", lambda: test_cxx("mimalloc")),
-             ("mallocx", test_mallocx), ("static", test_static_allocator)]
+             ("mallocx", test_mallocx), ("static", test_static_allocator), ("jeprof", test_jeprof)]
     for name, fn in tests:
         if not only or name in only:
             fn()
