@@ -33,40 +33,6 @@
 void cfree(void *p);
 #endif
 
-/*
- * The fast path: true while the thread's countdown stays above zero. On
- * x86-64 it is one subtraction from the TLS slot and a branch on its flags
- * (jle after sub tests countdown <= n, i.e. nothing left); compilers load,
- * subtract, store and test instead.
- */
-#if defined(__x86_64__) && !defined(HOLMES_NO_INTERPOSE)
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    __asm__ goto("movq holmes__heap_countdown@gottpoff(%%rip), %%rax\n\t"
-                 "subq %0, %%fs:(%%rax)\n\t"
-                 "jle %l[out]"
-                 :
-                 : "r"(n)
-                 : "rax", "cc"
-                 : out);
-    return true;
-out:
-    return false;
-}
-#else
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
-    holmes__heap_countdown = left;
-    return __builtin_expect(left > 0, 1);
-}
-#endif
-
-static inline __attribute__((always_inline)) bool foreign(const void *p)
-{
-    return __builtin_expect(!holmes__heap_in_region(p), 1);
-}
-
 static size_t page_size(void)
 {
     return (size_t)getpagesize();
@@ -91,14 +57,14 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *alloc_slow(size_t n, siz
 
 HEAP_API void *FAMILY(malloc)(size_t n)
 {
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.malloc(n);
     return alloc_slow(n, 0, false, CALLER);
 }
 
 HEAP_API void FAMILY(free)(void *p)
 {
-    if (foreign(p))
+    if (holmes__heap_foreign(p))
         NEXT.free(p);
     else
         holmes__heap_sample_free(p);
@@ -111,7 +77,7 @@ HEAP_API void *FAMILY(calloc)(size_t k, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.calloc(k, size);
     return alloc_slow(n, 0, true, CALLER);
 }
@@ -171,10 +137,10 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *realloc_sampled(void *p,
  */
 HEAP_API void *FAMILY(realloc)(void *p, size_t n)
 {
-    if (!foreign(p))
+    if (!holmes__heap_foreign(p))
         return realloc_sampled(p, n, CALLER);
     size_t had = p ? NEXT.usable(p) : 0;
-    if (n <= had || unsampled(n - had))
+    if (n <= had || holmes__heap_unsampled(n - had))
         return NEXT.realloc(p, n);
     return realloc_foreign_slow(p, n, had, CALLER);
 }
@@ -213,7 +179,7 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *memalign_slow(size_t ali
 
 HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
 {
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.memalign(align, n);
     return memalign_slow(align, n, CALLER);
 }
@@ -221,7 +187,7 @@ HEAP_API void *FAMILY(memalign)(size_t align, size_t n)
 /* glibc 2.36's aligned_alloc is its memalign. */
 HEAP_API void *FAMILY(aligned_alloc)(size_t align, size_t n)
 {
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.memalign(align, n);
     return memalign_slow(align, n, CALLER);
 }
@@ -231,7 +197,7 @@ HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
     if (align % sizeof(void *) != 0 || (align & (align - 1)) != 0 || align == 0)
         return EINVAL;
     int saved = errno; /* posix_memalign reports through its result only */
-    void *p = unsampled(n) ? NEXT.memalign(align, n) : memalign_slow(align, n, CALLER);
+    void *p = holmes__heap_unsampled(n) ? NEXT.memalign(align, n) : memalign_slow(align, n, CALLER);
     errno = saved;
     if (!p)
         return ENOMEM;
@@ -241,7 +207,7 @@ HEAP_API int FAMILY(posix_memalign)(void **out, size_t align, size_t n)
 
 HEAP_API void *FAMILY(valloc)(size_t n)
 {
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.valloc(n);
     return alloc_slow(n, page_size(), false, CALLER);
 }
@@ -254,7 +220,7 @@ HEAP_API void *FAMILY(pvalloc)(size_t n)
         return NULL;
     }
     rounded &= ~(page - 1);
-    if (unsampled(rounded))
+    if (holmes__heap_unsampled(rounded))
         return NEXT.pvalloc(n);
     return alloc_slow(rounded ? rounded : page, page, false, CALLER);
 }
@@ -263,7 +229,7 @@ HEAP_API size_t FAMILY(malloc_usable_size)(void *p)
 {
     if (!p)
         return 0;
-    if (foreign(p))
+    if (holmes__heap_foreign(p))
         return NEXT.usable(p);
     return holmes__heap_sample_usable(p);
 }

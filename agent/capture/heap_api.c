@@ -29,18 +29,6 @@
 #define API HOLMES_EXPORT HOLMES_HEAP_TEXT
 #define CALLER ((uintptr_t)__builtin_return_address(0))
 
-static inline __attribute__((always_inline)) bool foreign(const void *p)
-{
-    return __builtin_expect(!holmes__heap_in_region(p), 1);
-}
-
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
-    holmes__heap_countdown = left;
-    return __builtin_expect(left > 0, 1);
-}
-
 /* ---- jemalloc: flags as in <jemalloc/jemalloc.h> ---- */
 
 #define LG_ALIGN_MASK 0x3f
@@ -78,21 +66,21 @@ API void *mallocx(size_t n, int flags)
 {
     if (__builtin_expect(!NEXT.mallocx, 0))
         return std_mallocx(n, flags);
-    if (unsampled(n))
+    if (holmes__heap_unsampled(n))
         return NEXT.mallocx(n, flags);
     return mallocx_slow(n, flags, CALLER);
 }
 
 static size_t usable_of(const void *p)
 {
-    if (!foreign(p))
+    if (!holmes__heap_foreign(p))
         return holmes__heap_sample_usable(p);
     return NEXT.sallocx ? NEXT.sallocx(p, 0) : NEXT.usable((void *)p);
 }
 
 static void release(void *p)
 {
-    if (!foreign(p))
+    if (!holmes__heap_foreign(p))
         holmes__heap_sample_free(p);
     else if (NEXT.dallocx)
         NEXT.dallocx(p, 0);
@@ -140,14 +128,14 @@ rallocx_foreign_slow(void *p, size_t n, size_t had, int flags, uintptr_t caller)
 
 API void *rallocx(void *p, size_t n, int flags)
 {
-    if (!foreign(p))
+    if (!holmes__heap_foreign(p))
         return rallocx_sampled(p, n, flags, CALLER);
     if (__builtin_expect(!NEXT.rallocx, 0)) {
         void *q = realloc(p, n);
         return q; /* without jemalloc there is no zeroing or alignment promise to keep */
     }
     size_t had = usable_of(p);
-    if (n <= had || unsampled(n - had))
+    if (n <= had || holmes__heap_unsampled(n - had))
         return NEXT.rallocx(p, n, flags);
     return rallocx_foreign_slow(p, n, had, flags, CALLER);
 }
@@ -155,21 +143,21 @@ API void *rallocx(void *p, size_t n, int flags)
 /* A sampled object is not resized in place here: "could not", which jemalloc may answer too. */
 API size_t xallocx(void *p, size_t n, size_t extra, int flags)
 {
-    if (!foreign(p) || !NEXT.xallocx)
+    if (!holmes__heap_foreign(p) || !NEXT.xallocx)
         return usable_of(p);
     return NEXT.xallocx(p, n, extra, flags);
 }
 
 API size_t sallocx(const void *p, int flags)
 {
-    if (!foreign(p) || !NEXT.sallocx)
+    if (!holmes__heap_foreign(p) || !NEXT.sallocx)
         return usable_of(p);
     return NEXT.sallocx(p, flags);
 }
 
 API void dallocx(void *p, int flags)
 {
-    if (!foreign(p) || !NEXT.dallocx)
+    if (!holmes__heap_foreign(p) || !NEXT.dallocx)
         release(p);
     else
         NEXT.dallocx(p, flags);
@@ -177,7 +165,7 @@ API void dallocx(void *p, int flags)
 
 API void sdallocx(void *p, size_t n, int flags)
 {
-    if (!foreign(p))
+    if (!holmes__heap_foreign(p))
         holmes__heap_sample_free(p);
     else if (NEXT.sdallocx)
         NEXT.sdallocx(p, n, flags);
@@ -237,7 +225,7 @@ typedef const struct nothrow_tag *nothrow_ref;
     API void name params                                                                           \
     {                                                                                              \
         void (*fn) params = (void(*) params)holmes__as_fn(next_of(I_##name));                                     \
-        if (!foreign(p) || !fn)                                                                    \
+        if (!holmes__heap_foreign(p) || !fn)                                                                    \
             release(p);                                                                            \
         else                                                                                       \
             fn args;                                                                               \
@@ -268,7 +256,7 @@ FREE_LIKE(mi_free_size_aligned, (void *p, size_t n, size_t a), (p, n, a))
     API size_t name(const void *p)                                                                 \
     {                                                                                              \
         size_t (*fn)(const void *) = (size_t(*)(const void *))holmes__as_fn(next_of(I_##name));                   \
-        if (!foreign(p) || !fn)                                                                    \
+        if (!holmes__heap_foreign(p) || !fn)                                                                    \
             return p ? usable_of(p) : 0;                                                           \
         return fn(p);                                                                              \
     }
@@ -281,7 +269,7 @@ USABLE_LIKE(mi_usable_size)
     API void *name(void *p, size_t n)                                                              \
     {                                                                                              \
         void *(*fn)(void *, size_t) = (void *(*)(void *, size_t))holmes__as_fn(next_of(I_##name));                \
-        if (!foreign(p) || !fn)                                                                    \
+        if (!holmes__heap_foreign(p) || !fn)                                                                    \
             return realloc(p, n);                                                                  \
         return fn(p, n);                                                                           \
     }

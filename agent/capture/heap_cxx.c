@@ -77,14 +77,6 @@ static inline __attribute__((always_inline)) void *op(int i)
     return __builtin_expect(fn != NULL, 1) ? fn : holmes__heap_resolve_cxx(i);
 }
 
-/* The countdown, as the malloc family runs it (see heap.c). */
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
-    holmes__heap_countdown = left;
-    return __builtin_expect(left > 0, 1);
-}
-
 static inline __attribute__((always_inline)) bool counts(int i)
 {
     return holmes__heap_next_fn.cxx_counts[i];
@@ -102,46 +94,31 @@ static HOLMES_HEAP_TEXT __attribute__((noinline)) void *new_slow(size_t n, size_
     return holmes__heap_sample_alloc(n ? n : 1, align > 16 ? align : 0, false, caller);
 }
 
-#define NEW_PLAIN(name, i)                                                                         \
-    CXX_API void *name(size_t n)                                                                   \
+/*
+ * Each operator's fast path is the countdown and a tail jump; its slow path
+ * (a function of its own, so the fast one keeps no frame) samples or forwards.
+ */
+#define NEW_OP(name, i, params, args, align)                                                       \
+    static HOLMES_HEAP_TEXT __attribute__((noinline)) void *name##_slow(                           \
+        uintptr_t caller, HOLMES_UNPAREN params)                                                   \
     {                                                                                              \
-        void *(*next)(size_t) = (void *(*)(size_t))holmes__as_fn(op(i));                                          \
-        void *p;                                                                                   \
-        if (!counts(i) || unsampled(n) || !(p = new_slow(n, 0, CALLER)))                           \
-            return next(n);                                                                        \
-        return p;                                                                                  \
+        void *p = new_slow(n, align, caller);                                                      \
+        return p ? p : ((void *(*)params)holmes__as_fn(op(i)))args;                                \
+    }                                                                                              \
+    CXX_API void *name params                                                                      \
+    {                                                                                              \
+        if (!counts(i) || holmes__heap_unsampled(n))                                               \
+            return ((void *(*)params)holmes__as_fn(op(i)))args;                                    \
+        return name##_slow(CALLER, HOLMES_UNPAREN args);                                           \
     }
 
-#define NEW_NOTHROW_OP(name, i)                                                                    \
-    CXX_API void *name(size_t n, nothrow_ref tag)                                                  \
-    {                                                                                              \
-        void *(*next)(size_t, nothrow_ref) = (void *(*)(size_t, nothrow_ref))holmes__as_fn(op(i));                \
-        void *p;                                                                                   \
-        if (!counts(i) || unsampled(n) || !(p = new_slow(n, 0, CALLER)))                           \
-            return next(n, tag);                                                                   \
-        return p;                                                                                  \
-    }
+#define HOLMES_UNPAREN(...) __VA_ARGS__
 
-#define NEW_ALIGNED_OP(name, i)                                                                    \
-    CXX_API void *name(size_t n, size_t align)                                                     \
-    {                                                                                              \
-        void *(*next)(size_t, size_t) = (void *(*)(size_t, size_t))holmes__as_fn(op(i));                          \
-        void *p;                                                                                   \
-        if (!counts(i) || unsampled(n) || !(p = new_slow(n, align, CALLER)))                       \
-            return next(n, align);                                                                 \
-        return p;                                                                                  \
-    }
-
+#define NEW_PLAIN(name, i) NEW_OP(name, i, (size_t n), (n), 0)
+#define NEW_NOTHROW_OP(name, i) NEW_OP(name, i, (size_t n, nothrow_ref tag), (n, tag), 0)
+#define NEW_ALIGNED_OP(name, i) NEW_OP(name, i, (size_t n, size_t align), (n, align), align)
 #define NEW_ALIGNED_NOTHROW_OP(name, i)                                                            \
-    CXX_API void *name(size_t n, size_t align, nothrow_ref tag)                                    \
-    {                                                                                              \
-        void *(*next)(size_t, size_t, nothrow_ref) =                                               \
-            (void *(*)(size_t, size_t, nothrow_ref))holmes__as_fn(op(i));                                         \
-        void *p;                                                                                   \
-        if (!counts(i) || unsampled(n) || !(p = new_slow(n, align, CALLER)))                       \
-            return next(n, align, tag);                                                            \
-        return p;                                                                                  \
-    }
+    NEW_OP(name, i, (size_t n, size_t align, nothrow_ref tag), (n, align, tag), align)
 
 NEW_PLAIN(_Znwm, NEW)
 NEW_PLAIN(_Znam, NEW_ARRAY)
@@ -152,15 +129,10 @@ NEW_ALIGNED_OP(_ZnamSt11align_val_t, NEW_ARRAY_ALIGNED)
 NEW_ALIGNED_NOTHROW_OP(_ZnwmSt11align_val_tRKSt9nothrow_t, NEW_ALIGNED_NOTHROW)
 NEW_ALIGNED_NOTHROW_OP(_ZnamSt11align_val_tRKSt9nothrow_t, NEW_ARRAY_ALIGNED_NOTHROW)
 
-static inline __attribute__((always_inline)) bool foreign(const void *p)
-{
-    return __builtin_expect(!holmes__heap_in_region(p), 1);
-}
-
 #define DELETE_OP(name, i, params, args)                                                           \
     CXX_API void name params                                                                       \
     {                                                                                              \
-        if (foreign(p))                                                                            \
+        if (holmes__heap_foreign(p))                                                                            \
             ((void(*) params)holmes__as_fn(op(i)))args;                                                           \
         else                                                                                       \
             holmes__heap_sample_free(p);                                                           \

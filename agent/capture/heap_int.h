@@ -190,6 +190,41 @@ static inline bool holmes__heap_in_region(const void *p)
     return (uintptr_t)p - holmes__heap_region_lo < holmes__heap_region_len;
 }
 
+/*
+ * The fast path: true while the thread's countdown stays above zero. On
+ * x86-64 it is one subtraction from the TLS slot and a branch on its flags
+ * (jle after sub tests countdown <= n, i.e. nothing left); compilers load,
+ * subtract, store and test instead.
+ */
+#if defined(__x86_64__) && !defined(HOLMES_NO_INTERPOSE)
+static inline __attribute__((always_inline)) bool holmes__heap_unsampled(size_t n)
+{
+    __asm__ goto("movq holmes__heap_countdown@gottpoff(%%rip), %%rax\n\t"
+                 "subq %0, %%fs:(%%rax)\n\t"
+                 "jle %l[out]"
+                 :
+                 : "r"(n)
+                 : "rax", "cc"
+                 : out);
+    return true;
+out:
+    return false;
+}
+#else
+static inline __attribute__((always_inline)) bool holmes__heap_unsampled(size_t n)
+{
+    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
+    holmes__heap_countdown = left;
+    return __builtin_expect(left > 0, 1);
+}
+#endif
+
+/* True for a pointer the allocator owns (not a sampled object): the fast path of every free. */
+static inline __attribute__((always_inline)) bool holmes__heap_foreign(const void *p)
+{
+    return __builtin_expect(!holmes__heap_in_region(p), 1);
+}
+
 typedef struct holmes__heap_rec {
     uintptr_t ptr;   /* the object; 0 while its span is free */
     uint64_t size;   /* bytes asked for */
