@@ -12,6 +12,7 @@
 
 #include "agent/capture_thread.h"
 #include "agent/dump_signal.h"
+#include "agent/fork.h"
 #include "agent/watchdog.h"
 #include "reporters/reporter.h"
 
@@ -123,8 +124,6 @@ static int start_parts(running *r, const holmes__config *cfg, const char *path)
     return holmes__watchdog_start(cfg, &env, &r->watchdog);
 }
 
-static void register_atfork(void);
-
 static int start_locked(const holmes__config *given, const char *path)
 {
     if (agent)
@@ -155,7 +154,7 @@ static int start_locked(const holmes__config *given, const char *path)
         return rc;
     }
     agent = r;
-    register_atfork();
+    holmes__fork_register();
     return 0;
 }
 
@@ -249,7 +248,7 @@ static void restore_dump_signal(void)
     holmes__dump_signal_reset_in_child();
 }
 
-/* ---- fork ---- */
+/* ---- fork: the handlers are registered and ordered by fork.c ---- */
 
 /*
  * In a forked child the agent's threads do not exist. The child keeps
@@ -258,17 +257,17 @@ static void restore_dump_signal(void)
  * The parent's agent state is abandoned in the child, never freed, since
  * freeing would touch threads and locks that were not copied.
  */
-static void atfork_prepare(void)
+void holmes__agent_fork_prepare(void)
 {
     pthread_mutex_lock(&agent_lock);
 }
 
-static void atfork_parent(void)
+void holmes__agent_fork_parent(void)
 {
     pthread_mutex_unlock(&agent_lock);
 }
 
-static void atfork_child(void)
+void holmes__agent_fork_child(void)
 {
     pthread_mutex_init(&agent_lock, NULL);
     if (agent) {
@@ -276,15 +275,4 @@ static void atfork_child(void)
         holmes__heap_disable();
     }
     agent = NULL;
-}
-
-static void atfork_register_once(void)
-{
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
-static void register_atfork(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, atfork_register_once);
 }

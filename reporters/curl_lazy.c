@@ -5,13 +5,20 @@
  * service's own (a service may link another libcurl build), and it is never
  * closed: libcurl's TLS backends register process-wide state (OpenSSL's
  * atexit handlers among it) that must outlive any unload.
+ *
+ * Loading runs inside the loader guard (agent/base/loader.h): dlopen holds
+ * the loader's lock for the whole load, and a service forking meanwhile
+ * would hand that lock to its child. It is a one-time cost of a few
+ * milliseconds that a fork may wait for.
  */
 #include <dlfcn.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "agent/base/base.h"
+#include "agent/base/loader.h"
 #include "curl_lazy.h"
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
@@ -58,7 +65,21 @@ static const char *resolve(void *lib)
     return NULL;
 }
 
-static void load(void)
+/*
+ * libcurl resolves host names on a thread of its own, with getaddrinfo, and
+ * the first lookup dlopen()s the NSS modules nsswitch.conf names for hosts
+ * (mdns, myhostname, resolve...), outside any guard of ours. Going once
+ * through every hosts service here loads them all now, inside the guard;
+ * NSS never unloads a module, so later lookups load nothing. No name is
+ * looked up: set/endhostent only open and close each service.
+ */
+static void load_nss_hosts_modules(void)
+{
+    sethostent(0);
+    endhostent();
+}
+
+static void load_locked(void)
 {
     void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -85,7 +106,17 @@ static void load(void)
                     table.easy_strerror(rc));
         return;
     }
+    load_nss_hosts_modules();
     __atomic_store_n(&loaded, &table, __ATOMIC_RELEASE);
+}
+
+static void load(void)
+{
+    HOLMES_AGENT_ENTER();
+    holmes__loader_enter();
+    load_locked();
+    holmes__loader_leave();
+    HOLMES_AGENT_LEAVE();
 }
 
 const holmes__curl *holmes__curl_load(void)

@@ -28,10 +28,33 @@ uint64_t holmes__wall_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * The UTC calendar date of a day count since 1970-01-01 (H. Hinnant's
+ * civil_from_days). Not gmtime_r: glibc takes its time-zone lock even for
+ * UTC, and a child forked while an agent thread held it would hang at its
+ * own next localtime().
+ */
+static void civil_from_days(int64_t z, struct tm *tm)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t month = mp < 10 ? mp + 3 : mp - 9;
+    tm->tm_year = (int)(yoe + era * 400 + (month <= 2) - 1900);
+    tm->tm_mon = (int)month - 1;
+    tm->tm_mday = (int)(doy - (153 * mp + 2) / 5 + 1);
+}
+
 static void utc_parts(uint64_t wall_ns, struct tm *tm, unsigned *ms)
 {
-    time_t secs = (time_t)(wall_ns / 1000000000ull);
-    gmtime_r(&secs, tm);
+    uint64_t secs = wall_ns / 1000000000ull, day_secs = secs % 86400u;
+    *tm = (struct tm){.tm_hour = (int)(day_secs / 3600u),
+                      .tm_min = (int)(day_secs / 60u % 60u),
+                      .tm_sec = (int)(day_secs % 60u)};
+    civil_from_days((int64_t)(secs / 86400u), tm);
     *ms = (unsigned)((wall_ns / 1000000ull) % 1000u);
 }
 

@@ -1,16 +1,33 @@
+/*
+ * The agent's log: stderr, syslog, a file, or the user's callback.
+ *
+ * A line is formatted in memory and written with one write(2): no stdio
+ * stream and no glibc syslog() on an agent thread, since both take locks
+ * that fork() does not reset (a FILE's lock, syslog's, and the time-zone
+ * lock localtime takes for syslog's time stamp); a child forked while an
+ * agent thread held one would hang at its own next printf or syslog.
+ * Syslog lines go straight to /dev/log, as glibc sends them, without the
+ * local-time stamp (the syslog daemon stamps what arrives without one).
+ */
 #include "base.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
+
+#include "agent/fork.h"
 
 enum { TARGET_STDERR, TARGET_SYSLOG, TARGET_FILE };
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_target = TARGET_STDERR;
-static FILE *log_file;
+static int log_fd = -1; /* the log file, or the /dev/log socket */
 static holmes_log_level log_level_now = HOLMES_LOG_INFO;
 static holmes_log_fn log_callback;
 static void *log_callback_data;
@@ -25,28 +42,37 @@ HOLMES_EXPORT void holmes_set_log_callback(holmes_log_fn fn, void *userdata)
     pthread_mutex_unlock(&log_lock);
 }
 
+/* A datagram socket connected to the syslog daemon, or -1 when none listens. */
+static int open_syslog(void)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX, .sun_path = "/dev/log"};
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
 int holmes__log_configure(const char *target, holmes_log_level level)
 {
-    FILE *f = NULL;
-    int t = TARGET_STDERR;
+    int fd = -1, t = TARGET_STDERR;
     if (strcmp(target, "syslog") == 0) {
         t = TARGET_SYSLOG;
+        fd = open_syslog(); /* none yet: stderr until one listens (see emit) */
     } else if (strcmp(target, "stderr") != 0) {
-        f = fopen(target, "ae");
-        if (!f)
+        fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0)
             return HOLMES_EIO;
-        setvbuf(f, NULL, _IOLBF, 0);
         t = TARGET_FILE;
     }
     pthread_mutex_lock(&log_lock);
-    if (log_file)
-        fclose(log_file);
-    log_file = f;
+    if (log_fd >= 0)
+        close(log_fd);
+    log_fd = fd;
     log_target = t;
     log_level_now = level;
     pthread_mutex_unlock(&log_lock);
-    if (t == TARGET_SYSLOG)
-        openlog("holmes", LOG_PID, LOG_DAEMON);
     return 0;
 }
 
@@ -58,28 +84,63 @@ holmes_log_level holmes__log_level(void)
 void holmes__log_close(void)
 {
     pthread_mutex_lock(&log_lock);
-    if (log_file)
-        fclose(log_file);
-    log_file = NULL;
+    if (log_fd >= 0)
+        close(log_fd);
+    log_fd = -1;
     log_target = TARGET_STDERR;
     pthread_mutex_unlock(&log_lock);
 }
 
+/* The forking thread may have been writing a line: the child's lock is fresh. */
+void holmes__log_fork_child(void)
+{
+    pthread_mutex_init(&log_lock, NULL);
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* One datagram, as glibc's syslog() formats it but for the local-time stamp. */
+static bool send_syslog(holmes_log_level level, const char *msg)
+{
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+    if (log_fd < 0)
+        log_fd = open_syslog();
+    if (log_fd < 0)
+        return false;
+    char line[1200];
+    int n = snprintf(line, sizeof line, "<%d>holmes[%d]: %s", LOG_DAEMON | prio[level],
+                     (int)getpid(), msg);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    return send(log_fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len;
+}
+
 static void emit(holmes_log_level level, const char *msg)
 {
-    static const int syslog_prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
     if (log_callback) {
         log_callback(level, msg, log_callback_data);
         return;
     }
-    if (log_target == TARGET_SYSLOG) {
-        syslog(syslog_prio[level], "%s", msg);
+    if (log_target == TARGET_SYSLOG && send_syslog(level, msg))
         return;
-    }
-    char stamp[40];
+    char stamp[40], line[1200];
     holmes__format_rfc3339(holmes__wall_ns(), stamp);
-    FILE *out = log_target == TARGET_FILE ? log_file : stderr;
-    fprintf(out, "%s holmes[%d] %s: %s\n", stamp, (int)getpid(), level_names[level], msg);
+    int n = snprintf(line, sizeof line, "%s holmes[%d] %s: %s\n", stamp, (int)getpid(),
+                     level_names[level], msg);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    if (len > 0 && line[len - 1] != '\n')
+        line[len - 1] = '\n';
+    write_all(log_target == TARGET_FILE ? log_fd : STDERR_FILENO, line, len);
 }
 
 void holmes__vlog(holmes_log_level level, const char *fmt, va_list ap)

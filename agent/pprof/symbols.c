@@ -11,6 +11,7 @@
  * memory is a 16-byte entry per function symbol, counted by the meter.
  */
 #include "symbols.h"
+#include "../base/loader.h"
 #include "../base/sort.h"
 
 #include <dlfcn.h>
@@ -165,6 +166,15 @@ void holmes__symbols_add_maps(holmes__symbols *s, const char *text)
     holmes__heapsort(s->modules.data, s->modules.len, sizeof(module), module_less);
 }
 
+/* dlsym walks the loader's lists under its lock: inside the loader guard. */
+static void *demangler(void)
+{
+    holmes__loader_enter();
+    void *fn = dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    holmes__loader_leave();
+    return fn;
+}
+
 /* The object sits in its own pages so that it can carry its own meter. */
 static holmes__symbols *symbols_new(holmes__meter *meter)
 {
@@ -180,7 +190,7 @@ static holmes__symbols *symbols_new(holmes__meter *meter)
     holmes__itab_init(&s->demangled_index, s->meter);
     /* Only C++ services carry libstdc++; a C service needs no demangler.
      * memcpy: ISO C has no cast from an object to a function pointer. */
-    void *fn = dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    void *fn = demangler();
     memcpy(&s->demangle, &fn, sizeof(fn));
     elf_version(EV_CURRENT);
     parse_maps(s);

@@ -486,16 +486,19 @@ static bool readable_code(const holmes__cfi_image *img, uintptr_t lo, uintptr_t 
  * A CIE with the 'S' augmentation marks a signal trampoline. Its CFI is an
  * expression over the ucontext, so instead the walk is told to read the
  * ucontext itself, but only if the code really is rt_sigreturn: read here,
- * while the module is pinned by dl_iterate_phdr, never in the walk.
+ * through the image's reader, never in the walk.
  */
 static bool is_sigreturn(const holmes__cfi_image *img, uintptr_t lo, uintptr_t hi)
 {
-    if (hi - lo > 64 || !readable_code(img, lo, hi))
+    uint8_t code[64];
+    size_t n = hi - lo;
+    if (n > sizeof code || !readable_code(img, lo, hi))
         return false;
-    for (uintptr_t p = lo; p + sizeof sigreturn_code <= hi; p++)
-        if (memcmp((const void *)p, sigreturn_code, sizeof sigreturn_code) == 0)
-            return true;
-    return false;
+    if (!img->read_code)
+        memcpy(code, (const void *)lo, n);
+    else if (!img->read_code(lo, code, n))
+        return false;
+    return memmem(code, n, sigreturn_code, sizeof sigreturn_code) != NULL;
 }
 
 static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r,

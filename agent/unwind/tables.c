@@ -3,6 +3,15 @@
  * tables (every loaded module's rows in one mmap'd block) and a snapshot of
  * the process's writable mappings (to bound stack reads). Runs only on agent
  * threads, in normal context, serialised by one mutex that walks never take.
+ *
+ * The loader is held as briefly as possible: dl_iterate_phdr holds its lock
+ * for as long as its callback runs, and a service that forks meanwhile hands
+ * that lock to its child (agent/base/loader.h). So under the loader guard a
+ * refresh only copies each module's program headers, name and build-id into
+ * the agent's memory (microseconds per module, no malloc); the compiling,
+ * seconds for a binary as large as libLLVM, reads .eh_frame from the
+ * module's file or, failing that, copies it out of the process's memory
+ * through /proc/self/mem, which fails cleanly for a module unloaded since.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +25,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "agent/base/loader.h"
 #include "agent/unwind/unwind.h"
 #include "agent/unwind/unwind_int.h"
 
@@ -25,6 +35,14 @@ __thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")))
 __thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t prepare_lock = PTHREAD_MUTEX_INITIALIZER;
+void (*holmes__unwind_test_hook)(int phase);
+
+static void phase(int p)
+{
+    void (*hook)(int) = holmes__unwind_test_hook;
+    if (hook)
+        hook(p);
+}
 
 /* ---- publishing ---- */
 
@@ -92,6 +110,30 @@ typedef struct build {
     unsigned long long adds, subs;
     int err;
 } build;
+
+/*
+ * One module as dl_iterate_phdr showed it, copied out under the loader
+ * guard: its program headers and name are at these offsets of the
+ * snapshot's bytes, its build-id (when it has one of at most 64 bytes) here.
+ */
+typedef struct snap_module {
+    uintptr_t addr;
+    size_t phdrs_at, name_at;
+    int phnum;
+    size_t id_len;
+    uint64_t id_off; /* the build-id's offset in the module's file */
+    uint8_t id[64];
+} snap_module;
+
+typedef struct snapshot {
+    holmes__buf mods;  /* snap_module */
+    holmes__buf bytes; /* program headers (8-aligned) and names */
+    unsigned long long adds, subs;
+    bool counted; /* adds and subs are known */
+} snapshot;
+
+/* /proc/self/mem while a refresh compiles (it serialises refreshes), or -1. */
+static int mem_fd = -1;
 
 /* The PT_LOAD that holds addr in its file bytes, or NULL. */
 static const ElfW(Phdr) *load_holding(const struct dl_phdr_info *info, uintptr_t addr)
@@ -179,7 +221,7 @@ static const holmes__unw_module *old_module(const holmes__unw_gen *g, uintptr_t 
  * ld.so maps and unmaps modules with raw system calls under its own lock,
  * neither of which TSan sees: reading a module loaded at a recycled address
  * looks to it like a race with the writes of the previous occupant. The
- * reads here are ordered by the loader's lock (dl_iterate_phdr holds it).
+ * snapshot's reads are ordered by the loader's lock (dl_iterate_phdr holds it).
  */
 #if defined(__SANITIZE_THREAD__)
 void AnnotateIgnoreReadsBegin(const char *file, int line);
@@ -220,6 +262,14 @@ static bool read_at(int fd, uint64_t off, size_t len, holmes__buf *out)
     return !out->failed;
 }
 
+/* The image's bytes as a copy at `copy` of the segment [ro_start, ro_start + len). */
+static void point_at_copy(holmes__cfi_image *img, const uint8_t *copy, size_t len)
+{
+    img->eh_frame_hdr = copy + ((uintptr_t)img->eh_frame_hdr - img->ro_start);
+    img->hdr_end = copy + len;
+    img->bias = img->ro_start - (uintptr_t)copy;
+}
+
 /*
  * Reading .eh_frame through the mapping would leave its pages, and by the
  * kernel's fault-around up to 64 KiB about each, in the service's RSS for
@@ -227,10 +277,10 @@ static bool read_at(int fd, uint64_t off, size_t len, holmes__buf *out)
  * 200 KiB). So the segment that holds it is read from the module's file into
  * scratch memory, unmapped after the refresh, when that file is provably the
  * one mapped: the same GNU build-id at the same offset. Otherwise (no
- * build-id, the vDSO, a file replaced or gone since it was loaded) the
- * compiler reads the mapping itself. Either way the bytes are the same.
+ * build-id, the vDSO, a file replaced or gone since it was loaded) it is
+ * copied out of memory (read_from_memory). Either way the bytes are the same.
  */
-static void read_from_file(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
+static bool read_from_file(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
                            const uint8_t *id, size_t id_len, uint64_t id_off)
 {
     const char *name = info->dlpi_name ? info->dlpi_name : "";
@@ -238,37 +288,75 @@ static void read_from_file(build *b, const struct dl_phdr_info *info, holmes__cf
     const ElfW(Phdr) *ro = load_holding(info, img->ro_start);
     uint8_t file_id[64];
     if (!path || !ro || id_len == 0 || id_len > sizeof file_id)
-        return;
+        return false;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return;
+        return false;
     b->copy.len = 0;
     b->copy.failed = false;
+    bool ok = false;
     if (pread(fd, file_id, id_len, (off_t)id_off) == (ssize_t)id_len &&
         memcmp(file_id, id, id_len) == 0 && read_at(fd, ro->p_offset, ro->p_filesz, &b->copy)) {
-        const uint8_t *copy = (const uint8_t *)b->copy.data;
-        img->eh_frame_hdr = copy + ((uintptr_t)img->eh_frame_hdr - img->ro_start);
-        img->hdr_end = copy + ro->p_filesz;
-        img->bias = img->ro_start - (uintptr_t)copy;
+        point_at_copy(img, (const uint8_t *)b->copy.data, ro->p_filesz);
+        ok = true;
     }
     close(fd);
+    return ok;
 }
 
-static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img)
+static bool read_mem(uintptr_t addr, void *out, size_t len)
+{
+    return mem_fd >= 0 && pread(mem_fd, out, len, (off_t)addr) == (ssize_t)len;
+}
+
+/*
+ * No file to read (the vDSO, no build-id, a file replaced since): the
+ * segment is copied out of memory by the kernel, which answers EIO rather
+ * than faulting when the module was unloaded after the snapshot.
+ */
+static bool read_from_memory(build *b, holmes__cfi_image *img)
+{
+    size_t len = img->ro_end - img->ro_start;
+    b->copy.len = 0;
+    b->copy.failed = false;
+    if (len == 0)
+        return false;
+    char chunk[16384];
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < sizeof chunk ? len - done : sizeof chunk;
+        if (!read_mem(img->ro_start + done, chunk, n))
+            return false;
+        holmes__buf_append(&b->copy, chunk, n);
+        done += n;
+    }
+    if (b->copy.failed)
+        return false;
+    point_at_copy(img, (const uint8_t *)b->copy.data, len);
+    return true;
+}
+
+static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
+                           const snap_module *sm)
 {
     pending m = {.start = img->start, .end = img->end};
-    size_t id_len;
-    uint64_t id_off = 0;
-    const uint8_t *id = build_id(info, &id_len, &id_off);
-    m.ident = holmes__cfi_ident(img, info->dlpi_name ? info->dlpi_name : "", id, id_len);
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    bool copied = false;
+    if (sm->id_len == 0) /* the identity then hashes the bytes: copy them first */
+        copied = read_from_memory(b, img);
+    if (sm->id_len == 0 && !copied)
+        return;
+    m.ident = holmes__cfi_ident(img, name, sm->id, sm->id_len);
     m.first = b->rows.len / sizeof(uint64_t);
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
     if (prev) {
         widen(b->old, prev, &b->rows);
         m.nrows = b->rows.failed ? 0 : prev->nrows;
     } else {
-        read_from_file(b, info, img, id, id_len, id_off);
-        if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed)
+        phase(HOLMES_UNW_PHASE_COMPILE);
+        if (!copied)
+            copied = read_from_file(b, info, img, sm->id, sm->id_len, sm->id_off) ||
+                     read_from_memory(b, img);
+        if (copied && holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed)
             m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m.first,
                                               b->rows.len / sizeof(uint64_t) - m.first);
     }
@@ -277,30 +365,95 @@ static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cf
         holmes__buf_append(&b->mods, &m, sizeof m);
 }
 
-static int add_module(struct dl_phdr_info *info, size_t size, void *arg)
+/* ---- the snapshot, under the loader guard ---- */
+
+static void take_counters(snapshot *sn, const struct dl_phdr_info *info, size_t size)
 {
-    build *b = arg;
-    (void)size;
-    holmes__cfi_image img;
-    IMAGE_READS_BEGIN();
-    if (image_of(info, &img))
-        compile_module(b, info, &img);
-    IMAGE_READS_END();
-    if (b->rows.failed || b->mods.failed) {
-        b->err = HOLMES_ENOMEM;
-        return 1;
+    if (!sn->counted && size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs) {
+        sn->adds = info->dlpi_adds;
+        sn->subs = info->dlpi_subs;
     }
-    return 0;
+    sn->counted = true;
 }
 
 static int read_counters(struct dl_phdr_info *info, size_t size, void *arg)
 {
-    build *b = arg;
-    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs) {
-        b->adds = info->dlpi_adds;
-        b->subs = info->dlpi_subs;
-    }
+    take_counters(arg, info, size);
     return 1;
+}
+
+static void align8(holmes__buf *b)
+{
+    static const char zeros[8];
+    holmes__buf_append(b, zeros, (8 - b->len % 8) % 8);
+}
+
+/* Copies what compiling needs; the module's own memory is not read after this. */
+static int copy_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    snapshot *sn = arg;
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    snap_module m = {.addr = info->dlpi_addr, .phnum = info->dlpi_phnum};
+    take_counters(sn, info, size);
+    IMAGE_READS_BEGIN();
+    align8(&sn->bytes);
+    m.phdrs_at = sn->bytes.len;
+    holmes__buf_append(&sn->bytes, info->dlpi_phdr, (size_t)info->dlpi_phnum * sizeof(ElfW(Phdr)));
+    m.name_at = sn->bytes.len;
+    holmes__buf_append(&sn->bytes, name, strlen(name) + 1);
+    const uint8_t *id = build_id(info, &m.id_len, &m.id_off);
+    if (id && m.id_len <= sizeof m.id)
+        memcpy(m.id, id, m.id_len);
+    else
+        m.id_len = 0;
+    IMAGE_READS_END();
+    holmes__buf_append(&sn->mods, &m, sizeof m);
+    return sn->bytes.failed || sn->mods.failed;
+}
+
+/* Fills sn unless the loaded modules are those of `old`; returns true when it did. */
+static bool take_snapshot(snapshot *sn, const holmes__unw_gen *old)
+{
+    holmes__loader_enter();
+    phase(HOLMES_UNW_PHASE_SNAPSHOT);
+    dl_iterate_phdr(read_counters, sn);
+    bool changed = !old || old->adds != sn->adds || old->subs != sn->subs;
+    if (changed) {
+        sn->counted = false;
+        dl_iterate_phdr(copy_module, sn);
+    }
+    holmes__loader_leave();
+    return changed;
+}
+
+/* The snapshot's module i as dl_iterate_phdr gave it. */
+static struct dl_phdr_info snap_info(const snapshot *sn, size_t i)
+{
+    const snap_module *m = (const snap_module *)sn->mods.data + i;
+    return (struct dl_phdr_info){.dlpi_addr = m->addr,
+                                 .dlpi_name = sn->bytes.data + m->name_at,
+                                 .dlpi_phdr = (const ElfW(Phdr) *)(sn->bytes.data + m->phdrs_at),
+                                 .dlpi_phnum = (ElfW(Half))m->phnum};
+}
+
+static int compile_snapshot(build *b, const snapshot *sn)
+{
+    mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    size_t n = sn->mods.len / sizeof(snap_module);
+    for (size_t i = 0; i < n && !b->err; i++) {
+        struct dl_phdr_info info = snap_info(sn, i);
+        holmes__cfi_image img;
+        if (image_of(&info, &img)) {
+            img.read_code = read_mem;
+            compile_module(b, &info, &img, (const snap_module *)sn->mods.data + i);
+        }
+        if (b->rows.failed || b->mods.failed)
+            b->err = HOLMES_ENOMEM;
+    }
+    if (mem_fd >= 0)
+        close(mem_fd);
+    mem_fd = -1;
+    return b->err;
 }
 
 static void sort_modules(holmes__unw_module *m, size_t n)
@@ -407,10 +560,18 @@ static int refresh_tables(void)
 {
     /* Only this thread (holding prepare_lock) frees generations: no pin needed. */
     build b = {.old = atomic_load(&holmes__unw_gens.slot[atomic_load(&holmes__unw_gens.cur)])};
-    dl_iterate_phdr(read_counters, &b);
-    if (b.old && b.old->adds == b.adds && b.old->subs == b.subs)
+    snapshot sn = {0};
+    bool changed = take_snapshot(&sn, b.old);
+    if (changed && (sn.mods.failed || sn.bytes.failed))
+        b.err = HOLMES_ENOMEM;
+    else if (changed)
+        compile_snapshot(&b, &sn);
+    b.adds = sn.adds;
+    b.subs = sn.subs;
+    holmes__buf_free(&sn.mods);
+    holmes__buf_free(&sn.bytes);
+    if (!changed)
         return 0;
-    dl_iterate_phdr(add_module, &b);
     holmes__unw_gen *g = b.err ? NULL : seal(&b);
     holmes__buf_free(&b.rows);
     holmes__buf_free(&b.mods);

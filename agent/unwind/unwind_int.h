@@ -16,6 +16,7 @@
 #define HOLMES_UNWIND_INT_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -167,14 +168,29 @@ typedef struct holmes__cfi_image {
     uintptr_t ro_start, ro_end;           /* that segment, loaded: .eh_frame lies inside */
     uintptr_t code_start[8], code_end[8]; /* readable executable segments */
     unsigned ncode;
+    /*
+     * Copies len bytes of loaded code at addr into out (false when they
+     * cannot be read, the module having gone meanwhile); NULL reads the
+     * mapping directly, which is only safe while the module cannot go.
+     */
+    bool (*read_code)(uintptr_t addr, void *out, size_t len);
 } holmes__cfi_image;
 
 /*
  * Compiles the module's .eh_frame into rows appended to `rows` (uint64_t
- * each, unsorted). Runs in normal context while the module cannot be
- * unloaded (inside dl_iterate_phdr). Returns 0 or a negative holmes_err.
+ * each, unsorted), in normal context. It reads the bytes the image points
+ * at (a private copy, in the agent) and, through read_code, the code of
+ * signal trampolines. Returns 0 or a negative holmes_err.
  */
 int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows);
+
+/*
+ * Tests only: called, when set, as a refresh takes its snapshot of the
+ * loaded modules inside the loader guard, and before each module it
+ * compiles, outside it.
+ */
+enum { HOLMES_UNW_PHASE_SNAPSHOT = 1, HOLMES_UNW_PHASE_COMPILE = 2 };
+extern void (*holmes__unwind_test_hook)(int phase);
 
 /* Sorts rows in place and drops redundant ones; returns the new count. */
 size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n);

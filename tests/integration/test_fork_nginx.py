@@ -1,0 +1,117 @@
+"""fork() right after start: Debian's nginx with master_process on, preloaded
+with the agent, forks its 2-4 workers within milliseconds, while the agent
+is still building its unwind tables. Each worker's first dlopen (NSS, for
+initgroups) must not find the loader's lock inherited held: every start
+serves 1,000 requests from ab at once, 20 starts in a row (README, "fork()").
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from holmes_test import Workdir, check, finish  # noqa: E402
+from ops_util import Service, preload_env, wait_until  # noqa: E402
+
+STARTS = 20
+REQUESTS = 1000
+
+INI = """
+[agent]
+name = nginx
+interval = 100ms
+[heap]
+sample_bytes = 64KiB
+[rule.cpu]
+abs = 90
+[reporter.file]
+dir = @DUMPS@
+"""
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes @WORKERS@;
+error_log stderr warn;
+pid @DIR@/nginx.pid;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path @DIR@/body;
+  proxy_temp_path @DIR@/proxy;
+  fastcgi_temp_path @DIR@/fastcgi;
+  uwsgi_temp_path @DIR@/uwsgi;
+  scgi_temp_path @DIR@/scgi;
+  server { listen 127.0.0.1:@PORT@; location / { return 200 "ok\\n"; } }
+}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepting(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def workers(pid):
+    """The titles of the master's children ("nginx: worker process" once they got there)."""
+    p = subprocess.run(["ps", "-o", "args=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [line.strip() for line in p.stdout.splitlines() if line.strip()]
+
+
+def one_start(w, nginx, ini, n, count):
+    prefix = os.path.join(w.path, "nginx%d" % n)
+    os.makedirs(prefix, exist_ok=True)
+    port = free_port()
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.replace("@DIR@", prefix).replace("@PORT@", str(port))
+                .replace("@WORKERS@", str(count)))
+    s = Service([nginx, "-p", prefix, "-c", conf], env=preload_env(ini),
+                stderr_path=os.path.join(prefix, "stderr.log"))
+    try:
+        if not check(wait_until(lambda: accepting(port), timeout=20, step=0.01),
+                     "start %d: nginx did not listen: %s" % (n, s.stderr()[-800:])):
+            return
+        p = subprocess.run(["ab", "-n", str(REQUESTS), "-c", "4", "-s", "10",
+                            "http://127.0.0.1:%d/" % port],
+                           capture_output=True, text=True, timeout=120)
+        done = re.search(r"Complete requests:\s+(\d+)", p.stdout)
+        failed = re.search(r"Failed requests:\s+(\d+)", p.stdout)
+        check(done and int(done.group(1)) == REQUESTS and failed and failed.group(1) == "0",
+              "start %d (%d workers): ab: %s %s\nworkers: %s" % (
+                  n, count, p.stdout[-600:], p.stderr[-300:], workers(s.pid)))
+        titles = wait_until(lambda: [t for t in workers(s.pid) if "worker process" in t]
+                            if len(workers(s.pid)) >= count else None, timeout=10)
+        check(titles and len(titles) == count,
+              "start %d: workers stuck before becoming workers: %s" % (n, workers(s.pid)))
+    finally:
+        s.kill()
+
+
+def main():
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx) or not shutil.which("ab"):
+        print("SKIPPED: nginx (nginx-light) or ab (apache2-utils) is not installed")
+        sys.exit(77)
+    w = Workdir()
+    ini = w.write_ini(INI)
+    for n in range(STARTS):
+        one_start(w, nginx, ini, n, 2 + n % 3)
+    w.cleanup()
+    finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+/*
+ * fork_storm: a service that forks while the agent works, for the fork
+ * safety tests (README, "fork()"). Every child does what a real forked
+ * worker does first: getpwnam (NSS, which dlopens libnss_systemd for a name
+ * /etc/passwd lacks), dlopen of a library the parent never loaded, malloc,
+ * printf, then _exit. Run it under `holmes run`.
+ *
+ *   fork_storm storm SECONDS RATE      forks RATE children a second while the
+ *                                      parent burns CPU, allocates, loads and
+ *                                      unloads a library between forks and asks
+ *                                      for a dump every 4 s; reports every child
+ *   fork_storm phase WHAT DUMPDIR      waits for the first event in DUMPDIR,
+ *                                      then forks while WHAT (cpu, threads,
+ *                                      upload) is in progress
+ *
+ * Prints "forks N ok M late L hung H max_ms X": late children took over 1 s
+ * to exit, hung ones over 10 s (killed; with FORK_STORM_GDB=1 their stack
+ * is printed first). Exits 0 when every child exited 0 within 1 s.
+ */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fnmatch.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <holmes/holmes.h>
+
+/* A library the parent never loads, so the child maps a new object. */
+#define CHILD_LIB "libexpat.so.1"
+/* One the parent loads and unloads, so the agent rebuilds its tables. */
+#define CHURN_LIB "libbz2.so.1.0"
+
+#define MAX_CHILDREN 4096
+
+static int stopping;
+static volatile double sink;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static void child_work(void)
+{
+    struct passwd *root = getpwnam("root");
+    int found_root = root && strcmp(root->pw_name, "root") == 0;
+    getpwnam("holmes-fork-storm-nobody"); /* not in /etc/passwd: asks the next NSS module */
+    void *lib = dlopen(CHILD_LIB, RTLD_NOW);
+    char *p = malloc(4096);
+    if (p)
+        memset(p, 1, 4096);
+    printf("child %d root %d\n", (int)getpid(), found_root);
+    fflush(stdout);
+    _exit(lib && p && found_root ? 0 : 3);
+}
+
+/* ---- the children ---- */
+
+typedef struct kid {
+    pid_t pid;
+    double born;
+} kid;
+
+static kid kids[MAX_CHILDREN];
+static int nkids, forks, ok, late, hung;
+static double max_s;
+
+static void reaped(int i, int status)
+{
+    double took = now_s() - kids[i].born;
+    if (took > max_s)
+        max_s = took;
+    if (took > 1.0)
+        late++;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        ok++;
+    else
+        fprintf(stderr, "child %d: status 0x%x\n", (int)kids[i].pid, status);
+    kids[i] = kids[--nkids];
+}
+
+/* FORK_STORM_GDB=1: where a hung child waits, before it is killed. */
+static void print_stack(pid_t pid)
+{
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "gdb -p %d -batch -ex 'bt 30' 1>&2 2>/dev/null", (int)pid);
+    int rc = system(cmd);
+    (void)rc;
+}
+
+static void reap(double wait_s)
+{
+    double until = now_s() + wait_s;
+    do {
+        for (int i = 0; i < nkids; i++) {
+            int status;
+            pid_t r = waitpid(kids[i].pid, &status, WNOHANG);
+            if (r == kids[i].pid) {
+                reaped(i--, status);
+            } else if (now_s() - kids[i].born > 10.0) {
+                fprintf(stderr, "child %d hung: killed\n", (int)kids[i].pid);
+                if (getenv("FORK_STORM_GDB"))
+                    print_stack(kids[i].pid);
+                kill(kids[i].pid, SIGKILL);
+                waitpid(kids[i].pid, &status, 0);
+                hung++;
+                late++;
+                kids[i--] = kids[--nkids];
+            }
+        }
+        if (nkids && now_s() < until)
+            sleep_s(0.001);
+    } while (nkids && now_s() < until);
+}
+
+static void fork_one(void)
+{
+    if (nkids == MAX_CHILDREN)
+        reap(20);
+    pid_t pid = fork();
+    if (pid == 0)
+        child_work();
+    if (pid < 0) {
+        perror("fork");
+        return;
+    }
+    kids[nkids++] = (kid){pid, now_s()};
+    forks++;
+}
+
+static int report(void)
+{
+    reap(20);
+    printf("forks %d ok %d late %d hung %d max_ms %.1f\n", forks, ok, late, hung, max_s * 1e3);
+    return forks > 0 && ok == forks && late == 0 ? 0 : 1;
+}
+
+/* ---- the parent's own work ---- */
+
+static void *burn(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
+        double until = now_s() + 0.005;
+        while (now_s() < until)
+            sink += 1.0;
+        sleep_s(0.005);
+    }
+    return NULL;
+}
+
+static void *allocate(void *arg)
+{
+    (void)arg;
+    enum { N = 512 };
+    static char *live[N];
+    for (unsigned i = 0; !__atomic_load_n(&stopping, __ATOMIC_RELAXED); i++) {
+        free(live[i % N]);
+        live[i % N] = malloc(1024 + (i % 64) * 1024);
+        if (live[i % N])
+            live[i % N][0] = (char)i;
+        if (i % 64 == 0)
+            sleep_s(0.001);
+    }
+    for (int i = 0; i < N; i++)
+        free(live[i]);
+    return NULL;
+}
+
+/*
+ * Loads or unloads a library, so the agent rebuilds its tables while the
+ * forks go on. It runs on the forking thread: another service thread in
+ * dlopen at the instant of a fork would hand its child the loader's lock
+ * with no agent at all (glibc does not take it around fork).
+ */
+static void churn(unsigned i)
+{
+    static void *lib;
+    if (i % 10 != 0)
+        return;
+    if (lib) {
+        dlclose(lib);
+        lib = NULL;
+    } else {
+        lib = dlopen(CHURN_LIB, RTLD_NOW);
+    }
+}
+
+static void *dump(void *arg)
+{
+    (void)arg;
+    double next = now_s() + 2;
+    while (!__atomic_load_n(&stopping, __ATOMIC_RELAXED)) {
+        if (now_s() >= next) {
+            holmes_dump_now();
+            next += 4;
+        }
+        sleep_s(0.05);
+    }
+    return NULL;
+}
+
+static int storm(double seconds, double rate)
+{
+    void *(*work[])(void *) = {burn, allocate, dump};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, work[i], NULL);
+    double start = now_s(), period = 1.0 / rate;
+    unsigned i = 0;
+    for (double next = start; now_s() < start + seconds; next += period) {
+        churn(i++);
+        fork_one();
+        reap(0);
+        double wait = next + period - now_s();
+        if (wait > 0)
+            sleep_s(wait);
+    }
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+    for (int k = 0; k < 3; k++)
+        pthread_join(t[k], NULL);
+    return report();
+}
+
+/* ---- forks at one phase of the agent's work ---- */
+
+static int dir_has(const char *dir, const char *pattern)
+{
+    DIR *d = opendir(dir);
+    int found = 0;
+    for (struct dirent *e; d && !found && (e = readdir(d));)
+        found = fnmatch(pattern, e->d_name, 0) == 0;
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* A thread that answers no signal: a threads dump waits its whole timeout for it. */
+static void *deaf(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    while (!__atomic_load_n(&stopping, __ATOMIC_RELAXED))
+        sleep_s(0.01);
+    return NULL;
+}
+
+static int phase(const char *what, const char *dir)
+{
+    pthread_t t[2];
+    pthread_create(&t[0], NULL, burn, NULL);
+    pthread_create(&t[1], NULL, deaf, NULL);
+    double start = now_s();
+    while (!dir_has(dir, "*.json") && now_s() < start + 30)
+        sleep_s(0.002);
+    /* The event is written as the rule fires; the capture runs from then
+     * on. Fork until its result is written (or, for an upload, for as long
+     * as the receiver holds the request). */
+    const char *done = strcmp(what, "cpu") == 0       ? "*.cpu.pb.gz"
+                       : strcmp(what, "threads") == 0 ? "*.threads.txt"
+                                                      : NULL;
+    double begun = now_s(), upload_s = 6;
+    int during = 0;
+    while (now_s() < begun + 30) {
+        int finished = done ? dir_has(dir, done) : now_s() > begun + upload_s;
+        if (finished)
+            break;
+        fork_one();
+        during++;
+        reap(5);
+        sleep_s(0.01);
+    }
+    printf("during %d\n", during);
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    return report();
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IONBF, 0); /* children must not inherit buffered lines */
+    if (argc == 4 && strcmp(argv[1], "storm") == 0)
+        return storm(atof(argv[2]), atof(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "phase") == 0)
+        return phase(argv[2], argv[3]);
+    fprintf(stderr, "usage: fork_storm storm SECONDS RATE | phase cpu|threads|upload DUMPDIR\n");
+    return 2;
+}
