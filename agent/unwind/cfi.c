@@ -21,6 +21,45 @@
 #define DW_RSP 7
 #define DW_RA 16
 
+/* Call-frame instructions (DWARF 5, section 6.4.2; GNU extensions). The
+ * first three carry an operand in their low 6 bits. */
+enum {
+    DW_CFA_advance_loc = 0x40,
+    DW_CFA_offset = 0x80,
+    DW_CFA_restore = 0xc0,
+    DW_CFA_nop = 0x00,
+    DW_CFA_set_loc = 0x01,
+    DW_CFA_advance_loc1 = 0x02,
+    DW_CFA_advance_loc2 = 0x03,
+    DW_CFA_advance_loc4 = 0x04,
+    DW_CFA_offset_extended = 0x05,
+    DW_CFA_restore_extended = 0x06,
+    DW_CFA_undefined = 0x07,
+    DW_CFA_same_value = 0x08,
+    DW_CFA_register = 0x09,
+    DW_CFA_remember_state = 0x0a,
+    DW_CFA_restore_state = 0x0b,
+    DW_CFA_def_cfa = 0x0c,
+    DW_CFA_def_cfa_register = 0x0d,
+    DW_CFA_def_cfa_offset = 0x0e,
+    DW_CFA_def_cfa_expression = 0x0f,
+    DW_CFA_expression = 0x10,
+    DW_CFA_offset_extended_sf = 0x11,
+    DW_CFA_def_cfa_sf = 0x12,
+    DW_CFA_def_cfa_offset_sf = 0x13,
+    DW_CFA_val_offset = 0x14,
+    DW_CFA_val_offset_sf = 0x15,
+    DW_CFA_val_expression = 0x16,
+    DW_CFA_GNU_args_size = 0x2e,
+    DW_CFA_GNU_negative_offset_extended = 0x2f,
+};
+
+/* The opcode to switch on: the high two bits alone for the three with an operand. */
+static uint8_t cfa_opcode(uint8_t op)
+{
+    return op & 0xc0 ? op & 0xc0 : op;
+}
+
 #define DW_EH_PE_omit 0xff
 #define DW_EH_PE_indirect 0x80
 
@@ -247,20 +286,20 @@ static bool location_op(reader *r, const cie_info *cie, uint8_t op, uintptr_t lo
                         uint64_t *advance, bool *bad)
 {
     bool ind;
-    switch (op >> 6 == 1 ? 0x40 : op) {
-    case 0x40:
+    switch (cfa_opcode(op)) {
+    case DW_CFA_advance_loc:
         *advance = (op & 0x3f) * cie->code_align;
-        return true; /* advance_loc */
-    case 0x02:
+        return true;
+    case DW_CFA_advance_loc1:
         *advance = rd_fixed(r, 1) * cie->code_align;
         return true;
-    case 0x03:
+    case DW_CFA_advance_loc2:
         *advance = rd_fixed(r, 2) * cie->code_align;
         return true;
-    case 0x04:
+    case DW_CFA_advance_loc4:
         *advance = rd_fixed(r, 4) * cie->code_align;
         return true;
-    case 0x01: { /* set_loc */
+    case DW_CFA_set_loc: {
         uint64_t to = rd_pointer(r, cie->fde_enc, 0, &ind);
         *bad = ind || to < loc;
         *advance = *bad ? 0 : to - loc;
@@ -273,7 +312,7 @@ static bool location_op(reader *r, const cie_info *cie, uint8_t op, uintptr_t lo
 
 static bool state_op(program *p, uint8_t op)
 {
-    if (op == 0x0a) { /* remember_state */
+    if (op == DW_CFA_remember_state) {
         if (p->depth == STATE_STACK)
             return false;
         p->stack[p->depth++] = *p->s;
@@ -291,84 +330,84 @@ static bool rule_op(reader *r, const cie_info *cie, program *p, uint8_t op)
     cfa_state *s = p->s;
     int64_t da = cie->data_align;
     uint64_t reg;
-    switch (op >> 6 == 2 ? 0x80 : op >> 6 == 3 ? 0xc0 : op) {
-    case 0x80:
+    switch (cfa_opcode(op)) {
+    case DW_CFA_offset:
         set_rule(s, op & 0x3f, RULE_OFFSET, (int64_t)rd_uleb(r) * da);
-        break; /* offset */
-    case 0xc0:
+        break;
+    case DW_CFA_restore:
         restore_rule(s, p->init, op & 0x3f);
-        break; /* restore */
-    case 0x00:
-        break; /* nop */
-    case 0x05:
+        break;
+    case DW_CFA_nop:
+        break;
+    case DW_CFA_offset_extended:
         reg = rd_uleb(r);
         set_rule(s, reg, RULE_OFFSET, (int64_t)rd_uleb(r) * da);
         break;
-    case 0x06:
+    case DW_CFA_restore_extended:
         restore_rule(s, p->init, rd_uleb(r));
         break;
-    case 0x07:
+    case DW_CFA_undefined:
         set_rule(s, rd_uleb(r), RULE_UNDEF, 0);
         break;
-    case 0x08:
+    case DW_CFA_same_value:
         set_rule(s, rd_uleb(r), RULE_SAME, 0);
         break;
-    case 0x09:
+    case DW_CFA_register:
         reg = rd_uleb(r);
         rd_uleb(r);
         set_rule(s, reg, RULE_OTHER, 0);
-        break; /* register */
-    case 0x0a:
-    case 0x0b:
+        break;
+    case DW_CFA_remember_state:
+    case DW_CFA_restore_state:
         return state_op(p, op);
-    case 0x0c: /* def_cfa */
+    case DW_CFA_def_cfa:
         s->cfa_reg = (unsigned)rd_uleb(r);
         s->cfa_off = (int64_t)rd_uleb(r);
         s->cfa_expr = false;
         break;
-    case 0x0d:
+    case DW_CFA_def_cfa_register:
         s->cfa_reg = (unsigned)rd_uleb(r);
         s->cfa_expr = false;
-        break; /* def_cfa_register */
-    case 0x0e:
+        break;
+    case DW_CFA_def_cfa_offset:
         s->cfa_off = (int64_t)rd_uleb(r);
-        break; /* def_cfa_offset */
-    case 0x0f:
+        break;
+    case DW_CFA_def_cfa_expression:
         s->cfa_expr = true;
         rd_skip(r, rd_uleb(r));
-        break; /* def_cfa_expression */
-    case 0x10:
-    case 0x16: /* expression, val_expression */
+        break;
+    case DW_CFA_expression:
+    case DW_CFA_val_expression:
         reg = rd_uleb(r);
         set_rule(s, reg, RULE_OTHER, 0);
         rd_skip(r, rd_uleb(r));
         break;
-    case 0x11:
+    case DW_CFA_offset_extended_sf:
         reg = rd_uleb(r);
         set_rule(s, reg, RULE_OFFSET, rd_sleb(r) * da);
         break;
-    case 0x12: /* def_cfa_sf */
+    case DW_CFA_def_cfa_sf:
         s->cfa_reg = (unsigned)rd_uleb(r);
         s->cfa_off = rd_sleb(r) * da;
         s->cfa_expr = false;
         break;
-    case 0x13:
+    case DW_CFA_def_cfa_offset_sf:
         s->cfa_off = rd_sleb(r) * da;
-        break; /* def_cfa_offset_sf */
-    case 0x14:
+        break;
+    case DW_CFA_val_offset:
         reg = rd_uleb(r);
         rd_uleb(r);
         set_rule(s, reg, RULE_OTHER, 0);
-        break; /* val_offset */
-    case 0x15:
+        break;
+    case DW_CFA_val_offset_sf:
         reg = rd_uleb(r);
         rd_sleb(r);
         set_rule(s, reg, RULE_OTHER, 0);
         break;
-    case 0x2e:
+    case DW_CFA_GNU_args_size: /* rsp-based CFA rules already count it */
         rd_uleb(r);
-        break; /* GNU_args_size: rsp-based CFA rules already count it */
-    case 0x2f: /* GNU_negative_offset_extended */
+        break;
+    case DW_CFA_GNU_negative_offset_extended:
         reg = rd_uleb(r);
         set_rule(s, reg, RULE_OFFSET, -(int64_t)rd_uleb(r) * da);
         break;
