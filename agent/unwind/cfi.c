@@ -573,41 +573,93 @@ static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r
     emit(&c, c.pc_end, holmes__unw_rule(UNW_KIND_NONE, 0, 0));
 }
 
-/* Finds .eh_frame from the header; returns NULL when the header is unusable. */
-static const uint8_t *find_eh_frame(const holmes__cfi_image *img)
+/* The binary-search table's encoding every x86_64 toolchain writes: datarel, sdata4. */
+#define DW_EH_PE_datarel_sdata4 0x3b
+
+/* What .eh_frame_hdr says: where .eh_frame starts, and its search table. */
+typedef struct eh_hdr {
+    const uint8_t *eh_frame;
+    const uint8_t *table; /* count (initial location, FDE) pairs sorted by location, or NULL */
+    uint64_t count;
+} eh_hdr;
+
+/* Reads the header; false when it is unusable. */
+static bool read_hdr(const holmes__cfi_image *img, eh_hdr *h)
 {
     reader r = {img->eh_frame_hdr, img->hdr_end, false, img->bias};
+    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
     uint8_t version = (uint8_t)rd_fixed(&r, 1);
     uint8_t ptr_enc = (uint8_t)rd_fixed(&r, 1);
-    rd_fixed(&r, 2); /* fde_count and table encodings */
+    uint8_t count_enc = (uint8_t)rd_fixed(&r, 1);
+    uint8_t table_enc = (uint8_t)rd_fixed(&r, 1);
     bool ind;
-    uint64_t p = rd_pointer(&r, ptr_enc, (uintptr_t)img->eh_frame_hdr + img->bias, &ind);
+    uint64_t p = rd_pointer(&r, ptr_enc, datarel, &ind);
     if (r.bad || version != 1 || ind || p < img->ro_start || p >= img->ro_end)
-        return NULL;
-    return (const uint8_t *)(uintptr_t)(p - img->bias);
+        return false;
+    *h = (eh_hdr){.eh_frame = (const uint8_t *)(uintptr_t)(p - img->bias)};
+    if (count_enc == DW_EH_PE_omit || table_enc != DW_EH_PE_datarel_sdata4)
+        return true;
+    uint64_t count = rd_pointer(&r, count_enc, datarel, &ind);
+    if (!r.bad && !ind && count <= (uint64_t)(r.end - r.p) / 8) {
+        h->table = r.p;
+        h->count = count;
+    }
+    return true;
+}
+
+static void compile_record(const holmes__cfi_image *img, holmes__buf *rows, const uint8_t *p,
+                           const eh_hdr *h)
+{
+    reader body;
+    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
+    if (!record(p, img->hdr_end, img->bias, &body))
+        return;
+    const uint8_t *id = body.p;
+    if (rd_fixed(&body, 4) == 0)
+        return; /* a CIE: read when an FDE refers to it */
+    body.p = id;
+    parse_fde(img, rows, &body, h->eh_frame, img->hdr_end, datarel);
+}
+
+/*
+ * In the search table's order, FDEs come sorted by address, and so do their
+ * rows: holmes__cfi_finish_rows then finds them sorted and need not sort.
+ */
+static void compile_by_table(const holmes__cfi_image *img, holmes__buf *rows, const eh_hdr *h)
+{
+    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
+    for (uint64_t i = 0; i < h->count && !rows->failed; i++) {
+        int32_t fde;
+        memcpy(&fde, h->table + 8 * i + 4, sizeof fde);
+        uintptr_t at = datarel + (uintptr_t)(intptr_t)fde;
+        if (at < (uintptr_t)h->eh_frame + img->bias || at >= (uintptr_t)img->hdr_end + img->bias)
+            continue;
+        compile_record(img, rows, (const uint8_t *)(at - img->bias), h);
+    }
+}
+
+/* Without a usable table: every record, in the order .eh_frame holds them. */
+static void compile_in_order(const holmes__cfi_image *img, holmes__buf *rows, const eh_hdr *h)
+{
+    reader body;
+    for (const uint8_t *p = h->eh_frame, *next; p < img->hdr_end && !rows->failed; p = next) {
+        next = record(p, img->hdr_end, img->bias, &body);
+        if (!next)
+            break; /* the zero terminator, or a record running past the segment */
+        compile_record(img, rows, p, h);
+    }
 }
 
 int holmes__cfi_compile(const holmes__cfi_image *img, holmes__buf *rows)
 {
-    const uint8_t *eh = find_eh_frame(img);
-    if (!eh)
+    eh_hdr h;
+    if (!read_hdr(img, &h))
         return HOLMES_EUNSUPPORTED;
-    const uint8_t *end = img->hdr_end;
-    uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
-    reader body;
-    for (const uint8_t *p = eh, *next; p < end; p = next) {
-        next = record(p, end, img->bias, &body);
-        if (!next)
-            break; /* the zero terminator, or a record running past the segment */
-        const uint8_t *id = body.p;
-        if (rd_fixed(&body, 4) == 0)
-            continue; /* a CIE: read when an FDE refers to it */
-        body.p = id;
-        parse_fde(img, rows, &body, eh, end, datarel);
-        if (rows->failed)
-            return HOLMES_ENOMEM;
-    }
-    return 0;
+    if (h.table)
+        compile_by_table(img, rows, &h);
+    else
+        compile_in_order(img, rows, &h);
+    return rows->failed ? HOLMES_ENOMEM : 0;
 }
 
 /* ---- sorting and compaction ---- */
@@ -627,9 +679,18 @@ void holmes__unw_sort(uint64_t *a, size_t n)
  * end marker (rule 0 sorts first) gives way to the last, real rule. A row
  * that repeats the rule before it adds nothing.
  */
+static bool sorted(const uint64_t *a, size_t n)
+{
+    for (size_t i = 1; i < n; i++)
+        if (a[i] < a[i - 1])
+            return false;
+    return true;
+}
+
 size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n)
 {
-    holmes__unw_sort(rows, n);
+    if (!sorted(rows, n))
+        holmes__unw_sort(rows, n);
     size_t out = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && rows[i + 1] >> 32 == rows[i] >> 32)
