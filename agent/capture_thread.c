@@ -343,13 +343,15 @@ static holmes__job *next_job(holmes__capture_thread *t, uint64_t deadline_ns, bo
  * (seconds under a sanitizer), which a preloaded agent would otherwise add
  * to the service's start, and which must not hold back the watchdog's first
  * ticks. Allocations sampled before they are ready keep their caller as a
- * one-frame stack; a capture queued meanwhile starts once they are.
+ * one-frame stack; a capture queued meanwhile starts once they are. Only the
+ * program and the modules a heap sample's walk has met are compiled here:
+ * captures that walk every thread compile the rest when they begin.
  */
 static void build_unwind_tables(void)
 {
     uint64_t t0 = holmes__now_ns();
-    int rc = holmes__unwind_prepare();
-    if (rc != 0)
+    int rc = holmes__unwind_try_prepare();
+    if (rc != 0 && rc != HOLMES_EBUSY)
         holmes__log(HOLMES_LOG_WARN, "unwind tables: %s; stacks will be short",
                     holmes_strerror(rc));
     else
@@ -368,6 +370,8 @@ static void *capture_main(void *arg)
         if (job)
             begin_job(t, job);
         next = poll_active(t, stop);
+        if (holmes__unwind_wanted())
+            build_unwind_tables();
     }
     /* Jobs queued after the stop request still get their event delivered. */
     for (holmes__job *job; (job = next_job(t, 0, &stop)) != NULL;) {

@@ -30,6 +30,7 @@
 #include "agent/unwind/unwind_int.h"
 
 holmes__unw_pub holmes__unw_gens;
+atomic_bool holmes__unw_want_pending;
 holmes__unw_pub holmes__unw_maps_pub;
 __thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")));
 __thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
@@ -100,6 +101,7 @@ typedef struct pending {
     uintptr_t start, end;
     uint64_t ident;
     size_t first, nrows; /* rows[first, first + nrows) of build.rows */
+    bool compiled;       /* false: known to walks, compiled on first need */
 } pending;
 
 typedef struct build {
@@ -108,6 +110,7 @@ typedef struct build {
     holmes__buf mods;           /* pending */
     holmes__buf copy;           /* the segment being compiled, read from its file */
     unsigned long long adds, subs;
+    bool all; /* compile every module, not only those walks asked for */
     int err;
 } build;
 
@@ -348,10 +351,16 @@ static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cf
     m.ident = holmes__cfi_ident(img, name, sm->id, sm->id_len);
     m.first = b->rows.len / sizeof(uint64_t);
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
-    if (prev) {
+    /* The program's own code is compiled at once: most stacks start there,
+     * and the first heap samples of a service (a burst of allocations as
+     * it warms up) would otherwise stop at its first frame. */
+    bool wanted =
+        b->all || name[0] == '\0' || (prev && atomic_load(&((holmes__unw_module *)prev)->wanted));
+    m.compiled = (prev && prev->compiled) || wanted;
+    if (prev && prev->compiled) {
         widen(b->old, prev, &b->rows);
         m.nrows = b->rows.failed ? 0 : prev->nrows;
-    } else {
+    } else if (wanted) {
         phase(HOLMES_UNW_PHASE_COMPILE);
         if (!copied)
             copied = read_from_file(b, info, img, sm->id, sm->id_len, sm->id_off) ||
@@ -361,8 +370,7 @@ static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cf
                                               b->rows.len / sizeof(uint64_t) - m.first);
     }
     b->rows.len = (m.first + m.nrows) * sizeof(uint64_t);
-    if (m.nrows)
-        holmes__buf_append(&b->mods, &m, sizeof m);
+    holmes__buf_append(&b->mods, &m, sizeof m);
 }
 
 /* ---- the snapshot, under the loader guard ---- */
@@ -411,13 +419,16 @@ static int copy_module(struct dl_phdr_info *info, size_t size, void *arg)
     return sn->bytes.failed || sn->mods.failed;
 }
 
-/* Fills sn unless the loaded modules are those of `old`; returns true when it did. */
-static bool take_snapshot(snapshot *sn, const holmes__unw_gen *old)
+/*
+ * Fills sn unless the loaded modules are those of `old` and `force` is
+ * false; returns true when it did.
+ */
+static bool take_snapshot(snapshot *sn, const holmes__unw_gen *old, bool force)
 {
     holmes__loader_enter();
     phase(HOLMES_UNW_PHASE_SNAPSHOT);
     dl_iterate_phdr(read_counters, sn);
-    bool changed = !old || old->adds != sn->adds || old->subs != sn->subs;
+    bool changed = force || !old || old->adds != sn->adds || old->subs != sn->subs;
     if (changed) {
         sn->counted = false;
         dl_iterate_phdr(copy_module, sn);
@@ -506,7 +517,7 @@ static uint32_t rule_index(const uint32_t *rules, size_t nrules, uint32_t rule)
 
 static size_t blocks_of(const pending *p)
 {
-    return ((p->end - p->start) >> UNW_BLOCK_SHIFT) + 1;
+    return p->compiled ? ((p->end - p->start) >> UNW_BLOCK_SHIFT) + 1 : 0;
 }
 
 /* Writes one module's block index and compact rows at *at; returns what follows. */
@@ -514,7 +525,8 @@ static uint32_t *compact(holmes__unw_gen *g, holmes__unw_module *m, const pendin
                          const uint64_t *wide, uint32_t *at)
 {
     *m = (holmes__unw_module){.start = p->start, .end = p->end, .ident = p->ident,
-                              .nblocks = blocks_of(p), .nrows = p->nrows};
+                              .nblocks = blocks_of(p), .nrows = p->nrows,
+                              .compiled = p->compiled};
     uint32_t *blocks = at, *rows = at + m->nblocks + 1;
     size_t r = 0;
     for (size_t blk = 0; blk <= m->nblocks; blk++) {
@@ -556,12 +568,26 @@ static holmes__unw_gen *seal(const build *b)
     return g;
 }
 
-static int refresh_tables(void)
+/* Whether the generation has modules left to compile (all, or those walks asked for). */
+static bool has_work(const holmes__unw_gen *g, bool all)
+{
+    for (size_t i = 0; g && i < g->nmods; i++) {
+        holmes__unw_module *m = (holmes__unw_module *)&g->mods[i];
+        if (!m->compiled && (all || atomic_load(&m->wanted)))
+            return true;
+    }
+    return false;
+}
+
+static int refresh_tables(bool all)
 {
     /* Only this thread (holding prepare_lock) frees generations: no pin needed. */
-    build b = {.old = atomic_load(&holmes__unw_gens.slot[atomic_load(&holmes__unw_gens.cur)])};
+    build b = {.old = atomic_load(&holmes__unw_gens.slot[atomic_load(&holmes__unw_gens.cur)]),
+               .all = all};
     snapshot sn = {0};
-    bool changed = take_snapshot(&sn, b.old);
+    /* A walk that asks after this point is seen by the next refresh. */
+    atomic_store(&holmes__unw_want_pending, false);
+    bool changed = take_snapshot(&sn, b.old, has_work(b.old, all));
     if (changed && (sn.mods.failed || sn.bytes.failed))
         b.err = HOLMES_ENOMEM;
     else if (changed)
@@ -662,10 +688,10 @@ static int refresh_maps_locked(void)
 /* ---- the interface ---- */
 
 /* Called with prepare_lock held; releases it. */
-static int prepare_and_unlock(void)
+static int prepare_and_unlock(bool all)
 {
     HOLMES_AGENT_ENTER();
-    int rc = refresh_tables();
+    int rc = refresh_tables(all);
     int rc2 = refresh_maps_locked();
     HOLMES_AGENT_LEAVE();
     pthread_mutex_unlock(&prepare_lock);
@@ -675,14 +701,19 @@ static int prepare_and_unlock(void)
 int holmes__unwind_prepare(void)
 {
     pthread_mutex_lock(&prepare_lock);
-    return prepare_and_unlock();
+    return prepare_and_unlock(true);
 }
 
 int holmes__unwind_try_prepare(void)
 {
     if (pthread_mutex_trylock(&prepare_lock) != 0)
         return HOLMES_EBUSY;
-    return prepare_and_unlock();
+    return prepare_and_unlock(false);
+}
+
+bool holmes__unwind_wanted(void)
+{
+    return atomic_load_explicit(&holmes__unw_want_pending, memory_order_acquire);
 }
 
 int holmes__unwind_refresh_maps(void)

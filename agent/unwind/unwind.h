@@ -11,6 +11,7 @@
 #ifndef HOLMES_UNWIND_H
 #define HOLMES_UNWIND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,8 +22,15 @@
  * nothing was loaded or unloaded since the last call). Returns 0 or an error.
  */
 int holmes__unwind_prepare(void);
-/* The same, unless another thread is preparing now: then HOLMES_EBUSY at once. */
+/*
+ * The lazy refresh: every loaded module is known to walks, but only those a
+ * walk has met (heap samples' stacks) are compiled, so a program that never
+ * needs a stack never pays for its tables. Unless another thread is
+ * preparing now: then HOLMES_EBUSY at once.
+ */
 int holmes__unwind_try_prepare(void);
+/* True when a walk met a module whose tables are not compiled yet. */
+bool holmes__unwind_wanted(void);
 /* Frees the tables; no walk may run concurrently. */
 void holmes__unwind_release(void);
 

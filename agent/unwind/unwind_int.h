@@ -72,6 +72,14 @@ typedef struct holmes__unw_module {
     uintptr_t start, end;
     uint64_t ident; /* identifies the same image at the same place across refreshes */
     /*
+     * Tables are compiled on first need (README, "Benchmarks": the agent's
+     * start). A module not compiled yet has no rows; a walk that meets it
+     * steps by frame pointer and sets `wanted`, so the next refresh that
+     * compiles wanted modules compiles it.
+     */
+    bool compiled;
+    atomic_bool wanted;
+    /*
      * blocks[b] is the index of the first row at or after offset b * 64 KiB,
      * for b in 0..nblocks (blocks[nblocks] == nrows); rows are compact and
      * sorted. Both point into the generation's own mapping.
@@ -145,6 +153,9 @@ static inline void holmes__unw_unpin(holmes__unw_pub *p, unsigned idx)
     if (idx < 2)
         atomic_fetch_sub(&p->inflight[idx], 1u);
 }
+
+/* Set by a walk that met a module not compiled yet (defined in tables.c). */
+extern atomic_bool holmes__unw_want_pending;
 
 /* The published tables and maps snapshot (defined in tables.c). */
 extern holmes__unw_pub holmes__unw_gens;

@@ -208,10 +208,22 @@ UNW_NO_SANITIZE static bool signal_step(walker *w, frame *f)
     return true;
 }
 
+/* Asks for the module's tables (see holmes__unw_module); a store, no system call. */
+static void want(const holmes__unw_module *m)
+{
+    holmes__unw_module *mm = (holmes__unw_module *)m; /* the flag is the walk's to set */
+    if (!atomic_load_explicit(&mm->wanted, memory_order_relaxed)) {
+        atomic_store_explicit(&mm->wanted, true, memory_order_relaxed);
+        atomic_store_explicit(&holmes__unw_want_pending, true, memory_order_release);
+    }
+}
+
 UNW_NO_SANITIZE static bool step(walker *w, frame *f)
 {
     uintptr_t at = f->exact ? f->pc : f->pc - 1; /* a return address may follow a noreturn call */
     const holmes__unw_module *m = find_module(w->gen, at);
+    if (m && !m->compiled)
+        want(m);
     uint32_t rule = m ? find_rule(w->gen, m, at) : 0;
     bool ok;
     switch (holmes__unw_kind(rule)) {
