@@ -94,6 +94,27 @@ static void *map_zeroed(size_t bytes)
     return p == MAP_FAILED ? NULL : p;
 }
 
+#define SCRATCH_START (64u * 1024u)
+
+/*
+ * A refresh's scratch memory (over 100 MB while libLLVM's tables are
+ * built) is never needed in a forked child, and fork() copies the page
+ * tables of every private page the parent has touched: 100 MB of them made
+ * a fork take 13 ms here instead of 0.1. So each scratch buffer starts as
+ * a mapping marked MADV_DONTFORK, which its growth (mremap) keeps. Under
+ * TSan, whose buffers grow by copying, only the first mapping has the mark.
+ */
+static void scratch(holmes__buf *b)
+{
+    *b = (holmes__buf){0};
+    void *p = map_zeroed(SCRATCH_START);
+    if (!p)
+        return; /* the first append maps it the usual way */
+    madvise(p, SCRATCH_START, MADV_DONTFORK);
+    b->data = p;
+    b->cap = SCRATCH_START;
+}
+
 /* ---- module tables ---- */
 
 /* A module compiled but not yet sealed: its rows are wide, in the scratch buffer. */
@@ -546,7 +567,8 @@ static holmes__unw_gen *seal(const build *b)
     const pending *mods = (const pending *)b->mods.data;
     const uint64_t *wide = (const uint64_t *)b->rows.data;
     size_t nmods = b->mods.len / sizeof(pending), nrows = b->rows.len / sizeof(uint64_t);
-    holmes__buf dict = {0};
+    holmes__buf dict;
+    scratch(&dict);
     size_t nrules = make_dict(wide, nrows, &dict), words = nrules + nrows;
     for (size_t i = 0; i < nmods; i++)
         words += blocks_of(&mods[i]) + 1;
@@ -590,8 +612,12 @@ static int refresh_tables(bool all)
     bool changed = take_snapshot(&sn, b.old, has_work(b.old, all));
     if (changed && (sn.mods.failed || sn.bytes.failed))
         b.err = HOLMES_ENOMEM;
-    else if (changed)
+    else if (changed) {
+        scratch(&b.rows);
+        scratch(&b.mods);
+        scratch(&b.copy);
         compile_snapshot(&b, &sn);
+    }
     b.adds = sn.adds;
     b.subs = sn.subs;
     holmes__buf_free(&sn.mods);
