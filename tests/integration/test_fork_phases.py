@@ -3,8 +3,9 @@ fires as soon as warmup ends, and fork_storm forks children from the moment
 its event is written until the capture's result is: during a CPU capture
 (SIGPROF timers armed on every thread), during a threads dump (a thread that
 answers no signal keeps it waiting its whole timeout, with the signal sent to
-every other thread) and during an upload (the receiver holds the request for
-4 s). Each child loads a new library, allocates and exits 0. Forks while the
+every other thread) and during an upload (from the moment its file is in the
+spool until the receiver, which holds the first request for 4 s, has
+taken it). Each child loads a new library, allocates and exits 0. Forks while the
 unwind tables are being built are tests/unit/test_fork_tables.c's."""
 import os
 import re
@@ -53,9 +54,10 @@ def phase(what):
         text += "[reporter.pyroscope]\nurl = %s\nspool_dir = %s\n" % (
             url, os.path.join(w.path, "spool"))
     ini = w.write_ini(text)
+    spool = [os.path.join(w.path, "spool")] if what == "upload" else []
     try:
         rc, out, err = run([tool(), "run", "-c", ini, "--", prog("fork_storm"), "phase", what,
-                            w.dumps], env=run_env(), timeout=120, check_rc=False)
+                            w.dumps] + spool, env=run_env(), timeout=150, check_rc=False)
     finally:
         if rx:
             rx.kill()

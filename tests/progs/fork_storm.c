@@ -9,9 +9,11 @@
  *                                      parent burns CPU, allocates, loads and
  *                                      unloads a library between forks and asks
  *                                      for a dump every 4 s; reports every child
- *   fork_storm phase WHAT DUMPDIR      waits for the first event in DUMPDIR,
+ *   fork_storm phase WHAT DUMPDIR [SPOOLDIR]
+ *                                      waits for the first event in DUMPDIR,
  *                                      then forks while WHAT (cpu, threads,
- *                                      upload) is in progress
+ *                                      upload) is in progress: an upload is
+ *                                      while its file waits in SPOOLDIR
  *
  * Prints "forks N ok M late L hung H max_ms X": late children took over 1 s
  * to exit, hung ones over 10 s (killed; with FORK_STORM_GDB=1 their stack
@@ -262,7 +264,17 @@ static void *deaf(void *arg)
     return NULL;
 }
 
-static int phase(const char *what, const char *dir)
+/* Whether the phase is over: the capture's file is written, or the upload's left the spool. */
+static int phase_over(const char *what, const char *dir, const char *spool)
+{
+    if (strcmp(what, "cpu") == 0)
+        return dir_has(dir, "*.cpu.pb.gz");
+    if (strcmp(what, "threads") == 0)
+        return dir_has(dir, "*.threads.txt");
+    return !spool || !dir_has(spool, "[!.]*");
+}
+
+static int phase(const char *what, const char *dir, const char *spool)
 {
     pthread_t t[2];
     pthread_create(&t[0], NULL, burn, NULL);
@@ -271,16 +283,14 @@ static int phase(const char *what, const char *dir)
     while (!dir_has(dir, "*.json") && now_s() < start + 30)
         sleep_s(0.002);
     /* The event is written as the rule fires; the capture runs from then
-     * on. Fork until its result is written (or, for an upload, for as long
-     * as the receiver holds the request). */
-    const char *done = strcmp(what, "cpu") == 0       ? "*.cpu.pb.gz"
-                       : strcmp(what, "threads") == 0 ? "*.threads.txt"
-                                                      : NULL;
-    double begun = now_s(), upload_s = 6;
+     * on. An upload begins once its file is in the spool, and is over when
+     * the receiver has taken it (it holds the first request a while). */
+    while (spool && !dir_has(spool, "[!.]*") && now_s() < start + 60)
+        sleep_s(0.002);
+    double begun = now_s();
     int during = 0;
     while (now_s() < begun + 30) {
-        int finished = done ? dir_has(dir, done) : now_s() > begun + upload_s;
-        if (finished)
+        if (phase_over(what, dir, spool))
             break;
         fork_one();
         during++;
@@ -299,8 +309,9 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IONBF, 0); /* children must not inherit buffered lines */
     if (argc == 4 && strcmp(argv[1], "storm") == 0)
         return storm(atof(argv[2]), atof(argv[3]));
-    if (argc == 4 && strcmp(argv[1], "phase") == 0)
-        return phase(argv[2], argv[3]);
-    fprintf(stderr, "usage: fork_storm storm SECONDS RATE | phase cpu|threads|upload DUMPDIR\n");
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "phase") == 0)
+        return phase(argv[2], argv[3], argc == 5 ? argv[4] : NULL);
+    fprintf(stderr,
+            "usage: fork_storm storm SECONDS RATE | phase cpu|threads|upload DUMPDIR [SPOOLDIR]\n");
     return 2;
 }
