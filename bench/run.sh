@@ -60,7 +60,7 @@ done
 build() {
     [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >>"$LOG"
     cmake --build "$BUILD" -j2 --target holmes bench_tick bench_tick_whole bench_idle bench_cpu plain_idle \
-        plain_heap_micro plain_heap_gib >>"$LOG"
+        plain_heap_micro plain_heap_gib bench_fork >>"$LOG"
 }
 
 # ---- arithmetic and table helpers ----
@@ -404,6 +404,19 @@ summary() {
     say "log and profiles: $OUT"
 }
 
+# ---- 5. fork() beside no agent, idle and while tables are built ----
+
+bench_fork() {
+    say "== 5. fork(): time in the agent's prepare handlers and the whole call, libLLVM loaded"
+    local out
+    out=$("$BUILD/bench/bench_fork" "$((QUICK ? 300 : 1000))" 2>>"$LOG") || { say "bench_fork: skipped"; return; }
+    say "$out"
+    local p99
+    p99=$(awk '$1 == "building" && $3 == "handlers" { print $8 }' <<<"$out")
+    row "fork: agent prepare handlers while tables build, p99" "${p99} us" "< 1000 us" \
+        "$(verdict "$p99 < 1000")"
+}
+
 build
 bench_tick
 bench_tick_whole
@@ -412,4 +425,5 @@ bench_cpu
 bench_heap_micro
 bench_sqlite
 bench_heap_gib
+bench_fork
 summary
