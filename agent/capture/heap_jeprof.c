@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/base/loader.h"
 #include "../pprof/pprof.h"
 #include "capture.h"
 #include "heap_int.h"
@@ -36,7 +37,10 @@ static mallctl_fn profiling_mallctl(void)
 {
     if (!holmes__heap_owner() || holmes__heap_owner_kind() != HOLMES_ALLOC_JEMALLOC)
         return NULL;
+    /* dlsym holds the loader's lock: inside the guard fork() takes (README, "fork()"). */
+    holmes__loader_enter();
     mallctl_fn fn = (mallctl_fn)holmes__as_fn(dlsym(RTLD_DEFAULT, "mallctl"));
+    holmes__loader_leave();
     bool on = false;
     size_t len = sizeof(on);
     if (!fn || fn("opt.prof", &on, &len, NULL, 0) != 0 || !on)
