@@ -15,6 +15,7 @@
 #include "agent/fork.h"
 #include "agent/watchdog.h"
 #include "reporters/reporter.h"
+#include "rules/keys.h"
 
 typedef struct running {
     holmes__delivery *delivery;
@@ -44,8 +45,10 @@ static int add_reporters(holmes__delivery *q, const holmes__config *cfg)
         return HOLMES_EIO;
     int rc = holmes__delivery_add(q, &holmes__file_reporter_vt, file);
     if (rc == 0 && cfg->pyroscope) {
+        /* NULL: that reporter is off (it logged why, e.g. an unsafe spool
+         * folder); the agent runs on without it. */
         void *pyro = holmes__pyroscope_reporter_new(cfg);
-        rc = pyro ? holmes__delivery_add(q, &holmes__pyroscope_reporter_vt, pyro) : HOLMES_EIO;
+        rc = pyro ? holmes__delivery_add(q, &holmes__pyroscope_reporter_vt, pyro) : 0;
     }
     for (int i = 0; rc == 0 && i < nuser_reporters; i++) {
         void *user = holmes__user_reporter_new(&user_reporters[i]);
@@ -147,6 +150,9 @@ static int start_locked(const holmes__config *given, const char *path)
     holmes__config_finish(cfg);
     if (holmes__log_configure(cfg->log, cfg->log_level) != 0)
         holmes__log(HOLMES_LOG_WARN, "cannot open log %s; logging to stderr", cfg->log);
+    char warning[HOLMES_PATH_MAX + 256];
+    if (holmes__config_secret_warning(cfg, warning, sizeof(warning)))
+        holmes__log(HOLMES_LOG_WARN, "%s", warning);
     int rc = start_parts(r, cfg, path);
     free(cfg);
     if (rc) {

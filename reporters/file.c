@@ -1,7 +1,10 @@
 /*
  * [reporter.file]: every dump lands in `dir` as `<stem>.json` plus one file
- * per capture, each written through a temporary name and rename() so that a
- * reader (or a log shipper) never sees a truncated file. After each write the
+ * per capture, each written unnamed or under a random temporary name and
+ * renamed into place, so that a reader (or a log shipper) never sees a
+ * truncated file and nothing planted at a name is followed. The folder is
+ * opened once and used through its descriptor; one that other users could
+ * write into or own is refused, and the reporter stays off. After each write the
  * directory is trimmed to max_files / max_bytes by removing whole dumps,
  * oldest first; files that do not carry holmes' naming pattern are never
  * touched, and neither are subdirectories such as the Pyroscope spool.
@@ -22,6 +25,10 @@
 
 typedef struct file_rep {
     char dir[HOLMES_PATH_MAX];
+    int dfd;      /* the folder, or -1 until it can be opened */
+    int dir_err;  /* why it could not be opened (-errno) */
+    bool refused; /* the folder is unsafe: nothing is written */
+    unsigned mode;
     long max_files;     /* <= 0: no bound on the count */
     uint64_t max_bytes; /* 0: no bound on the size */
     holmes__ratelimit write_rl;
@@ -44,6 +51,8 @@ typedef struct found_dump {
     const char *stamp;
 } found_dump;
 
+static bool open_dir(file_rep *f, bool first);
+
 void *holmes__file_reporter_new(const holmes__config *cfg)
 {
     file_rep *f = calloc(1, sizeof(*f));
@@ -54,16 +63,47 @@ void *holmes__file_reporter_new(const holmes__config *cfg)
     snprintf(f->dir, sizeof(f->dir), "%s", cfg->file_dir[0] ? cfg->file_dir : ".");
     f->max_files = cfg->file_max_files;
     f->max_bytes = cfg->file_max_bytes;
-    int rc = holmes__mkdirs(f->dir);
-    if (rc != 0)
-        holmes__log(HOLMES_LOG_WARN, "file reporter: cannot create %s: %s (will retry on write)",
-                    f->dir, strerror(-rc));
+    f->mode = cfg->file_mode ? cfg->file_mode : HOLMES_FILE_MODE;
+    f->dfd = -1;
+    open_dir(f, true);
     return f;
+}
+
+/*
+ * Opens the folder, or keeps the one open while it still exists. A refused
+ * folder stays refused (one log line); one that cannot be made yet is
+ * retried at the next write.
+ */
+static bool open_dir(file_rep *f, bool first)
+{
+    struct stat st;
+    if (f->refused)
+        return false;
+    if (f->dfd >= 0 && fstat(f->dfd, &st) == 0 && st.st_nlink > 0)
+        return true;
+    if (f->dfd >= 0)
+        close(f->dfd);
+    char why[HOLMES_PATH_MAX + 200];
+    f->dfd = holmes__dir_open(f->dir, holmes__dir_mode_for(f->mode), true, why, sizeof(why));
+    if (f->dfd == -EPERM || f->dfd == -ELOOP) {
+        f->refused = true;
+        holmes__log(HOLMES_LOG_ERROR, "file reporter: dump folder %s; no dumps written to disk",
+                    why);
+    } else if (f->dfd < 0 && first) {
+        holmes__log(HOLMES_LOG_WARN, "file reporter: cannot create %s (will retry on write)", why);
+    }
+    f->dir_err = f->dfd < 0 ? f->dfd : 0;
+    return f->dfd >= 0;
 }
 
 static bool is_stamp(const char *s)
 {
-    static const char shape[] = "dddddddd" "T" "dddddd" "." "ddd" "Z";
+    static const char shape[] = "dddddddd"
+                                "T"
+                                "dddddd"
+                                "."
+                                "ddd"
+                                "Z";
     for (int i = 0; i < STAMP_LEN; i++) {
         if (shape[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != shape[i])
             return false;
@@ -134,9 +174,14 @@ static bool add_found(found_file **files, size_t *n, size_t *cap, const found_fi
 /* Lists our regular files in the directory. Returns the count, or -1. */
 static long scan_dir(int dfd, found_file **out)
 {
-    DIR *dir = fdopendir(dup(dfd));
-    if (!dir)
+    /* A fresh open of ".", not dup(): a dup shares the read position. */
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!dir) {
+        if (fd >= 0)
+            close(fd);
         return -1;
+    }
     found_file *files = NULL;
     size_t n = 0, cap = 0;
     struct dirent *e;
@@ -206,7 +251,7 @@ static void enforce_retention(file_rep *f, const char *keep)
 {
     if (f->max_files <= 0 && f->max_bytes == 0)
         return;
-    int dfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = f->dfd;
     found_file *files = NULL;
     long n = dfd >= 0 ? scan_dir(dfd, &files) : -1;
     found_dump *dumps = n > 0 ? calloc((size_t)n, sizeof(*dumps)) : NULL;
@@ -231,35 +276,42 @@ static void enforce_retention(file_rep *f, const char *keep)
     }
     free(dumps);
     free(files);
-    if (dfd >= 0)
-        close(dfd);
 }
 
 static void write_one(file_rep *f, const char *stem, const char *suffix, const holmes__buf *b)
 {
-    char path[HOLMES_PATH_MAX + 400];
-    snprintf(path, sizeof(path), "%s/%s.%s", f->dir, stem, suffix);
-    int rc = b->failed ? -ENOMEM : holmes__write_atomic(path, b->data ? b->data : "", b->len);
+    char name[400];
+    snprintf(name, sizeof(name), "%s.%s", stem, suffix);
+    int rc = b->failed    ? -ENOMEM
+             : f->dir_err ? f->dir_err
+                          : holmes__write_at(f->dfd, name, b->data ? b->data : "", b->len, f->mode);
     if (rc != 0)
-        holmes__log_limited(&f->write_rl, 60, HOLMES_LOG_ERROR, "file reporter: cannot write %s: %s",
-                            path, b->failed ? "capture incomplete (out of memory)" : strerror(-rc));
+        holmes__log_limited(&f->write_rl, 60, HOLMES_LOG_ERROR,
+                            "file reporter: cannot write %s/%s: %s", f->dir, name,
+                            b->failed ? "capture incomplete (out of memory)" : strerror(-rc));
 }
 
 static int file_deliver(void *self, const holmes__dump *d)
 {
     file_rep *f = self;
+    if (!open_dir(f, false) && f->refused)
+        return 0;
     write_one(f, d->stem, "json", &d->event_json);
     if (d->final) {
         for (int i = 0; i < d->nfiles; i++)
             write_one(f, d->stem, d->files[i].suffix, &d->files[i].data);
     }
-    enforce_retention(f, d->stem);
+    if (f->dfd >= 0)
+        enforce_retention(f, d->stem);
     return 0;
 }
 
 static void file_close(void *self)
 {
-    free(self);
+    file_rep *f = self;
+    if (f->dfd >= 0)
+        close(f->dfd);
+    free(f);
 }
 
 const holmes__reporter_vt holmes__file_reporter_vt = {

@@ -362,6 +362,7 @@ static void set_pair(parser *p, const char *name, const char *value)
     if (!expand_env(value, expanded, sizeof(expanded), why, sizeof(why)) ||
         !holmes__key_store(k, base, expanded, why, sizeof(why))) {
         p->failed[section_slot(p)] = true;
+        holmes__key_redact(k, value, why, sizeof(why)); /* expand_env quotes the value as written */
         errbuf_add(&p->err, p->origin, p->line, "[%s] %s: %s", p->sec_text, k->name, why);
         return;
     }

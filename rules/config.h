@@ -80,6 +80,7 @@ typedef struct holmes__config {
     char file_dir[HOLMES_PATH_MAX];
     int file_max_files;
     uint64_t file_max_bytes;
+    unsigned file_mode; /* of dump files; their folders get holmes__dir_mode_for(file_mode) */
     /* [reporter.pyroscope] (on when the section is present) */
     bool pyroscope;
     int pyro_line; /* where [reporter.pyroscope] started, for messages */

@@ -225,12 +225,15 @@ const holmes__key holmes__keys[] = {
      CFG(file_max_files), "files kept; the oldest are removed first"},
     {HOLMES_SEC_FILE, "max_bytes", HOLMES_KT_SIZE, 0, "512MiB", NULL, 1, INFINITY, NULL, NULL,
      CFG(file_max_bytes), "bytes kept; the oldest files are removed first"},
+    {HOLMES_SEC_FILE, "mode", HOLMES_KT_MODE, 0, "0600", NULL, 0, 0, NULL, NULL, CFG(file_mode),
+     "mode of the files written; their folders get the matching one (0640: 0750); never "
+     "writable by others"},
 
     {HOLMES_SEC_PYROSCOPE, "url", HOLMES_KT_STRING, 0, NULL, "(required)", 0, 0, NULL,
      check_url, CFG(pyro_url), "the server, http:// or https://"},
     {HOLMES_SEC_PYROSCOPE, "tags", HOLMES_KT_STRING, 0, NULL, "none", 0, 0, NULL, check_tags,
      CFG(pyro_tags), "name=value pairs added to every upload, separated by commas"},
-    {HOLMES_SEC_PYROSCOPE, "basic_auth", HOLMES_KT_STRING, 0, NULL, "none", 0, 0, NULL,
+    {HOLMES_SEC_PYROSCOPE, "basic_auth", HOLMES_KT_STRING, HOLMES_KEY_SECRET, NULL, "none", 0, 0, NULL,
      check_basic_auth, CFG(pyro_basic_auth), "user:password for HTTP basic authentication"},
     {HOLMES_SEC_PYROSCOPE, "tenant_id", HOLMES_KT_STRING, 0, NULL, "none", 0, 0, NULL, NULL,
      CFG(pyro_tenant_id), "sent as X-Scope-OrgID"},
@@ -420,11 +423,79 @@ static bool store_number(const holmes__key *k, void *dst, const char *v, char *w
     }
 }
 
-bool holmes__key_store(const holmes__key *k, void *base, const char *value, char *why,
-                       size_t why_cap)
+/* ---- secrets ---- */
+
+static const char secret_mark[] = "<secret, not shown>";
+
+/* Appends text to out[0..*n) within cap (NUL kept). */
+static void put(char *out, size_t *n, size_t cap, const char *text, size_t len)
+{
+    size_t room = cap - 1 - *n;
+    size_t take = len < room ? len : room;
+    memcpy(out + *n, text, take);
+    *n += take;
+    out[*n] = 0;
+}
+
+void holmes__key_redact(const holmes__key *k, const char *value, char *why, size_t cap)
+{
+    size_t vlen = value ? strlen(value) : 0;
+    if (!(k->flags & HOLMES_KEY_SECRET) || vlen == 0 || cap == 0)
+        return;
+    size_t len = strlen(why);
+    /* A message filled to the brim may end with the value cut short. */
+    bool truncated = len + 1 >= cap;
+    char out[4096];
+    size_t n = 0;
+    for (const char *p = why; *p;) {
+        if (strncmp(p, value, vlen) == 0) {
+            put(out, &n, sizeof(out), secret_mark, sizeof(secret_mark) - 1);
+            p += vlen;
+        } else {
+            put(out, &n, sizeof(out), p++, 1);
+        }
+    }
+    for (size_t l = vlen - 1; truncated && l > 0; l--) {
+        if (n >= l && memcmp(out + n - l, value, l) == 0) {
+            n -= l;
+            out[n] = 0;
+            put(out, &n, sizeof(out), secret_mark, sizeof(secret_mark) - 1);
+            break;
+        }
+    }
+    snprintf(why, cap, "%s", out);
+}
+
+bool holmes__config_secret_warning(const holmes__config *c, char *out, size_t cap)
+{
+    if (!c->pyroscope || strncmp(c->pyro_url, "http://", 7) != 0)
+        return false;
+    char keys[256] = "";
+    size_t n = 0;
+    for (size_t i = 0; i < holmes__nkeys; i++) {
+        const holmes__key *k = &holmes__keys[i];
+        const char *v = (const char *)c + k->offset;
+        if (k->section != HOLMES_SEC_PYROSCOPE || !(k->flags & HOLMES_KEY_SECRET) || !*v ||
+            n >= sizeof(keys))
+            continue;
+        n += (size_t)snprintf(keys + n, sizeof(keys) - n, "%s%s", n ? " and " : "", k->name);
+    }
+    if (n == 0)
+        return false;
+    snprintf(out, cap,
+             "[reporter.pyroscope] %s sent over plain http://: anyone on the network path can "
+             "read it; use an https:// url",
+             keys);
+    return true;
+}
+
+static bool store_value(const holmes__key *k, void *base, const char *value, char *why,
+                        size_t why_cap)
 {
     void *dst = (char *)base + k->offset;
     switch (k->type) {
+    case HOLMES_KT_MODE:
+        return holmes__parse_mode(value, dst, why, why_cap);
     case HOLMES_KT_BOOL:
         return holmes__parse_bool(value, dst, why, why_cap);
     case HOLMES_KT_ENUM:
@@ -437,6 +508,15 @@ bool holmes__key_store(const holmes__key *k, void *base, const char *value, char
     default:
         return store_number(k, dst, value, why, why_cap);
     }
+}
+
+bool holmes__key_store(const holmes__key *k, void *base, const char *value, char *why,
+                       size_t why_cap)
+{
+    if (store_value(k, base, value, why, why_cap))
+        return true;
+    holmes__key_redact(k, value, why, why_cap);
+    return false;
 }
 
 /* ---- the Markdown reference ---- */
@@ -460,6 +540,9 @@ static void values_cell(const holmes__key *k, char *out, size_t cap)
         return;
     case HOLMES_KT_PATH:
         snprintf(out, cap, "a path");
+        return;
+    case HOLMES_KT_MODE:
+        snprintf(out, cap, "octal, not writable by others (`0600`, `0640`, `0660`)");
         return;
     default:
         format_range(k, out, cap);

@@ -29,12 +29,15 @@ typedef enum holmes__ktype {
     HOLMES_KT_STRING,   /* char[size] */
     HOLMES_KT_SIGNAL,   /* int, 0 = none */
     HOLMES_KT_PATH,     /* char[size] */
+    HOLMES_KT_MODE,     /* unsigned, an octal file mode never writable by others */
 } holmes__ktype;
 
 /* "auto" is accepted and stored as 0. */
 #define HOLMES_KEY_AUTO 1u
 /* "off" is accepted and stored as NAN (floats only). */
 #define HOLMES_KEY_OFF 2u
+/* The value is a secret (a password, a token): no message ever shows it. */
+#define HOLMES_KEY_SECRET 4u
 
 typedef struct holmes__key {
     holmes__section section;
@@ -81,6 +84,21 @@ bool holmes__parse_int(const char *s, int *out, char *why, size_t cap);
 bool holmes__parse_size(const char *s, uint64_t *out, char *why, size_t cap);
 bool holmes__parse_duration(const char *s, uint64_t *ms, char *why, size_t cap);
 bool holmes__parse_bool(const char *s, bool *out, char *why, size_t cap);
+/* An octal file mode such as 0600 or 0640; refuses modes writable by others. */
+bool holmes__parse_mode(const char *s, unsigned *out, char *why, size_t cap);
+/*
+ * For a HOLMES_KEY_SECRET key, rewrites the message `why` so that `value`
+ * (as written, or as expanded) appears in it nowhere, not even cut short at
+ * the end of a truncated message; for other keys it does nothing. The key
+ * table does this itself for what holmes__key_store writes.
+ */
+void holmes__key_redact(const holmes__key *k, const char *value, char *why, size_t cap);
+/*
+ * When [reporter.pyroscope] sends a secret key's value (basic_auth, a token)
+ * to a plain http:// url, writes one warning naming those keys to out and
+ * returns true: anyone on the path can read them.
+ */
+bool holmes__config_secret_warning(const holmes__config *c, char *out, size_t cap);
 /* "SIGUSR2", "USR2", "usr2", "SIGRTMIN+3" or "none" (0). */
 bool holmes__parse_signal(const char *s, int *out, char *why, size_t cap);
 

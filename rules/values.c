@@ -5,6 +5,7 @@
  * rather than a surprising number.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -234,6 +235,26 @@ bool holmes__parse_signal(const char *s, int *out, char *why, size_t cap)
         return false;
     }
     *out = sig;
+    return true;
+}
+
+bool holmes__parse_mode(const char *s, unsigned *out, char *why, size_t cap)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 8);
+    if (*s < '0' || *s > '7' || errno || *end || v > 0777) {
+        snprintf(why, cap, "not a file mode: '%s' (expected octal digits such as 0600 or 0640)", s);
+        return false;
+    }
+    if (v & 0002) {
+        snprintf(why, cap,
+                 "mode %s lets every local user write the dumps; use at most 0664 (0640 to share "
+                 "with a group)",
+                 s);
+        return false;
+    }
+    *out = (unsigned)v;
     return true;
 }
 

@@ -2,12 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,12 +68,12 @@ static void format_time(uint64_t wall_ns, bool rfc3339, char *out, size_t cap)
     unsigned ms;
     char tmp[128];
     utc_parts(wall_ns, &tm, &ms);
-    int n = rfc3339 ? snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ",
-                               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                               tm.tm_min, tm.tm_sec, ms)
-                    : snprintf(tmp, sizeof(tmp), "%04d%02d%02dT%02d%02d%02d.%03uZ",
-                               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                               tm.tm_min, tm.tm_sec, ms);
+    int n =
+        rfc3339
+            ? snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms)
+            : snprintf(tmp, sizeof(tmp), "%04d%02d%02dT%02d%02d%02d.%03uZ", tm.tm_year + 1900,
+                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
     size_t len = n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
     memcpy(out, tmp, len);
     out[len] = 0;
@@ -127,21 +129,128 @@ int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void
     return 0;
 }
 
+/* ---- files and folders the agent creates ----
+ *
+ * Dump folders may sit where others can write (a folder under /tmp, a shared
+ * volume), and a root service must never be made to overwrite a file it did
+ * not mean to. So a folder is opened once, one component at a time, and used
+ * through its descriptor afterwards: a component swapped for a symlink
+ * later is never followed. Every file is born unnamed (O_TMPFILE) or under a
+ * fresh random name with O_EXCL|O_NOFOLLOW, and only then renamed into
+ * place; rename() replaces a planted symlink instead of following it.
+ */
+
+unsigned holmes__dir_mode_for(unsigned file_mode)
+{
+    /* Whoever may read the files may list the folder: r-- becomes r-x. */
+    return (file_mode | ((file_mode & 0444) >> 2) | 0700) & 0777;
+}
+
+/* May a symlink `link` inside the folder `parent` be followed? Where others
+ * can write the folder, only links of its owner or of ours: anyone could
+ * have planted the rest (the kernel's protected_symlinks rule, kept even
+ * where that sysctl is off). */
+static bool link_trusted(const struct stat *parent, const struct stat *link)
+{
+    if (!(parent->st_mode & 0022))
+        return true;
+    return link->st_uid == geteuid() || link->st_uid == parent->st_uid;
+}
+
+/* Opens `name` in dfd as a folder, creating it with `mode` when missing. */
+static int open_component(int dfd, const char *name, unsigned mode, bool create)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        int e = errno;
+        struct stat parent, link;
+        if (e == ENOENT && create) {
+            if (mkdirat(dfd, name, mode) != 0 && errno != EEXIST)
+                return -errno;
+            continue; /* created, or someone else did: open what is there */
+        }
+        if ((e == ELOOP || e == ENOTDIR) && fstat(dfd, &parent) == 0 &&
+            fstatat(dfd, name, &link, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(link.st_mode)) {
+            if (!link_trusted(&parent, &link))
+                return -ELOOP;
+            fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            return fd >= 0 ? fd : -errno;
+        }
+        return -e;
+    }
+    return -EAGAIN;
+}
+
+const char *holmes__dir_unsafe(int dfd)
+{
+    struct stat st;
+    if (fstat(dfd, &st) != 0)
+        return "cannot be examined";
+    if ((st.st_mode & 0002) && !(st.st_mode & S_ISVTX))
+        return "is writable by every user and has no sticky bit";
+    if (st.st_uid != geteuid() && st.st_uid != 0)
+        return "is owned by another user";
+    return NULL;
+}
+
+int holmes__dir_open(const char *path, unsigned mode, bool create, char *why, size_t why_cap)
+{
+    char copy[4096];
+    if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy)) {
+        snprintf(why, why_cap, "%s: path too long", path);
+        return -ENAMETOOLONG;
+    }
+    int dfd = open(copy[0] == '/' ? "/" : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        snprintf(why, why_cap, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char *save = NULL;
+    for (char *c = strtok_r(copy, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+        int fd = open_component(dfd, c, mode, create);
+        close(dfd);
+        if (fd < 0) {
+            snprintf(why, why_cap, "%s: %s", path,
+                     fd == -ELOOP ? "a symlink another user could have planted: refused"
+                                  : strerror(-fd));
+            return fd;
+        }
+        dfd = fd;
+    }
+    const char *bad = holmes__dir_unsafe(dfd);
+    if (bad) {
+        close(dfd);
+        snprintf(why, why_cap,
+                 "%s %s: refused (another local user could read or replace what is written there)",
+                 path, bad);
+        return -EPERM;
+    }
+    return dfd;
+}
+
+int holmes__dir_open_at(int dfd, const char *name, unsigned mode)
+{
+    int fd = open_component(dfd, name, mode, true);
+    if (fd < 0)
+        return fd;
+    if (holmes__dir_unsafe(fd)) {
+        close(fd);
+        return -EPERM;
+    }
+    return fd;
+}
+
 int holmes__mkdirs(const char *dir)
 {
-    char path[4096];
-    if (snprintf(path, sizeof(path), "%s", dir) >= (int)sizeof(path))
-        return -ENAMETOOLONG;
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return -errno;
+    char why[4400];
+    int dfd = holmes__dir_open(dir, HOLMES_DIR_MODE, true, why, sizeof(why));
+    if (dfd == -EPERM || dfd == -ELOOP)
+        holmes__log(HOLMES_LOG_ERROR, "folder %s", why);
+    if (dfd < 0)
+        return dfd;
+    close(dfd);
     return 0;
 }
 
@@ -160,31 +269,163 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-int holmes__write_atomic(const char *path, const void *data, size_t len)
+/* "<name>.tmp.<pid>.<random>": unguessable, and still recognisable (with
+ * the writer's pid) to the cleaners of the file reporter and the spool. */
+static void temp_name(const char *name, char *out, size_t cap)
 {
-    char tmp[4200], dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = 0;
-        int rc = holmes__mkdirs(dir);
-        if (rc)
-            return rc;
-    }
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    int rc = write_all(fd, data, len);
+    static uint64_t counter;
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+        r = holmes__now_ns() * 0x9E3779B97F4A7C15ull;
+    r ^= __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+    snprintf(out, cap, "%s.tmp.%d.%016llx", name, (int)getpid(), (unsigned long long)r);
+}
+
+/* Writes the whole content and makes it durable before the file gets its name. */
+static int fill(int fd, const void *data, size_t len, unsigned mode)
+{
+    /* fchmod: the configured mode holds whatever the service's umask is. */
+    int rc = fchmod(fd, mode) != 0 ? -errno : write_all(fd, data, len);
     if (rc == 0 && fsync(fd) != 0)
         rc = -errno;
+    return rc;
+}
+
+/* Gives the unnamed file fd the name `name` in dfd; never replaces anything. */
+static int link_tmpfile(int fd, int dfd, const char *name)
+{
+    if (linkat(fd, "", dfd, name, AT_EMPTY_PATH) == 0)
+        return 0;
+    if (errno != ENOENT && errno != EPERM)
+        return -errno;
+    /* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc's link does not. */
+    char proc[64];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, proc, dfd, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
+}
+
+/* Renames the temporary `tmp` to `name`, or removes it. */
+static int publish(int dfd, const char *tmp, const char *name)
+{
+    if (renameat(dfd, tmp, dfd, name) == 0)
+        return 0;
+    int rc = -errno;
+    unlinkat(dfd, tmp, 0);
+    return rc;
+}
+
+/* The O_TMPFILE way; returns 1 when the folder or the system cannot do it. */
+static int write_tmpfile(int dfd, const char *name, const void *data, size_t len, unsigned mode)
+{
+    static bool unsupported;
+    if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
+        return 1;
+    int fd = openat(dfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
+    if (fd < 0)
+        return errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL ? 1 : -errno;
+    int rc = fill(fd, data, len, mode);
+    if (rc == 0 && (rc = link_tmpfile(fd, dfd, name)) == -EEXIST) {
+        /* The name is taken (an event rewritten, or something planted):
+         * link under a fresh name and rename over it, never through it. */
+        char tmp[NAME_MAX + 1];
+        temp_name(name, tmp, sizeof(tmp));
+        rc = link_tmpfile(fd, dfd, tmp);
+        if (rc == 0)
+            rc = publish(dfd, tmp, name);
+    }
+    close(fd);
+    if (rc == -EPERM || rc == -ENOENT || rc == -EXDEV) {
+        /* No way to name an unnamed file here (no /proc, no capability). */
+        __atomic_store_n(&unsupported, true, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return rc;
+}
+
+static int write_exclusive(int dfd, const char *name, const void *data, size_t len, unsigned mode)
+{
+    char tmp[NAME_MAX + 1];
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < 8; tries++) {
+        temp_name(name, tmp, sizeof(tmp));
+        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+        if (fd < 0 && errno != EEXIST)
+            return -errno;
+    }
+    if (fd < 0)
+        return -EEXIST;
+    int rc = fill(fd, data, len, mode);
     if (close(fd) != 0 && rc == 0)
         rc = -errno;
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = -errno;
-    if (rc != 0)
-        unlink(tmp);
+    if (rc != 0) {
+        unlinkat(dfd, tmp, 0);
+        return rc;
+    }
+    return publish(dfd, tmp, name);
+}
+
+int holmes__write_at(int dfd, const char *name, const void *data, size_t len, unsigned mode)
+{
+    if (strlen(name) + 40 > NAME_MAX)
+        return -ENAMETOOLONG;
+    int rc = write_tmpfile(dfd, name, data, len, mode);
+    return rc == 1 ? write_exclusive(dfd, name, data, len, mode) : rc;
+}
+
+/* Splits path into its folder (written to dir) and returns the last component. */
+static const char *split_path(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, cap, ".");
+    else if (slash == path)
+        snprintf(dir, cap, "/");
+    else
+        snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+    return slash ? slash + 1 : path;
+}
+
+int holmes__write_atomic(const char *path, const void *data, size_t len)
+{
+    char dir[4096], why[4400];
+    const char *name = split_path(path, dir, sizeof(dir));
+    int dfd = holmes__dir_open(dir, HOLMES_DIR_MODE, true, why, sizeof(why));
+    if (dfd < 0)
+        return dfd;
+    int rc = holmes__write_at(dfd, name, data, len, HOLMES_FILE_MODE);
+    close(dfd);
     return rc;
+}
+
+int holmes__open_append(const char *path, unsigned mode, char *why, size_t why_cap)
+{
+    char dir[4096];
+    const char *name = split_path(path, dir, sizeof(dir));
+    int dfd = holmes__dir_open(dir, HOLMES_DIR_MODE, false, why, why_cap);
+    if (dfd < 0)
+        return dfd;
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < 8; tries++) {
+        fd = openat(dfd, name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT)
+            fd = openat(dfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        mode);
+        if (fd < 0 && errno != EEXIST && errno != ENOENT)
+            break;
+    }
+    int rc = fd < 0 ? -errno : 0;
+    close(dfd);
+    struct stat st;
+    if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+                    (st.st_uid != geteuid() && st.st_uid != 0))) {
+        close(fd);
+        snprintf(why, why_cap, "%s: refused: not a regular file of ours with a single name", path);
+        return -EPERM;
+    }
+    if (rc != 0)
+        snprintf(why, why_cap, "%s: %s", path,
+                 rc == -ELOOP ? "is a symlink: refused" : strerror(-rc));
+    return rc == 0 ? fd : rc;
 }
 
 long holmes__read_file(const char *path, char *buf, size_t cap)

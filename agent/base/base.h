@@ -36,8 +36,8 @@ holmes_log_level holmes__log_level(void);
 void holmes__log_close(void);
 
 /* ---- clocks ---- */
-uint64_t holmes__now_ns(void);      /* CLOCK_MONOTONIC */
-uint64_t holmes__wall_ns(void);     /* CLOCK_REALTIME */
+uint64_t holmes__now_ns(void);  /* CLOCK_MONOTONIC */
+uint64_t holmes__wall_ns(void); /* CLOCK_REALTIME */
 /* Formats a CLOCK_REALTIME instant as "yyyymmddTHHMMSS.mmmZ" (21 bytes with NUL). */
 void holmes__format_utc_stamp(uint64_t wall_ns, char out[32]);
 /* Formats as RFC 3339 "yyyy-mm-ddTHH:MM:SS.mmmZ". */
@@ -68,13 +68,45 @@ int holmes__agent_cpu_enter(void);
 void holmes__agent_cpu_leave(int slot);
 
 /*
- * Writes `len` bytes to `path` through "<path>.tmp.<pid>" and rename(), so a
- * reader never sees a truncated file. Creates missing parent directories.
- * Returns 0 or -errno.
+ * Files and folders the agent creates (dumps, the spool, the log). A folder
+ * is opened component by component (a symlink is followed only where no
+ * other user could have planted it) and then used through its descriptor;
+ * files are created unnamed (O_TMPFILE) or under a random name with
+ * O_EXCL|O_NOFOLLOW, then renamed into place, so nothing planted at a name
+ * is ever followed or written through.
  */
+#define HOLMES_FILE_MODE 0600u /* files and folders are private unless configured */
+#define HOLMES_DIR_MODE 0700u
+/* The folder mode that goes with a file mode: 0640 -> 0750. */
+unsigned holmes__dir_mode_for(unsigned file_mode);
+/*
+ * Opens folder `path` (creating what is missing with `mode` when `create`)
+ * and returns its descriptor, or -errno with a one-line reason in `why`.
+ * Refuses (-EPERM) a folder writable by every user without the sticky bit
+ * or owned by another user than us or root.
+ */
+int holmes__dir_open(const char *path, unsigned mode, bool create, char *why, size_t why_cap);
+/* The same for the folder `name` inside dfd. Returns its descriptor or -errno. */
+int holmes__dir_open_at(int dfd, const char *name, unsigned mode);
+/* NULL when the open folder dfd is safe to write in, else why not ("is owned by another user"). */
+const char *holmes__dir_unsafe(int dfd);
+/*
+ * Writes `len` bytes as `name` in folder dfd with `mode`: fully written and
+ * synced before the name appears, so a reader never sees a truncated file;
+ * an existing file (or anything planted) at `name` is replaced, never
+ * followed. Returns 0 or -errno.
+ */
+int holmes__write_at(int dfd, const char *name, const void *data, size_t len, unsigned mode);
+/* holmes__write_at for a path, creating missing folders: private modes (0600, 0700). */
 int holmes__write_atomic(const char *path, const void *data, size_t len);
-/* mkdir -p. Returns 0 or -errno. */
+/* mkdir -p with mode 0700 and the checks of holmes__dir_open. Returns 0 or -errno. */
 int holmes__mkdirs(const char *dir);
+/*
+ * Opens `path` for appending (the log file), creating it with `mode` and
+ * O_EXCL when missing; a symlink or a file with other names (hard links) or
+ * of another user is refused. Returns the descriptor or -errno with `why`.
+ */
+int holmes__open_append(const char *path, unsigned mode, char *why, size_t why_cap);
 /* Reads a whole (small, /proc-like) file into buf, NUL-terminated. Returns length or -errno. */
 long holmes__read_file(const char *path, char *buf, size_t cap);
 

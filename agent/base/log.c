@@ -61,7 +61,9 @@ int holmes__log_configure(const char *target, holmes_log_level level)
         t = TARGET_SYSLOG;
         fd = open_syslog(); /* none yet: stderr until one listens (see emit) */
     } else if (strcmp(target, "stderr") != 0) {
-        fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+        /* Opened without following a link, created private (base.c). */
+        char why[320];
+        fd = holmes__open_append(target, HOLMES_FILE_MODE, why, sizeof(why));
         if (fd < 0)
             return HOLMES_EIO;
         t = TARGET_FILE;

@@ -303,7 +303,7 @@ static void test_pyroscope(void)
     expect_error("[reporter.pyroscope]\nurl = ftp://x\n",
                  "not an http:// or https:// URL: 'ftp://x'");
     expect_error("[reporter.pyroscope]\nurl = http://x\ntags = novalue\n", "not a tag list");
-    expect_error("[reporter.pyroscope]\nurl = http://x\nbasic_auth = user\n", "user:password");
+    expect_error("[reporter.pyroscope]\nurl = http://x\nbasic_auth = admin\n", "user:password");
     CHECK_EQ_INT(parse("[reporter.file]\ndir = /var/d\n[reporter.pyroscope]\nurl = https://p\n"
                        "timeout = 3s\n"),
                  0);
