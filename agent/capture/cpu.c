@@ -57,6 +57,7 @@ struct holmes__cpu_capture {
     uint64_t start_wall_ns, start_mono_ns;
     struct sigaction previous; /* SIGPROF's disposition before the capture */
     holmes__cpu_table *table;
+    uint64_t agent_samples; /* atomic: samples of the agent's own work on these threads */
     struct cpu_thread *threads;
     uint32_t nthreads; /* entries in threads[]; read by the handler (acquire) */
     int armed;
@@ -113,6 +114,12 @@ static void cpu_on_sigprof(int sig, siginfo_t *si, void *uc)
     if (c && si && si->si_code == SI_TIMER) {
         if (cpu_in_handler) {
             holmes__cpu_table_drop(c->table, 1);
+        } else if (holmes__in_agent) {
+            /* The thread runs the agent's own work: mostly the handler of
+             * a concurrent threads or wall capture, which interrupts a
+             * sleeping thread. Billing that CPU to the stack below it
+             * would show a sleep burning CPU; it is counted apart. */
+            __atomic_fetch_add(&c->agent_samples, 1, __ATOMIC_RELAXED);
         } else {
             cpu_in_handler = 1;
             cpu_record(c, si, uc);
@@ -134,8 +141,7 @@ static int sigprof_is_free(const struct sigaction *sa)
 {
     if (sigprof_is_ours(sa))
         return 1;
-    return !(sa->sa_flags & SA_SIGINFO) &&
-           (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
+    return !(sa->sa_flags & SA_SIGINFO) && (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
 }
 
 static int sigprof_take(holmes__cpu_capture *c)
@@ -204,8 +210,8 @@ static int handlers_drain(void)
 static holmes__cpu_capture *capture_map(void)
 {
     size_t head = (sizeof(holmes__cpu_capture) + 63) & ~(size_t)63;
-    size_t bytes = head + CPU_MAX_THREADS * sizeof(struct cpu_thread) +
-                   CPU_TID_SLOTS * sizeof(int32_t);
+    size_t bytes =
+        head + CPU_MAX_THREADS * sizeof(struct cpu_thread) + CPU_TID_SLOTS * sizeof(int32_t);
     char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
@@ -539,11 +545,12 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
     struct build_ctx b = {.p = p, .period_ns = c->period_ns};
     int rc = holmes__cpu_capture_each(c, build_entry, &b);
     uint64_t dropped = holmes__cpu_table_dropped(c->table);
-    char note[160];
+    char note[240];
     snprintf(note, sizeof(note),
              "holmes cpu: %d Hz over %d threads, %llu samples, %llu dropped (storage full or "
-             "unwinding failed)",
-             c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped);
+             "unwinding failed), %llu in the agent's own work on these threads (not shown)",
+             c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped,
+             (unsigned long long)__atomic_load_n(&c->agent_samples, __ATOMIC_RELAXED));
     holmes__pprof_comment(p, note);
     holmes__pprof_past_maps(p, c->past_maps.data);
     holmes__pprof_stats pst;

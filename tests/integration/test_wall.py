@@ -1,7 +1,10 @@
 """capture = wall shows where a slow request waits: the handler sleeps 100 ms
-and computes 10 ms; the wall profile gives about 90% of the handler's time to
-the sleep, while a CPU profile of the same run does not show it at all."""
+and computes 20 ms of CPU; the wall profile gives the sleep the share of the
+handler's time it really took (about 83% on an idle machine, less on a busy
+one, where the computing waits for a core), while a CPU profile of the same
+run does not show the sleep."""
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +52,11 @@ def share(profile, function, tag_filter=None):
 def main():
     w = Workdir()
     ini = w.write_ini(INI)
-    run([prog("slow_handler"), ini, "6"], cwd=w.path, timeout=60)
+    _, out, _ = run([prog("slow_handler"), ini, "6"], cwd=w.path, timeout=60)
+    m = re.search(r"waited ([\d.]+) s, rendered ([\d.]+) s", out)
+    check(m, "slow_handler did not report its times: %r" % out)
+    truth = 100.0 * float(m.group(1)) / (float(m.group(1)) + float(m.group(2))) if m else 83.0
+    print("measured by the program: the sleep took %.1f%% of the handler's wall time" % truth)
     walls, cpus = w.files("*.waits.*.wall.pb.gz"), w.files("*.burns.*.cpu.pb.gz")
     check(len(walls) == 1 and len(cpus) == 1, "expected one wall and one CPU profile: %s" % w.files())
     if walls and cpus:
@@ -60,8 +67,14 @@ def main():
         if SANITIZE == "thread":
             print("SKIP attribution under TSan: it delays signals to blocked threads")
         else:
-            check(80 <= sleep <= 97, "wall: the sleep has %.1f%% of the handler, not ~90%%" % sleep)
-            check(3 <= burn <= 20, "wall: the computing has %.1f%%, not ~10%%" % burn)
+            # The capture covers 4 of the run's 6 s, so the shares differ a
+            # little; and on a busy machine a thread waiting for a core answers
+            # some rounds too late to count (the capture's `silent`), so the
+            # computing is under-counted by up to about 10 points.
+            check(abs(sleep - truth) <= 15,
+                  "wall: the sleep has %.1f%% of the handler, not ~%.1f%%" % (sleep, truth))
+            check(abs(burn - (100 - truth)) <= 15,
+                  "wall: the computing has %.1f%%, not ~%.1f%%" % (burn, 100 - truth))
         cpu_sleep = share(cpus[0], "wait_for_backend")
         cpu_burn = share(cpus[0], "render_response")
         print("cpu: wait_for_backend %.1f%%, render_response %.1f%%" % (cpu_sleep, cpu_burn))
@@ -70,9 +83,13 @@ def main():
             # call into TSan's runtime, often the nanosleep of the next request.
             print("SKIP CPU attribution under TSan: it delays SIGPROF to the next runtime call")
         else:
-            # Entering and leaving nanosleep costs a little real CPU; the 100 ms
-            # of sleeping itself must not appear.
-            check(cpu_sleep < 5.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
+            # The 100 ms of sleeping itself must not appear; billed, it would
+            # be most of the handler. What may appear is real CPU spent on the
+            # sleeping side: entering and leaving nanosleep, taking the wall
+            # capture's signals, and the kernel's tick-granular CPU timers
+            # noticing an expiry only when the thread next runs (often when
+            # a signal wakes it from the sleep).
+            check(cpu_sleep < 10.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
             check(cpu_burn > 50, "the CPU profile misses the computing (%.1f%%)" % cpu_burn)
     w.cleanup()
     finish()

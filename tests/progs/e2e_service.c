@@ -5,7 +5,9 @@
  *
  * Usage: e2e_service CONFIG
  * Commands:
- *   burn S        one thread burns CPU for S seconds (a cpu rule)
+ *   burn S        one thread burns S seconds of its own CPU time (a cpu rule);
+ *                 on a busy machine that lasts longer than S, so a capture
+ *                 that starts late still finds the thread burning
  *   alloc MIB     allocate and keep MIB MiB in 64 KiB blocks (a heap or mem rule)
  *   threads N S   N extra threads that sleep S seconds (a threads rule)
  *   fds N S       N extra descriptors held S seconds (an fds rule)
@@ -31,11 +33,16 @@
 
 static volatile double sink;
 
-static double now_s(void)
+static double clock_s(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double now_s(void)
+{
+    return clock_s(CLOCK_MONOTONIC);
 }
 
 static void sleep_s(double s)
@@ -48,8 +55,8 @@ static void sleep_s(double s)
 /* The hot function the CPU profile must name. */
 __attribute__((noinline)) static void e2e_burn_hot(double seconds)
 {
-    double end = now_s() + seconds;
-    while (now_s() < end) {
+    double end = clock_s(CLOCK_THREAD_CPUTIME_ID) + seconds;
+    while (clock_s(CLOCK_THREAD_CPUTIME_ID) < end) {
         for (int i = 1; i < 20000; i++)
             sink += (double)i * 1.0000001;
     }
