@@ -11,8 +11,9 @@ bash scripts/deps.sh test || { echo "holmes: installing dependencies failed" >&2
 
 mode=${1:-full}
 jobs=$(nproc)
-passed=0 failed=0
+passed=0 failed=0 skipped=0
 failures=()
+skips=()
 why=()
 
 run_suite() { # name, cmake args...
@@ -25,15 +26,25 @@ run_suite() { # name, cmake args...
   echo "== $name: tests"
   local log=$dir/ctest.log
   (cd "$dir" && ctest --output-on-failure --timeout 600 -j"$jobs") 2>&1 | tee "$log" | grep -E '^( *[0-9]+/[0-9]+ Test|[0-9]+% tests|The following|\s+[0-9]+ - )' || true
-  local p f
+  local p f s
   p=$(grep -cE 'Test +#[0-9]+: .* Passed' "$log")
-  f=$(grep -cE 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log")
-  passed=$((passed + p)); failed=$((failed + f))
+  # A test that cannot run its checks here exits 77: ctest says ***Skipped.
+  f=$(grep -E 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log" | grep -cv '\*\*\*Skipped')
+  s=$(grep -cE 'Test +#[0-9]+: .*\*\*\*Skipped' "$log")
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  ((s > 0)) && skips+=("$name:" "$(skip_reasons "$dir")")
   if [[ $f -gt 0 || $p -eq 0 ]]; then
     failures+=("$name: $f failed"); [[ $p -eq 0 ]] && failed=$((failed + 1))
-    grep -E 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log" | sed "s/^/   $name: /"
+    grep -E 'Test +#[0-9]+: .*(\*\*\*|Failed|Exception|Timeout)' "$log" | grep -v '\*\*\*Skipped' |
+      sed "s/^/   $name: /"
     why+=("$name:" "$(failure_lines "$log")")
   fi
+}
+
+# Each skipped test with the reason it printed (ctest keeps every test's output in LastTest.log).
+skip_reasons() {
+  awk '/^[0-9]+\/[0-9]+ Testing: /{t=$3} /^SKIPPED: /{print "   " t ": " substr($0, 10)}' \
+    "$1/Testing/Temporary/LastTest.log" 2>/dev/null | sort -u
 }
 
 # The first lines that say why, so the end of a CI log is enough to start from.
@@ -62,7 +73,8 @@ if [[ $mode == full ]]; then
 fi
 
 echo
+((${#skips[@]})) && printf '%s\n' "skipped, with the reason each test gave:" "${skips[@]}"
 ((${#why[@]})) && printf '%s\n' "${why[@]}"
 ((${#failures[@]})) && printf 'FAILED: %s\n' "${failures[@]}"
-echo "holmes: $passed passed, $failed failed"
+echo "holmes: $passed passed, $failed failed, $skipped skipped"
 [[ $failed -eq 0 ]]

@@ -8,6 +8,31 @@
 
 static int check_failures;
 static int check_count;
+static int check_skipped_parts;
+
+/* ctest's code for "skipped" (SKIP_RETURN_CODE in tests/CMakeLists.txt). */
+#define CHECK_SKIP_CODE 77
+
+/* Leaves out one part that cannot run here, saying why; the rest still checks. */
+#define SKIP_PART(...)                                                                             \
+    do {                                                                                           \
+        check_skipped_parts++;                                                                     \
+        fprintf(stderr, "SKIPPED part: ");                                                         \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, "\n");                                                                     \
+    } while (0)
+
+/* Ends a test that cannot run its checks here (from main): ctest reports it
+ * skipped, with why. A check that already failed still fails the test. */
+#define SKIP_TEST(...)                                                                             \
+    do {                                                                                           \
+        if (check_failures)                                                                        \
+            CHECK_DONE();                                                                          \
+        fprintf(stderr, "SKIPPED: ");                                                              \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, "\n");                                                                     \
+        return CHECK_SKIP_CODE;                                                                    \
+    } while (0)
 
 /* Flags and values that one test thread sets and another polls: atomics, so
  * ThreadSanitizer sees the hand-over (volatile is no synchronization). */
@@ -59,7 +84,8 @@ static int check_count;
 
 #define CHECK_DONE()                                                                               \
     do {                                                                                           \
-        fprintf(stderr, "%d checks, %d failed\n", check_count, check_failures);                    \
+        fprintf(stderr, "%d checks, %d failed, %d part(s) skipped\n", check_count, check_failures, \
+                check_skipped_parts);                                                              \
         return check_failures ? 1 : 0;                                                             \
     } while (0)
 

@@ -20,6 +20,10 @@ SRC = os.environ.get("HOLMES_SRC", os.path.dirname(os.path.dirname(os.path.dirna
 SANITIZE = os.environ.get("HOLMES_SANITIZE", "")
 
 failures = []
+skipped_parts = []
+
+# ctest's code for "skipped" (SKIP_RETURN_CODE in tests/CMakeLists.txt).
+SKIP_CODE = 77
 
 
 def check(cond, message):
@@ -35,8 +39,26 @@ def finish():
     if failures:
         print("%d check(s) failed" % len(failures), file=sys.stderr)
         sys.exit(1)
-    print("ok")
+    if skipped_parts:
+        print("ok, with %d part(s) skipped: %s" % (len(skipped_parts), "; ".join(skipped_parts)))
+    else:
+        print("ok")
     sys.exit(0)
+
+
+def skip_part(reason):
+    """Leaves out one part of a test that cannot run here; the rest still checks."""
+    skipped_parts.append(reason)
+    print("SKIPPED part: " + reason)
+
+
+def skip_test(reason):
+    """Ends a test that cannot run its checks here: ctest reports it as skipped, with why.
+    A check that already failed still fails the test."""
+    if failures:
+        finish()
+    print("SKIPPED: " + reason)
+    sys.exit(SKIP_CODE)
 
 
 def example(name):

@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, example, finish, pprof_top, run,  # noqa: E402
-                         tool)
+                         skip_part, tool)
 
 HEAD = "[agent]\ninterval = 250ms\nwindow = 4\n{agent}[reporter.file]\ndir = @DUMPS@\n"
 
@@ -25,8 +25,8 @@ TSAN_SILENT = ("read_upstream", "lock_shared_state")
 def storm_expected():
     if SANITIZE != "thread":
         return STORM
-    print("SKIPPED: thread counts of %s (ThreadSanitizer holds the dump's signal while they "
-          "block in its read and mutex interceptors)" % ", ".join(TSAN_SILENT))
+    skip_part("thread counts of %s (ThreadSanitizer holds the dump's signal while they "
+              "block in its read and mutex interceptors)" % ", ".join(TSAN_SILENT))
     return {fn: n for fn, n in STORM.items() if fn not in TSAN_SILENT}
 
 

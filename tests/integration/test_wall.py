@@ -8,7 +8,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, pprof, prog, run  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, pprof, prog, run, skip_part  # noqa: E402
 
 INI = """
 [agent]
@@ -65,7 +65,7 @@ def main():
         burn = share(walls[0], "render_response", only_handler)
         print("wall: wait_for_backend %.1f%%, render_response %.1f%%" % (sleep, burn))
         if SANITIZE == "thread":
-            print("SKIP attribution under TSan: it delays signals to blocked threads")
+            skip_part("wall attribution under TSan: it delays signals to blocked threads")
         else:
             # The capture covers 4 of the run's 6 s, so the shares differ a
             # little; and on a busy machine a thread waiting for a core answers
@@ -81,7 +81,7 @@ def main():
         if SANITIZE == "thread":
             # A SIGPROF that lands in the computing waits for the thread's next
             # call into TSan's runtime, often the nanosleep of the next request.
-            print("SKIP CPU attribution under TSan: it delays SIGPROF to the next runtime call")
+            skip_part("CPU attribution under TSan: it delays SIGPROF to the next runtime call")
         else:
             # The 100 ms of sleeping itself must not appear; billed, it would
             # be most of the handler. What may appear is real CPU spent on the

@@ -57,7 +57,8 @@ static void churn(worker *w)
     while (now_s() < end) {
         for (int k = 0; k < 100; k++) {
             unsigned i = (unsigned)(next_random(&w->seed) % 64);
-            if (live[i] && (live[i][0] != (unsigned char)i || live[i][size[i] - 1] != (unsigned char)i))
+            if (live[i] &&
+                (live[i][0] != (unsigned char)i || live[i][size[i] - 1] != (unsigned char)i))
                 w->corrupted++;
             T_FREE(live[i]);
             size[i] = 1 + next_random(&w->seed) % 8192;
@@ -224,7 +225,7 @@ int main(void)
 #ifdef __SANITIZE_ADDRESS__
     /* GCC 12's ASan allocator keeps no fork handlers: a child inherits its
      * lock held by another thread and hangs in ASan's malloc, not ours. */
-    fprintf(stderr, "fork test skipped under AddressSanitizer\n");
+    SKIP_PART("the fork test under AddressSanitizer (its allocator has no fork handlers)");
     (void)test_fork;
 #else
     test_fork();
