@@ -207,7 +207,6 @@ static bool timed_busy(const holmes__capture_thread *t, int k)
 
 static void start_timed(holmes__capture_thread *t, active_job *aj)
 {
-    uint64_t now = holmes__now_ns();
     bool started = false;
     for (int k = 0; k < NTIMED; k++) {
         const holmes__timed_vt *vt = timed_vts[k];
@@ -224,6 +223,11 @@ static void start_timed(holmes__capture_thread *t, active_job *aj)
                 note(&aj->job->info, "%s: %s", name, holmes_strerror(rc));
             continue;
         }
+        /* Timed from when sampling began: starting can first compile unwind
+         * tables for modules loaded since (libcurl and its TLS libraries,
+         * once the first upload loads them), seconds on a busy machine, and
+         * a deadline taken before that left a capture of no time at all. */
+        uint64_t now = holmes__now_ns();
         run->end_ns = now + job_duration_ns(aj->job);
         run->next_poll_ns = now + vt->poll_ms * 1000000ull;
         started = true;
