@@ -129,7 +129,7 @@ def test_rule_fires_in_python():
     script = os.path.join(w.path, "burn.py")
     with open(script, "w") as f:
         f.write(BURN_PY)
-    rc, out, err = run([PYTHON, script, "4"], env=preload_env(ini), cwd=w.path, timeout=40)
+    rc, out, err = run([PYTHON, script, "2"], env=preload_env(ini), cwd=w.path, timeout=120)
     check("burned" in out, "python did not finish its work: %s" % err[-1000:])
     check("agent off" not in err, "agent off with HOLMES_CONFIG set: %s" % err[-1000:])
     check("holmes stopped" in err, "the agent was not stopped at exit: %s" % err[-1000:])

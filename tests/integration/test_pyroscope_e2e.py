@@ -316,7 +316,7 @@ dir = @DUMPS@
 
 # (command, rule, metric, clause, kinds uploaded, seconds the capture lasts)
 PHASES = [
-    ("burn 4", "cpu", "cpu", "abs", ["cpu"], 2),
+    ("burn 3", "cpu", "cpu", "abs", ["cpu"], 2),
     # RSS, not the sampler's estimate: sanitizer builds have no heap sampler.
     ("alloc 300", "mem", "mem", "abs", ["heap"], 0),
     ("threads 40 3", "threads", "threads", "abs", ["threads"], 0),
