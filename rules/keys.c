@@ -245,7 +245,7 @@ const holmes__key holmes__keys[] = {
      NULL, NULL, CFG(pyro_spool_max_bytes), "bytes the spool may hold; the oldest go first"},
     {HOLMES_SEC_PYROSCOPE, "api", HOLMES_KT_ENUM, 0, "push", NULL, 0, 0, pyro_api_names, NULL,
      CFG(pyro_api), "push: POST /push.v1.PusherService/Push; ingest: the legacy POST /ingest"},
-    {HOLMES_SEC_PYROSCOPE, "bearer_token", HOLMES_KT_STRING, 0, NULL, "none", 0, 0, NULL,
+    {HOLMES_SEC_PYROSCOPE, "bearer_token", HOLMES_KT_STRING, HOLMES_KEY_SECRET, NULL, "none", 0, 0, NULL,
      check_bearer_token, CFG(pyro_bearer_token),
      "sent as Authorization: Bearer (Grafana Cloud); use ${VAR} to keep it out of the file"},
 };

@@ -222,6 +222,10 @@ static void test_secrets_never_shown(void)
     setenv("HOLMES_TEST_SECRET_18", "tok3n-from-env", 1);
     e = errors_of("[reporter.pyroscope]\nurl = http://x\nbasic_auth = ${HOLMES_TEST_SECRET_18}\n");
     CHECK(*e && strstr(e, "tok3n-from-env") == NULL);
+    /* The bearer token too: a token partly literal, partly from an unset variable. */
+    e = errors_of("[reporter.pyroscope]\nurl = https://x\nbearer_token = glc_abc123${NO_VAR_18}\n");
+    CHECK(strstr(e, "t.ini:3: [reporter.pyroscope] bearer_token:") != NULL);
+    CHECK(strstr(e, "glc_abc123") == NULL);
     /* Any key flagged secret gets it; others are quoted as before. */
     const holmes__key *auth = holmes__key_find(HOLMES_SEC_PYROSCOPE, "basic_auth");
     CHECK(auth && (auth->flags & HOLMES_KEY_SECRET));
@@ -247,10 +251,14 @@ static void test_plain_http_warning(void)
     CHECK(holmes__config_secret_warning(&c, warning, sizeof(warning)));
     CHECK(strstr(warning, "basic_auth") && strstr(warning, "http://"));
     CHECK(strstr(warning, "verysecret") == NULL);
+    snprintf(c.pyro_bearer_token, sizeof(c.pyro_bearer_token), "tok");
+    CHECK(holmes__config_secret_warning(&c, warning, sizeof(warning)));
+    CHECK(strstr(warning, "basic_auth and bearer_token") != NULL);
     snprintf(c.pyro_url, sizeof(c.pyro_url), "https://pyro:4040");
     CHECK(!holmes__config_secret_warning(&c, warning, sizeof(warning)));
     snprintf(c.pyro_url, sizeof(c.pyro_url), "http://pyro:4040");
     c.pyro_basic_auth[0] = 0;
+    c.pyro_bearer_token[0] = 0;
     CHECK(!holmes__config_secret_warning(&c, warning, sizeof(warning)));
 }
 
