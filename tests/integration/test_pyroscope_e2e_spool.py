@@ -63,6 +63,9 @@ def test_sigkill_then_restart():
     check(wait_until(lambda: len(spool_items(spool)) == 2, 30),
           "kill: spool holds %s, expected 2 items" % spool_items(spool))
     check(svc.wait_err(r"upload of .* failed \(Couldn't connect"), "kill: no retry line")
+    # The file reporter writes on a thread of its own: the comparison after
+    # the restart needs its files on disk before the kill.
+    check(w.wait_for("*.fds.*.threads.pb.gz", 30), "kill: the fds dump was not written to disk")
     rc = svc.kill()
     check(rc == -9, "kill: service ended %r, not by SIGKILL" % rc)
     down.close()
