@@ -10,6 +10,12 @@
  * constructors finds the agent already running (and the malloc wrappers work
  * before that anyway). A destructor stops the agent at exit.
  *
+ * The agent starts in the service, not in what launches it: a shell (an
+ * entrypoint script, a pyenv shim) or a launcher (env, timeout, tini, gosu,
+ * ...; see program.c) starts no agent and leaves LD_PRELOAD and HOLMES_CONFIG
+ * to the program it runs. `[agent] program = <glob>` names the service
+ * instead: then only a program it matches starts the agent.
+ *
  * Programs the service execs do not inherit the agent unless HOLMES_INHERIT=1:
  * after starting, the constructor removes this library from LD_PRELOAD and
  * unsets HOLMES_CONFIG in the process environment. /proc/PID/environ keeps
@@ -28,6 +34,8 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "program.h"
+#include "rules/config.h"
 
 /* How long exit() waits for the agent to stop before leaving it behind. */
 #define EXIT_STOP_S 3
@@ -141,17 +149,28 @@ static void log_config_errors(const char *path, int rc)
                 path, text[0] ? text : holmes_strerror(rc));
 }
 
-/* Validates the file first, so an invalid one is reported as a single line. */
-static bool config_valid(const char *path)
+/*
+ * Whether this process is the one to watch: the one `program` matches, or,
+ * without it (or without a valid file to read it from), the first that is not
+ * a shell or launcher. A launcher that never execs is never watched: it says
+ * so once, at debug level, where the file sends the log.
+ */
+static bool is_service(const holmes_config *cfg)
 {
-    holmes_config *cfg = holmes_config_new();
-    if (!cfg)
-        return false;
-    int rc = holmes_config_load_file(cfg, path);
-    holmes_config_free(cfg);
-    if (rc != 0)
-        log_config_errors(path, rc);
-    return rc == 0;
+    const char *glob = cfg ? cfg->c.program : "";
+    char exe[NAME_MAX + 1];
+    holmes__program_name(exe, sizeof(exe));
+    if (glob[0] ? holmes__program_matches(glob) : !holmes__program_is_launcher(exe))
+        return true;
+    if (cfg && cfg->c.log_level == HOLMES_LOG_DEBUG &&
+        holmes__log_configure(cfg->c.log, HOLMES_LOG_DEBUG) == 0) {
+        holmes__log(HOLMES_LOG_DEBUG,
+                    "not watching %s (pid %d): %s; the agent starts in the program it runs", exe,
+                    (int)getpid(),
+                    glob[0] ? "[agent] program does not match it" : "a shell or launcher");
+        holmes__log_configure("stderr", HOLMES_LOG_INFO);
+    }
+    return false;
 }
 
 /*
@@ -172,7 +191,7 @@ static void *stopper_main(void *arg)
 
 static void start_agent(const char *path)
 {
-    if (!config_valid(path) || holmes_start_file(path) != 0)
+    if (holmes_start_file(path) != 0)
         return;
     pthread_t stopper;
     sem_init(&stop_request, 0, 0);
@@ -185,18 +204,39 @@ static void start_agent(const char *path)
     preload_pid = getpid();
 }
 
+/* Starts the agent here if this is the service; false leaves the
+ * environment to the program this one runs. */
+static bool start_if_service(const char *path)
+{
+    holmes_config *cfg = holmes_config_new();
+    int rc = cfg ? holmes_config_load_file(cfg, path) : HOLMES_ENOMEM;
+    bool service = is_service(rc == 0 ? cfg : NULL);
+    if (service && rc != 0)
+        log_config_errors(path, rc);
+    holmes_config_free(cfg);
+    if (service && rc == 0)
+        start_agent(path);
+    return service;
+}
+
 __attribute__((constructor)) static void holmes_preload_init(void)
 {
     const char *self = self_path();
     if (!preloaded(self))
         return;
     const char *path = getenv("HOLMES_CONFIG");
-    if (path && *path)
-        start_agent(path);
-    else
+    char exe[NAME_MAX + 1];
+    if (path && *path) {
+        if (!start_if_service(path))
+            return;
+    } else {
+        holmes__program_name(exe, sizeof(exe));
+        if (holmes__program_is_launcher(exe))
+            return;
         holmes__log(HOLMES_LOG_WARN,
                     "agent off: libholmes is preloaded but HOLMES_CONFIG is not set "
                     "(set HOLMES_CONFIG=/path/to/holmes.ini, or use `holmes run -c FILE -- CMD`)");
+    }
     if (inherit_wanted())
         return;
     drop_from_ld_preload(self);

@@ -19,6 +19,7 @@
 #include "agent/doorbell.h"
 #include "agent/dump_signal.h"
 #include "agent/event.h"
+#include "agent/program.h"
 #include "agent/reload.h"
 #include "agent/sample/sample.h"
 #include "agent/tick.h"
@@ -382,10 +383,12 @@ static void *watchdog_main(void *arg)
 static void describe(const holmes__watchdog *w, char *out, size_t cap)
 {
     const holmes__limits *lim = holmes__sampler_limits(w->sampler);
+    char program[256];
+    holmes__program_name(program, sizeof(program));
     snprintf(out, cap,
-             "holmes %s started for %s (pid %d): %d rule(s), interval %llums, window %d; "
-             "cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
-             HOLMES_VERSION_STRING, w->cfg.name, w->env.pid, w->cfg.nrules,
+             "holmes %s started for %s (program %s, pid %d): %d rule(s), interval %llums, "
+             "window %d; cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
+             HOLMES_VERSION_STRING, w->cfg.name, program, w->env.pid, w->cfg.nrules,
              (unsigned long long)w->cfg.interval_ms, w->cfg.window, lim->cpu_cores, lim->cpu_source,
              (unsigned long long)lim->mem_limit, lim->mem_source,
              w->cfg.sample_bytes ? ", heap sampling on" : "");

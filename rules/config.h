@@ -73,6 +73,7 @@ typedef struct holmes__config {
     int max_manual_dumps_per_hour; /* signal, `holmes dump`, API; 0 = no budget */
     char log[HOLMES_PATH_MAX];
     holmes_log_level log_level;
+    char program[256]; /* glob on the executable's name; "" = not a shell or launcher */
     /* [heap] */
     uint64_t sample_bytes; /* 0 = off */
     bool baseline;

@@ -43,6 +43,16 @@ static bool check_agent_name(const char *v, char *why, size_t cap)
     return true;
 }
 
+/* A program is matched by its file name, which has no '/'. */
+static bool check_program(const char *v, char *why, size_t cap)
+{
+    if (strchr(v, '/')) {
+        snprintf(why, cap, "a glob on the executable's file name, without '/': '%s'", v);
+        return false;
+    }
+    return true;
+}
+
 static bool check_url(const char *v, char *why, size_t cap)
 {
     bool scheme = strncmp(v, "http://", 7) == 0 || strncmp(v, "https://", 8) == 0;
@@ -186,6 +196,9 @@ const holmes__key holmes__keys[] = {
      "stderr, syslog or a file path"},
     {HOLMES_SEC_AGENT, "log_level", HOLMES_KT_ENUM, 0, "info", NULL, 0, 0, log_level_names, NULL,
      CFG(log_level), "the least severe level logged"},
+    {HOLMES_SEC_AGENT, "program", HOLMES_KT_STRING, 0, NULL,
+     "the first that is not a shell or launcher", 0, 0, NULL, check_program, CFG(program),
+     "glob on the executable's name: the process to watch in preload mode"},
 
     {HOLMES_SEC_RULE, "metric", HOLMES_KT_ENUM, 0, NULL, "`<name>`, when it is a metric", 0, 0,
      metric_names, NULL, RULE(metric), "the metric judged"},

@@ -3,7 +3,9 @@
  * agent preloaded. The INI file is validated before anything starts; the
  * child gets HOLMES_CONFIG (absolute) and libholmes.so in LD_PRELOAD; the
  * usual termination and user signals are passed on; the exit status is the
- * child's, or 128+N when signal N killed it, as a shell reports it.
+ * child's, or 128+N when signal N killed it, as a shell reports it. Which
+ * process of CMD's chain starts the agent is the preloaded library's choice
+ * (agent/preload.c), the same as without this wrapper.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -23,8 +25,11 @@ static const char usage_text[] =
     "usage: holmes run -c FILE [--inherit] -- CMD [ARGS...]\n"
     "Runs CMD with the holmes agent preloaded (LD_PRELOAD=libholmes.so, HOLMES_CONFIG=FILE).\n"
     "  -c, --config FILE  the agent's INI file, validated before CMD starts\n"
-    "  --inherit          programs CMD execs keep the agent too (HOLMES_INHERIT=1);\n"
-    "                     by default only CMD itself runs with it\n"
+    "  --inherit          programs the service execs keep the agent too\n"
+    "                     (HOLMES_INHERIT=1); by default only the service runs with it\n"
+    "CMD may be a shell or a launcher (sh -c 'exec ...', env, timeout, tini, ...): the\n"
+    "agent starts in the first program it runs that is neither, or in the one\n"
+    "[agent] program names.\n"
     "SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to CMD.\n"
     "Exit status: CMD's, 128+N when signal N ended it, 127 when CMD is not found,\n"
     "2 when FILE is invalid.\n";

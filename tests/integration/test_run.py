@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import SANITIZE, Workdir, check, finish, run, tool  # noqa: E402
-from ops_util import Service, run_env  # noqa: E402
+from ops_util import PYTHON, Service, run_env  # noqa: E402
 
 INI = """
 [agent]
@@ -17,13 +17,18 @@ interval = 200ms
 dir = @DUMPS@
 """
 
-# The service checks itself and one program it runs: lines "self N",
+# The service (python3: a shell would leave the agent to what it runs)
+# checks itself and a program it runs through a shell: lines "self N",
 # "child N" (libholmes mappings) and "env N" (HOLMES_CONFIG in the child's
 # own environment).
 INHERIT_SH = """
-echo "self $(grep -c libholmes /proc/$$/maps)"
 echo "child $(grep -c libholmes /proc/self/maps)"
 echo "env $(cat /proc/self/environ | tr '\\0' '\\n' | grep -c '^HOLMES_CONFIG=')"
+"""
+INHERIT_PY = """
+import subprocess, sys
+print("self", open("/proc/self/maps").read().count("libholmes"), flush=True)
+subprocess.run(["sh", "-c", sys.argv[1]], check=True)
 """
 
 TRAP_SH = """
@@ -96,13 +101,13 @@ def counts(out):
 
 
 def test_inherit(ini):
-    rc, out, err = holmes_run(ini, ["sh", "-c", INHERIT_SH])
+    rc, out, err = holmes_run(ini, [PYTHON, "-c", INHERIT_PY, INHERIT_SH])
     got = counts(out)
     check(rc == 0 and got.get("self", 0) > 0, "the service has no libholmes mapped: %r %s" % (
         out, err[-500:]))
     check(got.get("child") == 0 and got.get("env") == 0,
           "by default a program the service runs inherited the agent: %r" % out)
-    rc, out, err = holmes_run(ini, ["sh", "-c", INHERIT_SH], extra=["--inherit"])
+    rc, out, err = holmes_run(ini, [PYTHON, "-c", INHERIT_PY, INHERIT_SH], extra=["--inherit"])
     got = counts(out)
     check(got.get("child", 0) > 0 and got.get("env") == 1,
           "with --inherit the service's child has no agent: %r" % out)
