@@ -160,7 +160,7 @@ static bool is_service(const holmes_config *cfg)
     const char *glob = cfg ? cfg->c.program : "";
     char exe[NAME_MAX + 1];
     holmes__program_name(exe, sizeof(exe));
-    if (glob[0] ? holmes__program_matches(glob) : !holmes__program_is_launcher(exe))
+    if (glob[0] ? holmes__program_matches(glob) : !holmes__program_skipped(exe))
         return true;
     if (cfg && cfg->c.log_level == HOLMES_LOG_DEBUG &&
         holmes__log_configure(cfg->c.log, HOLMES_LOG_DEBUG) == 0) {
@@ -231,7 +231,7 @@ __attribute__((constructor)) static void holmes_preload_init(void)
             return;
     } else {
         holmes__program_name(exe, sizeof(exe));
-        if (holmes__program_is_launcher(exe))
+        if (holmes__program_skipped(exe))
             return;
         holmes__log(HOLMES_LOG_WARN,
                     "agent off: libholmes is preloaded but HOLMES_CONFIG is not set "

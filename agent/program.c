@@ -13,73 +13,35 @@
 
 #include "base/base.h"
 
-/* Shells, and programs that exec or fork a command given on their command
- * line and do no work of their own. Matched on the executable's file name. */
-static const char *const launchers[] = {
-    /* shells (a script runs its interpreter) */
-    "sh",
-    "bash",
-    "dash",
-    "ash",
-    "ksh",
-    "ksh93",
-    "mksh",
-    "pdksh",
-    "zsh",
-    "yash",
-    "posh",
-    "rbash",
-    "busybox",
-    "toybox",
-    "coreutils",
+/*
+ * Never the service, matched on the executable's file name: shells, programs
+ * that exec or fork a command from their command line and do no work of
+ * their own, and the utilities entrypoint scripts and shims run before their
+ * final exec (each would otherwise start an agent that logs a start and a
+ * stop line and watches nothing). Not `sleep`: `sleep infinity` under the
+ * preload is the usual smoke test of a container's setup.
+ */
+/* clang-format off */
+static const char *const not_services[] = {
+    /* shells (a script runs its interpreter) and multi-call binaries */
+    "sh", "bash", "dash", "ash", "ksh", "ksh93", "mksh", "pdksh", "zsh", "yash", "posh", "rbash",
+    "busybox", "toybox", "coreutils",
     /* exec launchers: environment, identity, scheduling, namespaces */
-    "env",
-    "nice",
-    "ionice",
-    "nohup",
-    "taskset",
-    "chrt",
-    "numactl",
-    "stdbuf",
-    "setsid",
-    "setarch",
-    "prlimit",
-    "unshare",
-    "nsenter",
-    "chroot",
-    "flock",
-    "gosu",
-    "su-exec",
-    "setpriv",
-    "runuser",
-    "su",
-    "sudo",
-    "doas",
-    "chpst",
-    "setuidgid",
-    "envuidgid",
-    "envdir",
-    "softlimit",
-    "s6-setuidgid",
-    "s6-envdir",
-    "s6-softlimit",
-    "capsh",
-    "authbind",
-    "xvfb-run",
+    "env", "nice", "ionice", "nohup", "taskset", "chrt", "numactl", "stdbuf", "setsid",
+    "setarch", "prlimit", "unshare", "nsenter", "chroot", "flock", "gosu", "su-exec", "setpriv",
+    "runuser", "su", "sudo", "doas", "chpst", "setuidgid", "envuidgid", "envdir", "softlimit",
+    "s6-setuidgid", "s6-envdir", "s6-softlimit", "capsh", "authbind", "xvfb-run",
     /* fork+exec wrappers and init processes */
-    "timeout",
-    "time",
-    "tini",
-    "tini-static",
-    "dumb-init",
-    "catatonit",
-    "valgrind",
-    "strace",
-    "ltrace",
-    "firejail",
-    "bwrap",
-    NULL,
+    "timeout", "time", "tini", "tini-static", "dumb-init", "catatonit", "valgrind", "strace",
+    "ltrace", "firejail", "bwrap",
+    /* utilities a script runs on its way to the service */
+    "cat", "cp", "mv", "rm", "ln", "ls", "mkdir", "mktemp", "touch", "chmod", "chown", "chgrp",
+    "install", "readlink", "realpath", "dirname", "basename", "stat", "id", "whoami", "hostname",
+    "uname", "date", "true", "false", "test", "[", "expr", "printf", "echo", "head",
+    "tail", "tr", "cut", "sort", "uniq", "wc", "tee", "sed", "grep", "egrep", "fgrep", "awk",
+    "mawk", "gawk", "find", "xargs", "envsubst", "getent", "which", "seq", "nproc", NULL,
 };
+/* clang-format on */
 
 /* Copies the part of `path` after its last '/', truncated to cap. */
 static void copy_base_name(char *out, size_t cap, const char *path)
@@ -103,9 +65,9 @@ void holmes__program_name(char *out, size_t cap)
     copy_base_name(out, cap, path);
 }
 
-bool holmes__program_is_launcher(const char *exe_name)
+bool holmes__program_skipped(const char *exe_name)
 {
-    for (const char *const *l = launchers; *l; l++)
+    for (const char *const *l = not_services; *l; l++)
         if (strcmp(exe_name, *l) == 0)
             return true;
     return false;

@@ -12,8 +12,9 @@
 /* The file name of the running executable (/proc/self/exe: for a script,
  * its interpreter), or "" when it cannot be read. */
 void holmes__program_name(char *out, size_t cap);
-/* Shells and launchers that exec or fork the program to watch. */
-bool holmes__program_is_launcher(const char *exe_name);
+/* Shells and launchers that exec or fork the program to watch, and the
+ * utilities scripts run on the way to it: never the service by default. */
+bool holmes__program_skipped(const char *exe_name);
 /*
  * Whether `glob` (fnmatch) names this process: the executable's file name or
  * the base name of argv[0], so `python3` matches /usr/bin/python3 (a link to

@@ -38,6 +38,9 @@ print("burned", flush=True)
 ENTRYPOINT_SH = """#!/bin/sh
 # The docker-entrypoint.sh pattern: set up, then become the service.
 set -e
+mkdir -p "$PWD/run"
+sed -n 1p /etc/hostname > "$PWD/run/host"
+grep -q . "$PWD/run/host" || true
 echo "entrypoint-pid $$"
 exec "$@"
 """
