@@ -14,12 +14,17 @@ from holmes_test import Workdir, check, finish, pprof_top, run, tool  # noqa: E4
 from ops_util import PYTHON, compile_c, preload_env, run_env  # noqa: E402
 
 # Burns CPU in the interpreter loop until its dump is written (at most
-# BURN_S seconds) and runs `true` through system() twice a second; one
-# system() child reports whether libholmes is in its own maps.
+# BURN_S seconds) and runs programs through system() twice a second: `sleep`
+# is no launcher, so each would log a start line if the agent had reached it.
+# A grep child reports whether libholmes is in its own maps (run directly:
+# in the TSan build the sanitizer runtime stays preloaded in the service's
+# children, and dash crashes under it alone).
 BUSY_PY = """
-import glob, os, sys, time
+import glob, os, subprocess, sys, time
 print("service-pid", os.getpid(), flush=True)
-os.system("echo child-maps $(grep -c libholmes /proc/$$/maps)")
+maps = subprocess.run(["grep", "-c", "libholmes", "/proc/self/maps"], capture_output=True,
+                      text=True).stdout.strip()
+print("child-maps", maps, flush=True)
 def dumped():
     return glob.glob(sys.argv[2] + "/*.json") and glob.glob(sys.argv[2] + "/*.cpu.pb.gz")
 def crunch_numbers(seconds):
@@ -28,7 +33,7 @@ def crunch_numbers(seconds):
     while time.time() < end and not dumped():
         n += sum(i * i for i in range(1000))
         if time.time() > next_child:
-            os.system("true")
+            os.system("true; sleep 0")
             next_child = time.time() + 0.5
     return n
 crunch_numbers(float(sys.argv[1]))
