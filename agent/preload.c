@@ -152,8 +152,8 @@ static void log_config_errors(const char *path, int rc)
 /*
  * Whether this process is the one to watch: the one `program` matches, or,
  * without it (or without a valid file to read it from), the first that is not
- * a shell or launcher. A launcher that never execs is never watched: it says
- * so once, at debug level, where the file sends the log.
+ * a shell, launcher or utility. A shell that never execs is never watched: it
+ * says so once, at debug level, where the file sends the log.
  */
 static bool is_service(const holmes_config *cfg)
 {
@@ -167,7 +167,7 @@ static bool is_service(const holmes_config *cfg)
         holmes__log(HOLMES_LOG_DEBUG,
                     "not watching %s (pid %d): %s; the agent starts in the program it runs", exe,
                     (int)getpid(),
-                    glob[0] ? "[agent] program does not match it" : "a shell or launcher");
+                    glob[0] ? "[agent] program does not match it" : "a shell, launcher or utility");
         holmes__log_configure("stderr", HOLMES_LOG_INFO);
     }
     return false;
