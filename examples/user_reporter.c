@@ -51,7 +51,7 @@ static int audit_deliver(void *userdata, const holmes_dump *d)
         printf("user_reporter:   %s.%s %zu bytes\n", holmes_dump_stem(d),
                holmes_dump_file_suffix(d, i), len);
     }
-    /* The event is SPEC.md's JSON: parse it for the value, average and samples. */
+    /* The event is the JSON the README describes ("What a firing leaves behind"): parse it for the value, average and samples. */
     printf("user_reporter:   %s.json %zu bytes\n", holmes_dump_stem(d),
            strlen(holmes_dump_event_json(d)));
     fputc('\n', a->log);

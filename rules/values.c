@@ -273,7 +273,7 @@ static void format_scaled(uint64_t v, const unit *units, size_t n, char *out, si
 void holmes__format_duration(uint64_t ms, char *out, size_t cap)
 {
     if (ms == 0 || ms == 60000) {
-        /* SPEC.md writes the interval's range as 100ms..60s, not 100ms..1m. */
+        /* The README writes the interval's range as 100ms..60s, not 100ms..1m. */
         snprintf(out, cap, "%ds", ms ? 60 : 0);
         return;
     }

@@ -140,7 +140,7 @@ HOLMES_EXPORT const char *holmes_dump_rule(const holmes_dump *d);
 HOLMES_EXPORT const char *holmes_dump_metric(const holmes_dump *d);
 /* "abs", "diff", "forecast" or "manual". */
 HOLMES_EXPORT const char *holmes_dump_clause(const holmes_dump *d);
-/* The event as SPEC.md's JSON text. */
+/* The event as JSON text (README, "What a firing leaves behind"). */
 HOLMES_EXPORT const char *holmes_dump_event_json(const holmes_dump *d);
 /* The common stem of every file name: "<name>.<pid>.<rule>.<time>". */
 HOLMES_EXPORT const char *holmes_dump_stem(const holmes_dump *d);

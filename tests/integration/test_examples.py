@@ -1,5 +1,5 @@
 """The foundation end to end: each example fires its rule and the event file
-says what SPEC.md promises; a steady service fires nothing."""
+says what the README promises; a steady service fires nothing."""
 import os
 import re
 import sys
@@ -112,7 +112,7 @@ if __name__ == "__main__":
     test_rule_fires("leak", head("mem_limit = 1GiB\n") + "[rule.mem]\nmin = 5\ndiff = 25\nabs = 20\n"
                     "capture = none\n[heap]\nsample_bytes = 0\n",
                     ["2", "300", "200", "1"], "mem", "mem")
-    # SPEC's acceptance: 30 s idle with diff = 25 fires nothing.
+    # The contract: 30 s idle with diff = 25 fires nothing.
     test_no_event("idle", CPU_INI, 0.02, 30)
     # (A steadily busy service is not tested here: on a shared machine the
     # share of CPU it gets swings by more than diff = 25 from one quarter

@@ -1,5 +1,5 @@
 """The whole agent uploads to a (fake) Pyroscope server: every capture kind of
-every rule arrives exactly once, named and tagged as SPEC.md says, with a
+every rule arrives exactly once, named and tagged as the README says, with a
 time range around its capture, and the stored body opens in go tool pprof.
 The file reporter writes the very same bytes beside it.
 

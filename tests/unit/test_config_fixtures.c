@@ -99,7 +99,7 @@ static int each_ini(const char *dir, void (*fn)(const char *path))
     return n;
 }
 
-/* SPEC.md's example, verbatim, means what the SPEC says it means. */
+/* The user contract's example INI (tests/fixtures/ini/good/spec.ini), verbatim, means what the README's configuration reference says. */
 static void check_spec_example(void)
 {
     holmes__config_defaults(&cfg);

@@ -1,6 +1,6 @@
 /*
  * The file reporter: the event is written at once and rewritten with every
- * capture file at the end, under the names of SPEC.md, with no temporary
+ * capture file at the end, under the names the README gives, with no temporary
  * left behind; retention by count and by bytes removes whole dumps, oldest
  * first, never the one just written and never anything that is not ours.
  */
