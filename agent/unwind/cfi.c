@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "agent/base/base.h"
+#include "agent/base/hash.h"
 #include "agent/base/sort.h"
 #include "agent/unwind/unwind_int.h"
 
@@ -704,14 +705,6 @@ size_t holmes__cfi_finish_rows(uint64_t *rows, size_t n)
     return out;
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
 /*
  * The same file loaded again at the same address has the same name, span,
  * header place and build-id (or, without one, binary-search table); hashing
@@ -721,15 +714,15 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
 uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name, const uint8_t *id,
                            size_t id_len)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    h = fnv1a(h, name, strlen(name));
-    h = fnv1a(h, &img->start, sizeof img->start);
-    h = fnv1a(h, &img->end, sizeof img->end);
+    uint64_t h = HOLMES_HASH_SEED;
+    h = holmes__hash_bytes(h, name, strlen(name));
+    h = holmes__hash_bytes(h, &img->start, sizeof img->start);
+    h = holmes__hash_bytes(h, &img->end, sizeof img->end);
     uintptr_t hdr = (uintptr_t)img->eh_frame_hdr + img->bias;
-    h = fnv1a(h, &hdr, sizeof hdr);
+    h = holmes__hash_bytes(h, &hdr, sizeof hdr);
     if (id_len > 0)
-        return fnv1a(h, id, id_len);
+        return holmes__hash_bytes(h, id, id_len);
     size_t avail = (size_t)(img->hdr_end - img->eh_frame_hdr);
     size_t table = avail < 64 * 1024 ? avail : 64 * 1024;
-    return fnv1a(h, img->eh_frame_hdr, table);
+    return holmes__hash_bytes(h, img->eh_frame_hdr, table);
 }
