@@ -66,6 +66,8 @@ int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void
 uint64_t holmes__agent_cpu_ns(void);
 int holmes__agent_cpu_enter(void);
 void holmes__agent_cpu_leave(int slot);
+/* The process's CPU time less the agent's threads, monotonic (agent_cpu.c). */
+uint64_t holmes__agent_cpu_service_ns(uint64_t agent_ns, uint64_t process_ns);
 
 /*
  * Files and folders the agent creates (dumps, the spool, the log). A folder

@@ -251,12 +251,12 @@ int holmes__proc_reader_read(holmes__proc_reader *r, holmes__proc_stats *out)
      * noise per sample. For the real process the CPU clock counts
      * nanoseconds, so it replaces the ticks, less the agent's own threads:
      * the metric is the service's CPU (see agent/base/agent_cpu.c). The
-     * agent's clocks are read first: the service's share is never
-     * negative. */
+     * agent's clocks are read first, and the service's time never steps
+     * backwards (the reader's own microseconds between the two clocks). */
     if (r->real) {
         uint64_t agent_ns = holmes__agent_cpu_ns();
         uint64_t all = process_cpu_ns(r, out->threads);
-        out->cpu_ns = all > agent_ns ? all - agent_ns : 0;
+        out->cpu_ns = holmes__agent_cpu_service_ns(agent_ns, all);
     }
     return 0;
 }
