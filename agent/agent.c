@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/capture/history.h"
 #include "agent/capture_thread.h"
 #include "agent/dump_signal.h"
 #include "agent/fork.h"
@@ -85,6 +86,7 @@ static void stop_parts(running *r)
         holmes__watchdog_stop(r->watchdog);
     if (r->captures)
         holmes__capture_thread_stop(r->captures);
+    holmes__history_stop();
     holmes__heap_disable();
     if (r->delivery)
         holmes__delivery_free(r->delivery, 2000);
@@ -118,6 +120,8 @@ static int start_parts(running *r, const holmes__config *cfg, const char *path)
     if (rc)
         return rc;
     start_heap(cfg);
+    /* The CPU history runs from the start: every CPU dump begins with it. */
+    holmes__history_start(cfg->history_ms, cfg->history_hz);
     int pid = (int)getpid();
     rc = holmes__capture_thread_start(pid, r->delivery, &r->captures);
     if (rc)

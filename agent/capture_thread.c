@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent/capture/cpu.h"
 #include "agent/unwind/unwind.h"
 
 static const holmes__timed_vt *const timed_vts[] = {&holmes__cpu_timed_vt, &holmes__wall_timed_vt};
@@ -127,6 +128,8 @@ static void capture_heap(holmes__job *job)
     }
     record_stats(job, HOLMES_CAPTURE_HEAP, &st);
     rc = holmes__heap_baseline_profile(&base);
+    if (rc == 0 && !now.failed && !base.failed)
+        holmes__changed_heap(now.data, now.len, base.data, base.len, &job->info.heap_changed);
     /* The growth since the baseline gets a flame graph of its own. */
     if (rc == 0 && !now.failed && !base.failed)
         add_flamegraph(job, HOLMES_FILE_HEAP_GROWTH_SVG, &now, &base);
@@ -165,10 +168,31 @@ static void capture_fds(holmes__job *job)
     add_file(job, HOLMES_FILE_FDS_TXT, &txt);
 }
 
+/* capture = history: the ring alone, at once. A CPU capture holds it already. */
+static void capture_history(holmes__job *job)
+{
+    if (job->info.captures & (1u << HOLMES_CAPTURE_CPU))
+        return;
+    holmes__buf pb = {0};
+    holmes__capture_stats st = {0};
+    int rc = holmes__cpu_history_profile(&pb, &st);
+    if (rc != 0) {
+        note(&job->info, "history: %s",
+             rc == HOLMES_ENOENT ? "the CPU history is off ([agent] history = 0s)"
+                                 : holmes_strerror(rc));
+        holmes__buf_free(&pb);
+        return;
+    }
+    record_stats(job, HOLMES_CAPTURE_HISTORY, &st);
+    add_profile(job, HOLMES_FILE_HISTORY_PB, HOLMES_FILE_HISTORY_SVG, &pb);
+}
+
+/* In this order: the history first, the seconds closest to the trigger. */
 static const struct {
     holmes__capture capture;
     void (*run)(holmes__job *job);
 } instants[] = {
+    {HOLMES_CAPTURE_HISTORY, capture_history},
     {HOLMES_CAPTURE_HEAP, capture_heap},
     {HOLMES_CAPTURE_THREADS, capture_threads},
     {HOLMES_CAPTURE_FDS, capture_fds},
@@ -250,6 +274,9 @@ static void finish_timed(active_job *aj, int k)
         return;
     }
     record_stats(aj->job, vt->capture, &st);
+    /* With the history in front, a CPU profile says what the trigger changed. */
+    if (vt->capture == HOLMES_CAPTURE_CPU && !out.failed)
+        holmes__changed_cpu(out.data, out.len, &aj->job->info.changed);
     add_profile(aj->job, vt->pb, vt->svg, &out);
 }
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "agent/base/json.h"
+#include "agent/capture/history.h"
 
 const char *holmes__event_status_name(holmes__event_status s)
 {
@@ -133,6 +134,11 @@ void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *inf
     if (info->notes[0])
         holmes__json_string(&j, "notes", info->notes);
     write_stats(&j, info);
+    /* What the trigger changed: the CPU's when there is a CPU profile. */
+    bool cpu = info->changed.n > 0;
+    holmes__changed_json(&j, "changed", cpu ? &info->changed : &info->heap_changed);
+    if (cpu)
+        holmes__changed_json(&j, "heap_changed", &info->heap_changed);
     write_files(&j, d, info);
     holmes__json_string(&j, "stem", d->stem);
     holmes__json_end_object(&j);

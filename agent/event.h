@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "agent/capture/capture.h"
+#include "agent/capture/changed.h"
 #include "agent/sample/sample.h"
 #include "reporters/dump.h"
 #include "rules/config.h"
@@ -43,6 +44,7 @@ typedef struct holmes__event_info {
     char notes[1024]; /* why a capture was skipped or failed */
     holmes__capture_stats stats[HOLMES_CAPTURE_COUNT];
     bool has_stats[HOLMES_CAPTURE_COUNT];
+    holmes__changed changed, heap_changed; /* what the trigger changed (cpu, heap) */
 } holmes__event_info;
 
 /*

@@ -84,7 +84,7 @@ static void judge_memory_events(holmes__tick_state *t, const holmes__config *cfg
                 kills > 0 ? "the OOM killer ran" : "the memory limit was hit",
                 (unsigned long long)rise);
     holmes__rule_cfg rule;
-    holmes__mem_events_rule(&rule, cfg->sample_bytes > 0);
+    holmes__mem_events_rule(&rule, cfg->sample_bytes > 0, cfg->history_ms > 0);
     static const holmes__window none = {.cap = 1}; /* no average: abs alone decides */
     holmes__verdict v = holmes__judge(&rule, &t->mem_events_state, &none, (double)rise, s->t_ns,
                                       true, &t->budget, cfg->max_dumps_per_hour);

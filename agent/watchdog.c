@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/capture/history.h"
 #include "agent/doorbell.h"
 #include "agent/dump_signal.h"
 #include "agent/event.h"
@@ -129,7 +130,7 @@ static int wait_until(holmes__watchdog *w, uint64_t deadline_ns, int *dumps)
 
 static uint32_t captures_of_rule(const holmes__rule_cfg *rule)
 {
-    return rule->capture == HOLMES_CAPTURE_NONE ? 0 : 1u << rule->capture;
+    return (rule->capture == HOLMES_CAPTURE_NONE ? 0 : 1u << rule->capture) | rule->also_capture;
 }
 
 /* A manual dump runs every capture that is enabled in this process. */
@@ -333,6 +334,7 @@ static void apply(holmes__watchdog *w, const holmes__config *next)
     holmes__tick_reconfigure(&w->judge, &w->cfg, next);
     apply_sampler(w, next);
     apply_heap(&w->cfg, next);
+    holmes__history_configure(next->history_ms, next->history_hz);
     if (strcmp(next->log, w->cfg.log) || next->log_level != w->cfg.log_level)
         holmes__log_configure(next->log, next->log_level);
     holmes__dump_signal_move(next->dump_signal, &w->bell);

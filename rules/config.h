@@ -34,6 +34,7 @@ typedef enum holmes__capture {
     HOLMES_CAPTURE_THREADS,
     HOLMES_CAPTURE_FDS,
     HOLMES_CAPTURE_WALL,
+    HOLMES_CAPTURE_HISTORY, /* the CPU history's ring alone (agent/capture/history.h) */
     HOLMES_CAPTURE_COUNT
 } holmes__capture;
 
@@ -51,6 +52,7 @@ typedef struct holmes__rule_cfg {
     int consecutive;
     uint64_t cooldown_ms;
     holmes__capture capture; /* resolved: never AUTO after validation */
+    uint32_t also_capture;   /* built-in rules: captures beside `capture`, bit per holmes__capture */
     bool wake;
     uint64_t duration_ms;
     int hz;
@@ -74,6 +76,8 @@ typedef struct holmes__config {
     char log[HOLMES_PATH_MAX];
     holmes_log_level log_level;
     char program[256]; /* glob on the executable's name; "" = not a shell or launcher */
+    uint64_t history_ms; /* CPU history kept for every CPU dump; 0 = off */
+    int history_hz;
     /* [heap] */
     uint64_t sample_bytes; /* 0 = off */
     bool baseline;

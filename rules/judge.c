@@ -210,7 +210,7 @@ double holmes__psi_woken_value(const holmes__rule_cfg *woken, double value)
     return value < asserted ? asserted : value;
 }
 
-void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on)
+void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on, bool history_on)
 {
     memset(out, 0, sizeof(*out));
     snprintf(out->name, sizeof(out->name), "memory-events");
@@ -221,4 +221,5 @@ void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on)
     out->consecutive = 1;
     out->cooldown_ms = HOLMES_MEM_EVENTS_COOLDOWN_MS;
     out->capture = heap_on ? HOLMES_CAPTURE_HEAP : HOLMES_CAPTURE_NONE;
+    out->also_capture = history_on ? 1u << HOLMES_CAPTURE_HISTORY : 0;
 }

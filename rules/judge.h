@@ -101,9 +101,10 @@ double holmes__psi_woken_value(const holmes__rule_cfg *woken, double value);
  * A rise of the cgroup's memory events (the limit hit, the OOM killer ran)
  * is judged as this rule with the rise as its value: clause abs at 1, a
  * cooldown of a minute, counted against the hourly budget like any rule.
- * It captures the heap when heap profiling is on.
+ * It captures the heap when heap profiling is on, and the CPU history (what
+ * ran in the seconds before the limit was hit) when that is on.
  */
 #define HOLMES_MEM_EVENTS_COOLDOWN_MS 60000
-void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on);
+void holmes__mem_events_rule(holmes__rule_cfg *out, bool heap_on, bool history_on);
 
 #endif

@@ -15,7 +15,7 @@ static const char *const metric_names[] = {
     "cpu", "mem", "threads", "fds", "heap", "mem_pressure", "cpu_pressure", NULL,
 };
 static const char *const capture_names[] = {
-    "auto", "none", "cpu", "heap", "threads", "fds", "wall", NULL,
+    "auto", "none", "cpu", "heap", "threads", "fds", "wall", "history", NULL,
 };
 static const char *const mem_source_names[] = {"rss", "cgroup", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
@@ -199,6 +199,11 @@ const holmes__key holmes__keys[] = {
     {HOLMES_SEC_AGENT, "program", HOLMES_KT_STRING, 0, NULL,
      "the first that is not a shell or launcher", 0, 0, NULL, check_program, CFG(program),
      "glob on the executable's name: the process to watch in preload mode"},
+    {HOLMES_SEC_AGENT, "history", HOLMES_KT_DURATION, 0, "10s", NULL, 0, 60000, NULL, NULL,
+     CFG(history_ms),
+     "CPU history kept for every CPU dump (the seconds before the trigger); 0s = off"},
+    {HOLMES_SEC_AGENT, "history_hz", HOLMES_KT_INT, 0, "19", NULL, 1, 100, NULL, NULL,
+     CFG(history_hz), "the CPU history's sampling rate"},
 
     {HOLMES_SEC_RULE, "metric", HOLMES_KT_ENUM, 0, NULL, "`<name>`, when it is a metric", 0, 0,
      metric_names, NULL, RULE(metric), "the metric judged"},

@@ -1,5 +1,6 @@
 /*
- * `holmes report FILE [--base FILE] [--top N] [--sample_index NAME|N] [--cum]`:
+ * `holmes report FILE [--base FILE] [--top N] [--sample_index NAME|N] [--cum]
+ *  [--phase before|after] [--changed]`:
  * a profile's top functions in the terminal, the way `go tool pprof -top`
  * prints them, on a machine without Go. The numbers follow pprof's rules:
  * function granularity, flat on the leaf frame, cum once per sample, nodes
@@ -15,21 +16,28 @@
 #include <string.h>
 #include <time.h>
 
+#include "agent/capture/changed.h"
 #include "agent/pprof/decode.h"
 #include "tool.h"
 
 static const char usage_text[] =
     "usage: holmes report FILE [--base FILE] [--top N] [--sample_index NAME|N] [--cum]\n"
+    "                     [--phase before|after] [--changed]\n"
     "Prints a pprof profile's top functions like `go tool pprof -top`.\n"
     "  --base FILE          subtract this profile first (pprof -base): what grew\n"
     "  --top N              rows to print (default 10; 0 prints every row)\n"
     "  --sample_index NAME  the sample type to show (default: the profile's default)\n"
-    "  --cum                sort by cumulative value instead of flat\n";
+    "  --cum                sort by cumulative value instead of flat\n"
+    "  --phase before|after a CPU dump's seconds before its trigger (the CPU history),\n"
+    "                       or the capture after it (pprof -tagfocus=phase=...)\n"
+    "  --changed            what the trigger changed: the functions whose share of CPU\n"
+    "                       grew most from before to after (with --base on a heap\n"
+    "                       profile: the largest growth of inuse_space)\n";
 
 typedef struct options {
-    const char *file, *base, *sample_index;
+    const char *file, *base, *sample_index, *phase;
     long top;
-    bool cum;
+    bool cum, changed;
 } options;
 
 typedef struct node {
@@ -41,6 +49,8 @@ typedef struct node {
 typedef struct report {
     const holmes__profile *p;
     int index;
+    const char *phase; /* only samples of this phase, or NULL */
+    int64_t phase_total[2]; /* before, after: for the header */
     node *nodes; /* by name id */
     node **kept;
     size_t nkept, nonzero;
@@ -84,6 +94,12 @@ static int parse_args(int argc, char **argv, options *o)
             return 0;
         } else if (!strcmp(a, "--cum") || !strcmp(a, "-cum")) {
             o->cum = true;
+        } else if (!strcmp(a, "--changed")) {
+            o->changed = true;
+        } else if ((v = option_value(argc, argv, &i, "--phase"))) {
+            if (strcmp(v, "before") && strcmp(v, "after"))
+                return usage_error("--phase takes before or after, not '%s'", v);
+            o->phase = v;
         } else if ((v = option_value(argc, argv, &i, "--base"))) {
             o->base = v;
         } else if ((v = option_value(argc, argv, &i, "--sample_index"))) {
@@ -118,7 +134,10 @@ static void add_samples(report *r)
     for (size_t i = 0; i < p->nsamples; i++) {
         const holmes__profile_sample *s = &p->samples[i];
         int64_t v = s->values[r->index];
-        if (!v)
+        const char *phase = holmes__sample_phase(p, s);
+        if (*phase)
+            r->phase_total[phase[0] == 'a'] += v;
+        if (!v || (r->phase && strcmp(phase, r->phase)))
             continue;
         r->total += abs64(v);
         for (int j = 0; j < s->nframes; j++) {
@@ -248,6 +267,11 @@ static void print_profile_lines(const report *r, const options *o)
         if (p->comments[i][0] != '#')
             printf("%s\n", p->comments[i]);
     printf("Type: %s (%s)\n", p->type[r->index], p->unit[r->index]);
+    if (r->phase_total[0] || r->phase_total[1])
+        printf("Phases: before the trigger %s, after it %s%s%s\n",
+               fmt_value(r, r->phase_total[0], a, sizeof(a)),
+               fmt_value(r, r->phase_total[1], b, sizeof(b)), r->phase ? "; showing " : "",
+               r->phase ? r->phase : "");
     if (p->time_nanos) {
         time_t t = (time_t)(p->time_nanos / 1000000000);
         struct tm tm;
@@ -317,17 +341,58 @@ static int load(const options *o, holmes__profile **out, int *index)
     return 0;
 }
 
+/* --changed: the first lines an on-call engineer reads. */
+static int print_changed(const options *o)
+{
+    char err[1024];
+    holmes__profile *p = NULL, *base = NULL;
+    if (holmes__profile_read(o->file, &p, err, sizeof(err)) ||
+        (o->base && holmes__profile_read(o->base, &base, err, sizeof(err)))) {
+        fprintf(stderr, "holmes report: %s\n", err);
+        holmes__profile_free(p);
+        return 1;
+    }
+    holmes__changed c;
+    int rc = base ? holmes__changed_heap_profiles(p, base, &c) : holmes__changed_cpu_profile(p, &c);
+    holmes__profile_free(p);
+    holmes__profile_free(base);
+    if (rc != 0) {
+        fprintf(stderr, "holmes report: %s: %s\n", o->file,
+                base ? "no inuse_space in the profile or its base"
+                     : "no phase=before and phase=after samples (a CPU dump with history on)");
+        return 1;
+    }
+    if (c.bytes)
+        printf("changed since the base (inuse_space by allocating function):\n");
+    else
+        printf("changed from phase=before to phase=after (share of CPU, self):\n");
+    for (int i = 0; i < c.n; i++) {
+        if (c.bytes)
+            printf("  %+12.0f B  %s  (%.0f -> %.0f)\n", c.rows[i].after - c.rows[i].before,
+                   c.rows[i].function, c.rows[i].before, c.rows[i].after);
+        else
+            printf("  %+6.1f%%  %s  (%.1f%% -> %.1f%%)\n", c.rows[i].after - c.rows[i].before,
+                   c.rows[i].function, c.rows[i].before, c.rows[i].after);
+    }
+    if (c.n == 0)
+        printf("  (no function grew)\n");
+    return fflush(stdout) ? 1 : 0;
+}
+
 int holmes_cmd_report(int argc, char **argv)
 {
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc >= 0)
         return rc;
+    if (o.changed)
+        return print_changed(&o);
     holmes__profile *p = NULL;
     report r = {0};
     rc = load(&o, &p, &r.index);
     if (!rc) {
         r.p = p;
+        r.phase = o.phase;
         r.unit = p->unit[r.index];
         r.nodes = calloc(p->nnames + 1, sizeof(*r.nodes));
         if (r.nodes)

@@ -25,6 +25,7 @@
 #include "../pprof/pprof.h"
 #include "../unwind/unwind.h"
 #include "cpu_table.h"
+#include "history.h"
 
 /* Threads covered by one capture; later ones are left out (and logged once). */
 #define CPU_MAX_THREADS 4096
@@ -55,7 +56,6 @@ struct holmes__cpu_capture {
     int hz;
     int64_t period_ns;
     uint64_t start_wall_ns, start_mono_ns;
-    struct sigaction previous; /* SIGPROF's disposition before the capture */
     holmes__cpu_table *table;
     uint64_t agent_samples; /* atomic: samples of the agent's own work on these threads */
     struct cpu_thread *threads;
@@ -65,6 +65,7 @@ struct holmes__cpu_capture {
     holmes__ratelimit arm_failed;
     int full_logged;
     holmes__buf past_maps; /* executable file mappings seen, for the symbolizer */
+    holmes__history_snapshot *before; /* the CPU history at the start, or NULL */
 };
 
 /*
@@ -110,16 +111,27 @@ static void cpu_on_sigprof(int sig, siginfo_t *si, void *uc)
     __atomic_fetch_add(&cpu_inflight, 1, __ATOMIC_SEQ_CST);
     holmes__cpu_capture *c = __atomic_load_n(&cpu_active, __ATOMIC_SEQ_CST);
     /* Only our timers send SI_TIMER SIGPROFs while we own SIGPROF; a
-     * `kill -PROF` or a late signal after stop() is not a sample. */
-    if (c && si && si->si_code == SI_TIMER) {
+     * `kill -PROF` or a late signal after stop() is not a sample. The CPU
+     * history's timers carry HOLMES_HISTORY_TIMER in their value. */
+    bool history = si && (si->si_value.sival_int & HOLMES_HISTORY_TIMER);
+    if (si && si->si_code == SI_TIMER && (c || history)) {
         if (cpu_in_handler) {
-            holmes__cpu_table_drop(c->table, 1);
+            if (c && !history)
+                holmes__cpu_table_drop(c->table, 1);
         } else if (holmes__in_agent) {
             /* The thread runs the agent's own work: mostly the handler of
              * a concurrent threads or wall capture, which interrupts a
              * sleeping thread. Billing that CPU to the stack below it
-             * would show a sleep burning CPU; it is counted apart. */
-            __atomic_fetch_add(&c->agent_samples, 1, __ATOMIC_RELAXED);
+             * would show a sleep burning CPU; it is counted apart (and the
+             * history leaves it out). */
+            if (c && !history)
+                __atomic_fetch_add(&c->agent_samples, 1, __ATOMIC_RELAXED);
+        } else if (history) {
+            cpu_in_handler = 1;
+            uint32_t idx = (uint32_t)(si->si_value.sival_int & ~HOLMES_HISTORY_TIMER);
+            holmes__history_on_sigprof(idx, 1 + (uint64_t)(si->si_overrun > 0 ? si->si_overrun : 0),
+                                       uc);
+            cpu_in_handler = 0;
         } else {
             cpu_in_handler = 1;
             cpu_record(c, si, uc);
@@ -144,7 +156,12 @@ static int sigprof_is_free(const struct sigaction *sa)
     return !(sa->sa_flags & SA_SIGINFO) && (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN);
 }
 
-static int sigprof_take(holmes__cpu_capture *c)
+/* SIGPROF is held while a capture or the CPU history runs (counted). */
+static pthread_mutex_t sigprof_lock = PTHREAD_MUTEX_INITIALIZER;
+static int sigprof_users;
+static struct sigaction sigprof_previous; /* its disposition before we took it */
+
+static int sigprof_take(void)
 {
     struct sigaction now, ours;
     if (sigaction(SIGPROF, NULL, &now) != 0 || !sigprof_is_free(&now))
@@ -153,12 +170,12 @@ static int sigprof_take(holmes__cpu_capture *c)
     ours.sa_sigaction = cpu_on_sigprof;
     ours.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
     sigemptyset(&ours.sa_mask);
-    if (sigaction(SIGPROF, &ours, &c->previous) != 0)
+    if (sigaction(SIGPROF, &ours, &sigprof_previous) != 0)
         return HOLMES_EIO;
     /* The application may have installed its handler between our two
      * calls: give it back and step aside. */
-    if (!sigprof_is_free(&c->previous)) {
-        sigaction(SIGPROF, &c->previous, NULL);
+    if (!sigprof_is_free(&sigprof_previous)) {
+        sigaction(SIGPROF, &sigprof_previous, NULL);
         goto declined;
     }
     return 0;
@@ -177,7 +194,7 @@ declined:
  * application have installed its own handler during the capture, it keeps
  * it, and our handler (still correct, it ignores late signals) is not used.
  */
-static void sigprof_restore(holmes__cpu_capture *c)
+static void sigprof_restore(void)
 {
     struct sigaction now, ignore;
     if (sigaction(SIGPROF, NULL, &now) != 0 || !sigprof_is_ours(&now)) {
@@ -189,7 +206,41 @@ static void sigprof_restore(holmes__cpu_capture *c)
     ignore.sa_handler = SIG_IGN;
     sigemptyset(&ignore.sa_mask);
     sigaction(SIGPROF, &ignore, NULL);
-    sigaction(SIGPROF, &c->previous, NULL);
+    sigaction(SIGPROF, &sigprof_previous, NULL);
+}
+
+void holmes__sigprof_atfork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    sigprof_lock = fresh;
+    if (sigprof_users == 0)
+        return;
+    sigprof_users = 0;
+    struct sigaction now;
+    if (sigaction(SIGPROF, NULL, &now) == 0 && sigprof_is_ours(&now))
+        sigaction(SIGPROF, &sigprof_previous, NULL);
+}
+
+int holmes__sigprof_acquire(void)
+{
+    pthread_mutex_lock(&sigprof_lock);
+    int rc = sigprof_users > 0 ? 0 : sigprof_take();
+    if (rc == 0)
+        sigprof_users++;
+    pthread_mutex_unlock(&sigprof_lock);
+    return rc;
+}
+
+/*
+ * The last user gives SIGPROF back. Until then a late signal from a deleted
+ * timer of the other user finds the handler, which ignores it.
+ */
+void holmes__sigprof_release(void)
+{
+    pthread_mutex_lock(&sigprof_lock);
+    if (sigprof_users > 0 && --sigprof_users == 0)
+        sigprof_restore();
+    pthread_mutex_unlock(&sigprof_lock);
 }
 
 /* Waits until no handler runs inside the capture; returns 0, or -1 on timeout. */
@@ -229,6 +280,7 @@ static holmes__cpu_capture *capture_map(void)
 
 static void capture_unmap(holmes__cpu_capture *c)
 {
+    holmes__history_snapshot_free(c->before);
     holmes__cpu_table_free(c->table);
     holmes__buf_free(&c->past_maps);
     munmap(c, c->map_bytes);
@@ -277,25 +329,33 @@ static clockid_t thread_cpu_clock(pid_t tid)
     return (clockid_t)((~(unsigned)tid << 3) | 6u);
 }
 
-static int timer_arm(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
+int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
 {
     struct sigevent sev;
     memset(&sev, 0, sizeof(sev));
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = SIGPROF;
-    sev.sigev_value.sival_int = (int)idx;
-    sev.sigev_notify_thread_id = t->tid;
-    if (timer_create(thread_cpu_clock(t->tid), &sev, &t->timer) != 0)
+    sev.sigev_value.sival_int = value;
+    sev.sigev_notify_thread_id = tid;
+    if (timer_create(thread_cpu_clock(tid), &sev, out) != 0)
         return -errno;
     struct itimerspec its;
-    its.it_interval.tv_sec = c->period_ns / 1000000000;
-    its.it_interval.tv_nsec = c->period_ns % 1000000000;
+    its.it_interval.tv_sec = period_ns / 1000000000;
+    its.it_interval.tv_nsec = period_ns % 1000000000;
     its.it_value = its.it_interval;
-    if (timer_settime(t->timer, 0, &its, NULL) != 0) {
+    if (timer_settime(*out, 0, &its, NULL) != 0) {
         int e = errno;
-        timer_delete(t->timer);
+        timer_delete(*out);
         return -e;
     }
+    return 0;
+}
+
+static int timer_arm(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
+{
+    int rc = holmes__cpu_timer_arm(t->tid, c->period_ns, (int)idx, &t->timer);
+    if (rc != 0)
+        return rc;
     t->armed = 1;
     c->armed++;
     return 0;
@@ -398,18 +458,14 @@ static void timers_delete(holmes__cpu_capture *c)
  * there. The child gets SIGPROF back as it was and the capture's memory is
  * abandoned, as the agent abandons the rest of its state in a child.
  */
-static struct sigaction cpu_previous; /* copy of the running capture's, for the child */
-
 static void cpu_atfork_child(void)
 {
     if (!__atomic_load_n(&cpu_active, __ATOMIC_RELAXED))
         return;
-    struct sigaction now;
-    if (sigaction(SIGPROF, NULL, &now) == 0 && sigprof_is_ours(&now))
-        sigaction(SIGPROF, &cpu_previous, NULL);
     cpu_active = NULL;
     cpu_inflight = 0;
     cpu_running = 0;
+    holmes__sigprof_atfork_child();
 }
 
 static void cpu_atfork_register(void)
@@ -433,7 +489,7 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     if (rc == 0)
         rc = holmes__unwind_prepare();
     if (rc == 0)
-        rc = sigprof_take(c);
+        rc = holmes__sigprof_acquire();
     if (rc != 0) {
         if (c)
             capture_unmap(c);
@@ -442,7 +498,8 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     }
     static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
     pthread_once(&atfork_once, cpu_atfork_register);
-    cpu_previous = c->previous;
+    /* The seconds before the trigger, as the history holds them now. */
+    c->before = holmes__history_snapshot_take();
     c->hz = hz;
     c->period_ns = 1000000000 / hz;
     c->start_wall_ns = holmes__wall_ns();
@@ -496,16 +553,24 @@ struct build_ctx {
     int64_t period_ns;
     uint64_t samples;
     int failed;
+    bool phases; /* label each sample phase=before|after */
 };
 
-static int build_entry(void *arg, pid_t tid, const char *name, const uintptr_t *pcs, int depth,
-                       uint64_t count)
+/*
+ * One sample. With the history in the profile every sample says its phase,
+ * and a history sample also the second it fell in (-1 = the second before
+ * the trigger); its CPU time is its count times the history's period, so
+ * cpu/nanoseconds is right in each phase whatever the two rates.
+ */
+static int build_sample(struct build_ctx *b, pid_t tid, const char *name, const uintptr_t *pcs,
+                        int depth, uint64_t count, int second)
 {
-    struct build_ctx *b = arg;
     int64_t values[2] = {(int64_t)count, (int64_t)count * b->period_ns};
-    holmes__pprof_label labels[2] = {
+    holmes__pprof_label labels[4] = {
         {.key = "thread_id", .num = tid},
         {.key = "thread_name", .str = name},
+        {.key = "phase", .str = second ? "before" : "after"},
+        {.key = "second", .num = second},
     };
     holmes__pprof_sample s = {
         .pcs = pcs,
@@ -513,7 +578,7 @@ static int build_entry(void *arg, pid_t tid, const char *name, const uintptr_t *
         .leaf_exact = true, /* pcs[0] is the interrupted instruction */
         .values = values,
         .labels = labels,
-        .nlabels = 2,
+        .nlabels = !b->phases ? 2 : second ? 4 : 3,
     };
     b->samples += count;
     if (holmes__pprof_add(b->p, &s) != 0) {
@@ -523,9 +588,33 @@ static int build_entry(void *arg, pid_t tid, const char *name, const uintptr_t *
     return 0;
 }
 
+static int build_entry(void *arg, pid_t tid, const char *name, const uintptr_t *pcs, int depth,
+                       uint64_t count)
+{
+    return build_sample(arg, tid, name, pcs, depth, count, 0);
+}
+
+static int build_before(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
+                        int depth, uint64_t count)
+{
+    return build_sample(arg, tid, name, pcs, depth, count, second);
+}
+
+/* The history's samples, at the history's weight. */
+static int build_history(struct build_ctx *b, const holmes__history_snapshot *before)
+{
+    struct build_ctx hb = *b;
+    hb.period_ns = holmes__history_snapshot_period_ns(before);
+    hb.samples = 0;
+    int rc = holmes__history_snapshot_each(before, build_before, &hb);
+    b->failed = hb.failed;
+    return rc;
+}
+
 static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__buf *out,
                          holmes__capture_stats *st)
 {
+    uint64_t before_ns = c->before ? holmes__history_snapshot_span_ns(c->before) : 0;
     static const holmes__pprof_value_type types[] = {
         {"samples", "count"},
         {"cpu", "nanoseconds"},
@@ -535,23 +624,35 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
         .ntypes = 2,
         .period_type = {"cpu", "nanoseconds"},
         .period = c->period_ns,
-        .time_nanos = (int64_t)c->start_wall_ns,
-        .duration_nanos = (int64_t)duration_ns,
+        .time_nanos = (int64_t)(c->start_wall_ns - before_ns),
+        .duration_nanos = (int64_t)(before_ns + duration_ns),
         .default_sample_type = 1,
     };
     holmes__pprof *p = holmes__pprof_new(&meta);
     if (!p)
         return HOLMES_ENOMEM;
-    struct build_ctx b = {.p = p, .period_ns = c->period_ns};
-    int rc = holmes__cpu_capture_each(c, build_entry, &b);
+    struct build_ctx b = {.p = p, .period_ns = c->period_ns, .phases = c->before != NULL};
+    int rc = c->before ? build_history(&b, c->before) : 0;
+    if (rc == 0)
+        rc = holmes__cpu_capture_each(c, build_entry, &b);
     uint64_t dropped = holmes__cpu_table_dropped(c->table);
-    char note[240];
+    char note[320];
     snprintf(note, sizeof(note),
              "holmes cpu: %d Hz over %d threads, %llu samples, %llu dropped (storage full or "
              "unwinding failed), %llu in the agent's own work on these threads (not shown)",
              c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped,
              (unsigned long long)__atomic_load_n(&c->agent_samples, __ATOMIC_RELAXED));
     holmes__pprof_comment(p, note);
+    if (c->before) {
+        snprintf(note, sizeof(note),
+                 "holmes cpu history: the %.1f s before the trigger at %d Hz, %llu samples, %llu "
+                 "dropped (phase=before)",
+                 (double)before_ns / 1e9,
+                 (int)(1000000000 / holmes__history_snapshot_period_ns(c->before)),
+                 (unsigned long long)holmes__history_snapshot_samples(c->before),
+                 (unsigned long long)holmes__history_snapshot_dropped(c->before));
+        holmes__pprof_comment(p, note);
+    }
     holmes__pprof_past_maps(p, c->past_maps.data);
     holmes__pprof_stats pst;
     memset(&pst, 0, sizeof(pst));
@@ -567,12 +668,33 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
     return rc;
 }
 
+int holmes__cpu_history_profile(holmes__buf *out, holmes__capture_stats *st)
+{
+    holmes__cpu_capture *c = capture_map();
+    if (!c)
+        return HOLMES_ENOMEM;
+    c->before = holmes__history_snapshot_take();
+    if (!c->before) {
+        capture_unmap(c);
+        return HOLMES_ENOENT;
+    }
+    c->period_ns = holmes__history_snapshot_period_ns(c->before);
+    c->hz = (int)(1000000000 / c->period_ns);
+    c->start_wall_ns = holmes__wall_ns();
+    maps_note(c);
+    int rc = profile_build(c, 0, out, st);
+    if (st)
+        st->samples = holmes__history_snapshot_samples(c->before);
+    capture_unmap(c);
+    return rc;
+}
+
 int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__capture_stats *st)
 {
     timers_delete(c);
     uint64_t duration_ns = holmes__now_ns() - c->start_mono_ns;
     __atomic_store_n(&cpu_active, NULL, __ATOMIC_SEQ_CST);
-    sigprof_restore(c);
+    holmes__sigprof_release();
     if (handlers_drain() != 0) {
         /* A thread stopped inside the handler (a debugger, SIGSTOP) still
          * holds the table: keeping its memory is the only safe choice. */

@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "capture.h"
 
@@ -33,5 +34,26 @@ int holmes__cpu_capture_each(const holmes__cpu_capture *c, holmes__cpu_sample_fn
 
 /* Threads whose CPU timer is armed (or was, until they exited). */
 int holmes__cpu_capture_threads(const holmes__cpu_capture *c);
+
+/*
+ * The CPU history's ring alone as a CPU profile (capture = history), every
+ * sample phase=before. HOLMES_ENOENT when the history is off.
+ */
+int holmes__cpu_history_profile(holmes__buf *out, holmes__capture_stats *st);
+
+/*
+ * A POSIX timer on thread `tid`'s CPU clock sending it SIGPROF with `value`
+ * every period_ns of its CPU time. Returns 0 or -errno.
+ */
+int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out);
+
+/*
+ * SIGPROF is held while a capture or the CPU history runs. acquire returns
+ * HOLMES_ESIGNAL (and logs one line) when the service owns it; the last
+ * release gives it back. atfork_child forgets the parent's hold.
+ */
+int holmes__sigprof_acquire(void);
+void holmes__sigprof_release(void);
+void holmes__sigprof_atfork_child(void);
 
 #endif

@@ -1,6 +1,7 @@
 #include "agent/capture/cpu_table.h"
 
 #include <stdbool.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include "agent/base/hash.h"
@@ -165,4 +166,24 @@ int holmes__cpu_table_each(const holmes__cpu_table *t, holmes__cpu_table_fn fn, 
             return rc;
     }
     return 0;
+}
+
+/* ---- reuse, for the CPU history's ring (history.c) ---- */
+
+void holmes__cpu_table_reset(holmes__cpu_table *t)
+{
+    memset(t->slots, 0, (size_t)(t->mask + 1) * sizeof(struct slot));
+    __atomic_store_n(&t->frames_used, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&t->dropped, 0, __ATOMIC_RELEASE);
+}
+
+size_t holmes__cpu_table_used_bytes(const holmes__cpu_table *t)
+{
+    uint64_t frames = __atomic_load_n(&t->frames_used, __ATOMIC_RELAXED);
+    if (frames > t->frames_cap)
+        frames = t->frames_cap;
+    size_t used = 0;
+    for (uint64_t i = 0; i <= t->mask; i++)
+        used += __atomic_load_n(&t->slots[i].key, __ATOMIC_RELAXED) != 0;
+    return used * sizeof(struct slot) + (size_t)frames * sizeof(uintptr_t);
 }

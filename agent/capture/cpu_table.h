@@ -45,4 +45,14 @@ typedef int (*holmes__cpu_table_fn)(void *arg, uint32_t thread, const uintptr_t 
                                     uint64_t count);
 int holmes__cpu_table_each(const holmes__cpu_table *t, holmes__cpu_table_fn fn, void *arg);
 
+/* ---- reuse, for the CPU history's ring (history.c) ---- */
+
+/*
+ * Empties the table for reuse. The caller makes sure no handler writes to it
+ * meanwhile; pages already touched stay (the ring's memory is its cap).
+ */
+void holmes__cpu_table_reset(holmes__cpu_table *t);
+/* Bytes of slots and frames holding entries now. */
+size_t holmes__cpu_table_used_bytes(const holmes__cpu_table *t);
+
 #endif

@@ -19,11 +19,16 @@ const holmes__capture_file holmes__capture_files[HOLMES_FILE_COUNT] = {
     [HOLMES_FILE_THREADS_TXT] = {HOLMES_CAPTURE_THREADS, "threads.txt", "", false},
     [HOLMES_FILE_FDS_TXT] = {HOLMES_CAPTURE_FDS, "fds.txt", "", false},
     PROFILE(HOLMES_FILE_WALL, HOLMES_CAPTURE_WALL, "wall"),
+    /* The CPU history alone is a CPU profile too (agent/capture/history.h). */
+    PROFILE(HOLMES_FILE_HISTORY, HOLMES_CAPTURE_HISTORY, "cpu"),
 };
 
 int holmes__capture_suffixes(bool baseline, uint32_t captures, const char **out, int cap)
 {
     int n = 0;
+    /* A CPU profile holds the history already: no second cpu.pb.gz. */
+    if (captures & (1u << HOLMES_CAPTURE_CPU))
+        captures &= ~(1u << HOLMES_CAPTURE_HISTORY);
     for (int i = 0; i < HOLMES_FILE_COUNT && n < cap; i++) {
         const holmes__capture_file *f = &holmes__capture_files[i];
         if ((captures & (1u << f->capture)) && (baseline || !f->baseline))

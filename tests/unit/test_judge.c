@@ -290,11 +290,14 @@ static void test_psi_woken_value(void)
 static void test_mem_events_rule(void)
 {
     holmes__rule_cfg r;
-    holmes__mem_events_rule(&r, true);
+    holmes__mem_events_rule(&r, true, false);
     CHECK_STR(r.name, "memory-events");
     CHECK_EQ_INT(r.capture, HOLMES_CAPTURE_HEAP);
-    holmes__mem_events_rule(&r, false);
+    CHECK_EQ_INT((int)r.also_capture, 0);
+    holmes__mem_events_rule(&r, false, true);
     CHECK_EQ_INT(r.capture, HOLMES_CAPTURE_NONE);
+    /* The CPU history: what ran in the seconds before the limit was hit. */
+    CHECK_EQ_INT((int)r.also_capture, 1 << HOLMES_CAPTURE_HISTORY);
     holmes__rule_state st = {0};
     holmes__budget_init(&budget);
     fill(1, 0, 0);
