@@ -180,7 +180,7 @@ static int sigprof_take(void)
     }
     return 0;
 declined:
-    holmes__log(HOLMES_LOG_WARN, "SIGPROF is owned by the application; CPU capture declined (and the CPU history)");
+    holmes__log(HOLMES_LOG_WARN, "SIGPROF is owned by the application; CPU capture declined");
     return HOLMES_ESIGNAL;
 }
 

@@ -8,12 +8,18 @@
  *
  * Bounded: frames narrower than 0.1% of the total are not drawn, stacks are
  * cut at 128 frames below the root.
+ *
+ * A CPU dump with the CPU history has two phases: their samples stand on
+ * two frames above the root, "before the trigger" (the history) left of
+ * "after the trigger" (the capture), so the onset and the storm sit side by
+ * side at the widths of their CPU time.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent/capture/capture.h"
+#include "agent/capture/changed.h"
 #include "agent/pprof/decode.h"
 #include "agent/pprof/mem.h"
 
@@ -25,6 +31,9 @@
 #define BOTTOM 34  /* the details line */
 #define CHAR_W 7.3 /* 12px monospace, a little generous so labels never overflow */
 #define NO_NODE UINT32_MAX
+/* Name ids of the two phase frames (no profile has that many names). */
+#define PHASE_BEFORE (NO_NODE - 1)
+#define PHASE_AFTER (NO_NODE - 2)
 
 typedef struct fnode {
     uint32_t name; /* id in the profile's names; NO_NODE for the root */
@@ -49,6 +58,18 @@ typedef struct tree {
 #define NODE(t, i) HOLMES_VEC_AT(&(t)->nodes, fnode, i)
 
 /* ---- building the tree ---- */
+
+static const char *node_name(const tree *t, uint32_t name)
+{
+    if (name == NO_NODE)
+        return "all";
+    if (name == PHASE_BEFORE)
+        return "before the trigger (phase=before)";
+    if (name == PHASE_AFTER)
+        return "after the trigger (phase=after)";
+    return t->p->names[name];
+}
+
 
 static uint32_t slot_hash(uint32_t parent, uint32_t name)
 {
@@ -91,6 +112,15 @@ static uint32_t child(tree *t, uint32_t parent, uint32_t name)
     return id;
 }
 
+/* The phase frame a sample stands on, or the root. */
+static uint32_t phase_root(tree *t, const holmes__profile_sample *s)
+{
+    const char *phase = holmes__sample_phase(t->p, s);
+    if (!*phase)
+        return 0;
+    return child(t, 0, phase[0] == 'b' ? PHASE_BEFORE : PHASE_AFTER);
+}
+
 static bool add_samples(tree *t, int index)
 {
     if (new_node(t, NO_NODE, NO_NODE) == NO_NODE)
@@ -102,7 +132,7 @@ static bool add_samples(tree *t, int index)
             continue;
         /* Root first; past MAX_DEPTH the deeper frames fold into the last one kept. */
         int stop = s->nframes > MAX_DEPTH ? s->nframes - MAX_DEPTH : 0;
-        uint32_t at = 0;
+        uint32_t at = phase_root(t, s);
         for (int j = s->nframes - 1; j >= stop && at != NO_NODE; j--)
             at = child(t, at, s->frames[j]);
         if (at == NO_NODE)
@@ -127,7 +157,9 @@ static int by_name(const void *a, const void *b, void *ctx)
 {
     const tree *t = ctx;
     const fnode *x = NODE(t, *(const uint32_t *)a), *y = NODE(t, *(const uint32_t *)b);
-    return strcmp(t->p->names[x->name], t->p->names[y->name]);
+    if (x->name >= PHASE_AFTER && y->name >= PHASE_AFTER) /* before left of after */
+        return x->name < y->name ? 1 : x->name > y->name ? -1 : 0;
+    return strcmp(node_name(t, x->name), node_name(t, y->name));
 }
 
 /* Links the drawn children of each node in name order. */
@@ -232,7 +264,7 @@ typedef struct svg_ctx {
 
 static void put_frame(svg_ctx *c, const fnode *n, double x, double w)
 {
-    const char *name = n->name == NO_NODE ? "all" : c->t->p->names[n->name];
+    const char *name = node_name(c->t, n->name);
     char value[64];
     holmes__profile_format(n->total, c->unit, "auto", value, sizeof(value));
     int r, g, bl;

@@ -433,7 +433,9 @@ int holmes__history_start(uint64_t history_ms, int hz)
     pthread_mutex_lock(&control_lock);
     int rc = history_start_locked(history_ms, hz);
     pthread_mutex_unlock(&control_lock);
-    if (rc != 0 && rc != HOLMES_ESIGNAL)
+    if (rc == HOLMES_ESIGNAL)
+        holmes__log(HOLMES_LOG_WARN, "CPU history off: SIGPROF is owned by the application");
+    else if (rc != 0)
         holmes__log(HOLMES_LOG_WARN, "CPU history off: %s", holmes_strerror(rc));
     return rc;
 }

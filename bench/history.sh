@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The CPU history's always-on cost, side by side in one run: the agent
+# preloaded with `history = 0s` (off) and with the default (10s at 19 Hz),
+# runs interleaved, on the sqlite3 workload of bench/run.sh and on a
+# 16-thread CPU-bound program. Prints CPU time (median of user + system),
+# instructions (callgrind, whole run, identical from run to run) and peak
+# RSS for both, and their ratios.
+#
+#   bench/history.sh [--reps N]
+# Environment: HOLMES_BUILD (default: build-bench beside the sources).
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${HOLMES_BUILD:-$SRC/build-bench}
+REPS=5
+[[ ${1:-} == --reps ]] && REPS=$2
+SQL_ROWS=300000 CG_SQL_ROWS=20000 SPIN_M=150 CG_SPIN_M=4
+OUT=$(mktemp -d /tmp/holmes-history-bench.XXXXXX)
+LOG=$OUT/log.txt
+export BENCH_DUMPS=$OUT/dumps
+
+[[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >>"$LOG"
+cmake --build "$BUILD" -j2 --target holmes plain_spin16 >>"$LOG"
+LIBHOLMES=$BUILD/libholmes.so
+SPIN=$BUILD/bench/plain_spin16
+# The same SQL session as bench/run.sh (its sql_script function, read from there).
+eval "$(sed -n '/^sql_script() {/,/^}/p' "$SRC/bench/run.sh")"
+sql_script "$SQL_ROWS" >"$OUT/big.sql"
+sql_script "$CG_SQL_ROWS" >"$OUT/small.sql"
+
+# Heap sampling off in both, so the only difference is the history.
+for mode in off on; do
+    sed -e 's/^sample_bytes = .*/sample_bytes = 0/' "$SRC/bench/typical.ini" >"$OUT/$mode.ini"
+done
+sed -i 's/^log_level = warn/log_level = warn\nhistory = 0s/' "$OUT/off.ini"
+
+agent() { echo env HOLMES_INHERIT=1 LD_PRELOAD="$LIBHOLMES" HOLMES_CONFIG="$OUT/$1.ini"; }
+# "CPU_SECONDS MAX_RSS_KIB" of one run.
+measure() {
+    local mode=$1
+    shift
+    /usr/bin/time -f '%U %S %M' -o "$OUT/time" $(agent "$mode") "$@" >>"$LOG" 2>&1
+    awk '{ printf "%.3f %d\n", $1 + $2, $3 }' "$OUT/time"
+}
+instructions() {
+    local mode=$1 dir=$OUT/cg-$1-$RANDOM
+    shift
+    mkdir -p "$dir"
+    $(agent "$mode") valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >>"$LOG" 2>&1
+    cat "$dir"/cg.* | awk '/^summary:/ { s += $2 } END { print s }'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+pct() { awk "BEGIN { printf \"%+.2f%%\", ($1 / $2 - 1) * 100 }"; }
+
+bench() {
+    local name=$1 cgargs=$2
+    shift 2
+    local cpu_off=() cpu_on=() rss_off=() rss_on=() r m
+    for ((r = 0; r < REPS; r++)); do
+        for m in off on; do
+            read -r c k < <(measure "$m" "$@")
+            if [[ $m == off ]]; then cpu_off+=("$c") rss_off+=("$k"); else cpu_on+=("$c") rss_on+=("$k"); fi
+        done
+    done
+    local co=$(median "${cpu_off[@]}") cn=$(median "${cpu_on[@]}")
+    local ro=$(median "${rss_off[@]}") rn=$(median "${rss_on[@]}")
+    # shellcheck disable=SC2086
+    local io=$(instructions off $cgargs) in=$(instructions on $cgargs)
+    printf '%-10s CPU %ss -> %ss (%s, runs: off %s / on %s)\n' "$name" "$co" "$cn" "$(pct "$cn" "$co")" \
+        "${cpu_off[*]}" "${cpu_on[*]}"
+    printf '%-10s instructions %s -> %s (%s)\n' "$name" "$io" "$in" "$(pct "$in" "$io")"
+    printf '%-10s peak RSS %s KiB -> %s KiB (%+d KiB)\n' "$name" "$ro" "$rn" "$((rn - ro))"
+}
+
+echo "CPU history: off (history = 0s) vs on (10s at 19 Hz), $REPS interleaved runs each; log in $LOG"
+bench sqlite3 "sqlite3 :memory: .read $OUT/small.sql" sqlite3 :memory: ".read $OUT/big.sql"
+bench spin16 "$SPIN $CG_SPIN_M" "$SPIN" "$SPIN_M"
