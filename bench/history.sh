@@ -49,12 +49,21 @@ instructions() {
     $(agent "$mode") valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >>"$LOG" 2>&1
     cat "$dir"/cg.* | awk '/^summary:/ { s += $2 } END { print s }'
 }
+# Instructions of the workload alone: a run less an empty run of the same
+# program in the same mode (the agent's start, unwind tables included, is
+# the same with the history on or off and would drown a small workload).
+workload_instructions() {
+    local mode=$1 empty=$2 full=$3 e f
+    e=$(eval "instructions $mode $empty")
+    f=$(eval "instructions $mode $full")
+    echo $((f - e))
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 pct() { awk "BEGIN { printf \"%+.2f%%\", ($1 / $2 - 1) * 100 }"; }
 
 bench() {
-    local name=$1 cgargs=$2
-    shift 2
+    local name=$1 cg_empty=$2 cg_full=$3
+    shift 3
     local cpu_off=() cpu_on=() rss_off=() rss_on=() r m
     for ((r = 0; r < REPS; r++)); do
         for m in off on; do
@@ -64,8 +73,8 @@ bench() {
     done
     local co=$(median "${cpu_off[@]}") cn=$(median "${cpu_on[@]}")
     local ro=$(median "${rss_off[@]}") rn=$(median "${rss_on[@]}")
-    # shellcheck disable=SC2086
-    local io=$(instructions off $cgargs) in=$(instructions on $cgargs)
+    local io=$(workload_instructions off "$cg_empty" "$cg_full")
+    local in=$(workload_instructions on "$cg_empty" "$cg_full")
     printf '%-10s CPU %ss -> %ss (%s, runs: off %s / on %s)\n' "$name" "$co" "$cn" "$(pct "$cn" "$co")" \
         "${cpu_off[*]}" "${cpu_on[*]}"
     printf '%-10s instructions %s -> %s (%s)\n' "$name" "$io" "$in" "$(pct "$in" "$io")"
@@ -73,5 +82,6 @@ bench() {
 }
 
 echo "CPU history: off (history = 0s) vs on (10s at 19 Hz), $REPS interleaved runs each; log in $LOG"
-bench sqlite3 "sqlite3 :memory: .read $OUT/small.sql" sqlite3 :memory: ".read $OUT/big.sql"
-bench spin16 "$SPIN $CG_SPIN_M" "$SPIN" "$SPIN_M"
+bench sqlite3 "sqlite3 :memory: ''" "sqlite3 :memory: '.read $OUT/small.sql'" \
+    sqlite3 :memory: ".read $OUT/big.sql"
+bench spin16 "$SPIN 0" "$SPIN $CG_SPIN_M" "$SPIN" "$SPIN_M"

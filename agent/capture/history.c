@@ -345,7 +345,10 @@ static void *history_main(void *arg)
     while (task_fd >= 0) {
         uint64_t now = holmes__now_ns();
         if (now >= next_scan) {
+            /* Snapshots read the thread list (names, tids) under the lock. */
+            pthread_mutex_lock(&h->lock);
             threads_scan(h, task_fd);
+            pthread_mutex_unlock(&h->lock);
             next_scan = now + SCAN_NS;
         }
         if (now >= next_rotate) {
