@@ -8,7 +8,8 @@
 2. A storm with steady work around it: phase=before names the storm's
    function and the event's `changed` list puts it first.
 3. The ring survives the service's fork (the child, which burns CPU with the
-   parent's handler installed, is not hurt) and a reload that changes it.
+   parent's handler installed, is not hurt) and a reload that changes it;
+   capture = history writes the ring alone.
 """
 import datetime
 import json
@@ -49,7 +50,10 @@ PARALLEL = 2
 
 
 def start(w, extra_agent="", args=("9", "0.7", "3"), name="holmes.ini"):
-    ini = w.write_ini(INI % extra_agent, name)
+    text = INI % extra_agent
+    if name == "history.ini":
+        text = text.replace("capture = cpu", "capture = history")
+    ini = w.write_ini(text, name)
     return subprocess.Popen([prog("burst"), ini] + list(args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=w.path)
 
@@ -168,14 +172,29 @@ def test_storm():
     w.cleanup()
 
 
-def test_fork():
-    w = Workdir()
-    p = start(w, args=("9", "0.7", "3", "fork"))
-    rc, values, out, err = outputs(p)
+def test_fork_and_history_capture():
+    """The ring survives a fork; and capture = history writes the ring alone."""
+    wf, wh = Workdir(), Workdir()
+    pf = start(wf, args=("9", "0.7", "3", "fork"))
+    time.sleep(1.5)
+    ph = start(wh, extra_agent="", args=("9", "0.7", "3"), name="history.ini")
+    rc, values, out, err = outputs(pf)
     check("child status 0" in out, "the forked child was hurt: %s %s" % (out, err[-1500:]))
-    share = one_burst_dump(w, rc, values, err)
-    check(share is None or share[0] > 0, "the parent's history did not survive the fork")
-    w.cleanup()
+    one_burst_dump(wf, rc, values, err)
+    wf.cleanup()
+    rc, values, out, err = outputs(ph)
+    check(rc == 0, "burst exited %d: %s" % (rc, err[-2000:]))
+    events = [e for _, e in wh.events() if e.get("rule") == "cpu"]
+    profiles = wh.files("*.cpu.pb.gz")
+    if events and profiles:
+        check(events[0].get("captures") == ["history"], "captures: %s" % events[0].get("captures"))
+        check(phase_ms(profiles[0], "after", "burst_hot") == 0, "capture = history has an after")
+        check(phase_ms(profiles[0], "before", "burst_hot") > 0,
+              "capture = history does not hold the burst")
+    else:
+        wall_s = (int(values.get("end", 0)) - int(values.get("start", 0))) / 1e9
+        check(wall_s > 1.0, "capture = history: no dump (%s): %s" % (wh.files(), err[-1500:]))
+    wh.cleanup()
 
 
 def test_reload():
@@ -199,7 +218,7 @@ def test_reload():
 def main():
     test_bursts()
     test_storm()
-    test_fork()
+    test_fork_and_history_capture()
     test_reload()
     finish()
 
