@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, finish, pprof, pprof_top, prog  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, pprof, pprof_top, prog  # noqa: E402
 
 # window = 9: the cpu metric's ninth value comes from the tick at 9 s, so the
 # tick right after a burst that starts at 9 s is the first one judged. Any
@@ -47,6 +47,9 @@ dir = @DUMPS@
 """
 
 RUNS = 8  # a 25% failure rate passes all of them 10% of the time
+# TSan postpones a signal to the thread's next intercepted call: CPU samples
+# land late and in the wrong frames, so what they attribute is not checked.
+ATTRIBUTION = SANITIZE != "thread"
 PARALLEL = 2
 
 
@@ -106,6 +109,8 @@ def one_burst_dump(w, rc, values, err):
           "%s)" % (burst_ms, before, after, fired[0].get("value", 0),
                    "ended before it" if ended_before_trigger else "outlasted it"))
     check(start_ns < trigger, "the rule fired before the burst began")
+    if not ATTRIBUTION:
+        return None
     check(before > 0, "no part of the burst under phase=before")
     if ended_before_trigger:
         check(before >= 0.6 * burst_ms, "phase=before holds %.0f ms of a %.0f ms burst" % (
@@ -146,7 +151,7 @@ def test_storm():
     check(rc == 0, "storm exited %d: %s" % (rc, err[-2000:]))
     events = [e for _, e in w.events() if e.get("rule") == "cpu"]
     profiles = w.files("*.cpu.pb.gz")
-    if check(events and profiles, "the storm did not fire: %s" % err[-1500:]):
+    if check(events and profiles, "the storm did not fire: %s" % err[-1500:]) and ATTRIBUTION:
         before = phase_ms(profiles[0], "before", "burst_hot")
         steady = phase_ms(profiles[0], "before", "steady_work")
         print("phase=before: burst_hot %.0f ms, steady_work %.0f ms" % (before, steady))
@@ -190,7 +195,7 @@ def test_fork_and_history_capture():
     if events and profiles:
         check(events[0].get("captures") == ["history"], "captures: %s" % events[0].get("captures"))
         check(phase_ms(profiles[0], "after", "burst_hot") == 0, "capture = history has an after")
-        check(phase_ms(profiles[0], "before", "burst_hot") > 0,
+        check(not ATTRIBUTION or phase_ms(profiles[0], "before", "burst_hot") > 0,
               "capture = history does not hold the burst")
     else:
         wall_s = (int(values.get("end", 0)) - int(values.get("start", 0))) / 1e9
@@ -224,7 +229,8 @@ def test_reload():
         m = re.search(r"the ([\d.]+) s before the trigger at (\d+) Hz", comments)
         check(m and m.group(2) == "29" and float(m.group(1)) <= 5.5,
               "the dump's history is not the reloaded one: %s" % comments[:600])
-        check(phase_ms(profiles[0], "before", "burst_hot") > 0, "no burst in the reloaded history")
+        check(not ATTRIBUTION or phase_ms(profiles[0], "before", "burst_hot") > 0,
+              "no burst in the reloaded history")
     w.cleanup()
 
 
