@@ -49,9 +49,9 @@ typedef struct node {
 typedef struct report {
     const holmes__profile *p;
     int index;
-    const char *phase; /* only samples of this phase, or NULL */
+    const char *phase;      /* only samples of this phase, or NULL */
     int64_t phase_total[2]; /* before, after: for the header */
-    node *nodes; /* by name id */
+    node *nodes;            /* by name id */
     node **kept;
     size_t nkept, nonzero;
     int64_t total, cutoff;

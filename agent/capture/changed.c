@@ -168,8 +168,8 @@ int holmes__changed_cpu(const void *pb_gz, size_t len, holmes__changed *out)
     return rc;
 }
 
-int holmes__changed_heap(const void *now_gz, size_t now_len, const void *base_gz,
-                         size_t base_len, holmes__changed *out)
+int holmes__changed_heap(const void *now_gz, size_t now_len, const void *base_gz, size_t base_len,
+                         holmes__changed *out)
 {
     memset(out, 0, sizeof(*out));
     holmes__profile *now = NULL, *base = NULL;

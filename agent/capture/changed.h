@@ -29,8 +29,8 @@ typedef struct holmes__changed {
  */
 int holmes__changed_cpu(const void *pb_gz, size_t len, holmes__changed *out);
 /* From a heap profile and its baseline: the largest growth of inuse_space by function. */
-int holmes__changed_heap(const void *now_gz, size_t now_len, const void *base_gz,
-                         size_t base_len, holmes__changed *out);
+int holmes__changed_heap(const void *now_gz, size_t now_len, const void *base_gz, size_t base_len,
+                         holmes__changed *out);
 /* The phase label of a decoded sample: "before", "after", or "" without one. */
 const char *holmes__sample_phase(const holmes__profile *p, const holmes__profile_sample *s);
 /* The same from a profile already decoded (holmes report). */

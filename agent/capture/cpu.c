@@ -64,7 +64,7 @@ struct holmes__cpu_capture {
     int32_t *tid_slots; /* open addressing: tid, 0 = empty */
     holmes__ratelimit arm_failed;
     int full_logged;
-    holmes__buf past_maps; /* executable file mappings seen, for the symbolizer */
+    holmes__buf past_maps;            /* executable file mappings seen, for the symbolizer */
     holmes__history_snapshot *before; /* the CPU history at the start, or NULL */
 };
 
@@ -578,7 +578,9 @@ static int build_sample(struct build_ctx *b, pid_t tid, const char *name, const 
         .leaf_exact = true, /* pcs[0] is the interrupted instruction */
         .values = values,
         .labels = labels,
-        .nlabels = !b->phases ? 2 : second ? 4 : 3,
+        .nlabels = !b->phases ? 2
+                   : second   ? 4
+                              : 3,
     };
     b->samples += count;
     if (holmes__pprof_add(b->p, &s) != 0) {

@@ -70,7 +70,6 @@ static const char *node_name(const tree *t, uint32_t name)
     return t->p->names[name];
 }
 
-
 static uint32_t slot_hash(uint32_t parent, uint32_t name)
 {
     return holmes__hash_fold(holmes__hash_word(HOLMES_HASH_SEED, (uint64_t)parent << 32 | name));

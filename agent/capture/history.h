@@ -88,7 +88,8 @@ typedef struct holmes__history_stats {
 } holmes__history_stats;
 bool holmes__history_stats_get(holmes__history_stats *out);
 
-/* Writes key: [{function, before, after}, ...] into an open JSON object (changed.h); nothing when empty. */
+/* Writes key: [{function, before, after}, ...] into an open JSON object (changed.h); nothing when
+ * empty. */
 struct holmes__changed;
 void holmes__changed_json(holmes__json *j, const char *key, const struct holmes__changed *c);
 

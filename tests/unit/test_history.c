@@ -164,8 +164,8 @@ static void test_fork_child(void)
     if (pid == 0) {
         struct sigaction now;
         sigaction(SIGPROF, NULL, &now);
-        int ok = !holmes__history_running() && !(now.sa_flags & SA_SIGINFO) &&
-                 now.sa_handler == SIG_DFL;
+        int ok =
+            !holmes__history_running() && !(now.sa_flags & SA_SIGINFO) && now.sa_handler == SIG_DFL;
         history_work(); /* an inherited timer would kill the child here */
         _exit(ok ? 0 : 3);
     }
