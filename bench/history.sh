@@ -58,6 +58,18 @@ workload_instructions() {
     f=$(eval "instructions $mode $full")
     echo $((f - e))
 }
+# The history's own instructions in the last "on" run: its signal handler
+# (unwinding included), its thread's scans and rotations, and the refreshes
+# of the unwind tables it asks for; inclusive counts from callgrind.
+history_share() {
+    local f total own
+    f=$(ls -S "$OUT"/cg-on-*/cg.* | head -1)
+    callgrind_annotate --inclusive=yes --threshold=100 "$f" >"$OUT/annotate.txt" 2>>"$LOG"
+    total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$OUT/annotate.txt")
+    own=$(grep -E ':(holmes__history_on_sigprof|threads_scan|rotate|holmes__unwind_try_prepare) \[' \
+        "$OUT/annotate.txt" | grep -v '=>' | awk '{ gsub(",", "", $1); s += $1 } END { print s + 0 }')
+    echo "$own $total"
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 pct() { awk "BEGIN { printf \"%+.2f%%\", ($1 / $2 - 1) * 100 }"; }
 
@@ -73,11 +85,15 @@ bench() {
     done
     local co=$(median "${cpu_off[@]}") cn=$(median "${cpu_on[@]}")
     local ro=$(median "${rss_off[@]}") rn=$(median "${rss_on[@]}")
+    rm -rf "$OUT"/cg-on-*
     local io=$(workload_instructions off "$cg_empty" "$cg_full")
     local in=$(workload_instructions on "$cg_empty" "$cg_full")
+    local own total
+    read -r own total < <(history_share)
     printf '%-10s CPU %ss -> %ss (%s, runs: off %s / on %s)\n' "$name" "$co" "$cn" "$(pct "$cn" "$co")" \
         "${cpu_off[*]}" "${cpu_on[*]}"
-    printf '%-10s instructions %s -> %s (%s)\n' "$name" "$io" "$in" "$(pct "$in" "$io")"
+    printf '%-10s instructions %s -> %s (%s); the history itself: %s of %s (%s)\n' "$name" "$io" "$in" \
+        "$(pct "$in" "$io")" "$own" "$total" "$(awk "BEGIN { printf \"%.3f%%\", $own * 100 / $total }")"
     printf '%-10s peak RSS %s KiB -> %s KiB (%+d KiB)\n' "$name" "$ro" "$rn" "$((rn - ro))"
 }
 
