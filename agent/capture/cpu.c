@@ -221,10 +221,22 @@ void holmes__sigprof_atfork_child(void)
         sigaction(SIGPROF, &sigprof_previous, NULL);
 }
 
+bool holmes__sigprof_ours(void)
+{
+    struct sigaction now;
+    return sigaction(SIGPROF, NULL, &now) == 0 && sigprof_is_ours(&now);
+}
+
 int holmes__sigprof_acquire(void)
 {
     pthread_mutex_lock(&sigprof_lock);
-    int rc = sigprof_users > 0 ? 0 : sigprof_take();
+    int rc = sigprof_users == 0 ? sigprof_take() : 0;
+    /* Held already (by the history), but the service may have installed
+     * its own handler since: then it owns SIGPROF, as if it always had. */
+    if (sigprof_users > 0 && !holmes__sigprof_ours()) {
+        holmes__log(HOLMES_LOG_WARN, "SIGPROF is owned by the application; CPU capture declined");
+        rc = HOLMES_ESIGNAL;
+    }
     if (rc == 0)
         sigprof_users++;
     pthread_mutex_unlock(&sigprof_lock);

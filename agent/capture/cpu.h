@@ -6,6 +6,7 @@
 #ifndef HOLMES_CPU_H
 #define HOLMES_CPU_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
@@ -53,6 +54,8 @@ int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
  * release gives it back. atfork_child forgets the parent's hold.
  */
 int holmes__sigprof_acquire(void);
+/* True while our handler is SIGPROF's (the service may install its own later). */
+bool holmes__sigprof_ours(void);
 void holmes__sigprof_release(void);
 void holmes__sigprof_atfork_child(void);
 

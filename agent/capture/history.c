@@ -58,6 +58,7 @@ typedef struct holmes__history {
     uint32_t scan;
     size_t ring_bytes;
     int full_logged;
+    bool declined; /* the service took SIGPROF after we did: timers deleted */
     holmes__ratelimit arm_failed;
     pthread_mutex_t lock; /* rotation against snapshots */
     pthread_mutex_t wait_lock;
@@ -273,9 +274,30 @@ static void scan_visit(void *arg, int tid)
         thread_arm(sc->h, (pid_t)tid, sc->now);
 }
 
+static void threads_disarm(holmes__history *h);
+
+/*
+ * A service that installs its own SIGPROF handler after the agent started
+ * (a preloaded agent starts before main) owns SIGPROF from then on: the
+ * history deletes its timers, so at most one scan's worth of its signals
+ * (100 ms) reach the service's handler, and stays off.
+ */
+static bool step_aside(holmes__history *h)
+{
+    if (h->declined || holmes__sigprof_ours())
+        return h->declined;
+    threads_disarm(h);
+    h->declined = true;
+    holmes__log(HOLMES_LOG_WARN, "CPU history off: the application installed its own SIGPROF "
+                                 "handler");
+    return true;
+}
+
 /* Arms timers on new threads and deletes those of threads that left. */
 static void threads_scan(holmes__history *h, int task_fd)
 {
+    if (step_aside(h))
+        return;
     struct scan_ctx sc = {h, holmes__now_ns()};
     h->scan++;
     if (holmes__dir_numbers(task_fd, scan_visit, &sc) != 0)
