@@ -41,7 +41,7 @@ static void sleep_ms(long ms)
 
 __attribute__((noinline)) static void history_work(void)
 {
-    uint64_t end = thread_cpu_ns() + 1000000;
+    uint64_t end = thread_cpu_ns() + 500000;
     while (thread_cpu_ns() < end)
         for (int i = 1; i < 500; i++)
             sink += (double)i * 1.0000001;
@@ -52,7 +52,7 @@ static void *worker(void *arg)
     (void)arg;
     while (!__atomic_load_n(&workers_stop, __ATOMIC_ACQUIRE)) {
         history_work();
-        sleep_ms(300); /* 200 threads: about two thirds of a core in all */
+        sleep_ms(500); /* 210 threads: about a fifth of a core in all */
     }
     return NULL;
 }
