@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "agent/capture/cpu.h"
+#include "agent/capture/history.h"
 #include "agent/unwind/unwind.h"
 
 static const holmes__timed_vt *const timed_vts[] = {&holmes__cpu_timed_vt, &holmes__wall_timed_vt};
@@ -177,9 +178,12 @@ static void capture_history(holmes__job *job)
     holmes__capture_stats st = {0};
     int rc = holmes__cpu_history_profile(&pb, &st);
     if (rc != 0) {
-        note(&job->info, "history: %s",
-             rc == HOLMES_ENOENT ? "the CPU history is off ([agent] history = 0s)"
-                                 : holmes_strerror(rc));
+        const char *why = holmes_strerror(rc);
+        if (!holmes__history_running())
+            why = "the CPU history is off ([agent] history = 0s)";
+        else if (rc == HOLMES_ENOENT)
+            why = "no CPU was used in the seconds it holds";
+        note(&job->info, "history: %s", why);
         holmes__buf_free(&pb);
         return;
     }

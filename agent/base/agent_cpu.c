@@ -92,15 +92,15 @@ uint64_t holmes__agent_cpu_ns(void)
  * The process clock less the agent's threads (`agent_ns` from
  * holmes__agent_cpu_ns(), read just before `process_ns`), never less than
  * the value returned before: the readings are taken outside this lock (the
- * process clock by the sampler, O(1) with its timer armed). The agent's clocks and the process clock cannot be read
- * at one instant: the reading thread (the watchdog, an agent thread) burns a
- * few microseconds between them that the process clock counts and the
- * agent's sum does not, a different few each time. In an idle service the
- * difference of two readings is then that jitter alone, negative about half
- * the time (measured: 98 of 199 readings), and a tick that saw the service's
- * CPU go backwards was dropped as invalid: the cpu metric's warmup silently
- * took about twice its samples, and a burst in the first seconds after
- * warmup was never judged.
+ * process clock by the sampler, O(1) with its timer armed). The agent's
+ * clocks and the process clock cannot be read at one instant: the reading
+ * thread (the watchdog, an agent thread) burns a few microseconds between
+ * them that the process clock counts and the agent's sum does not, a
+ * different few each time. In an idle service the difference of two readings
+ * is then that jitter alone, negative about half the time (measured: 98 of
+ * 199 readings), and a tick that saw the service's CPU go backwards was
+ * dropped as invalid: the cpu metric's warmup silently took about twice its
+ * samples, and a burst in the first seconds after warmup was never judged.
  */
 uint64_t holmes__agent_cpu_service_ns(uint64_t agent_ns, uint64_t process_ns)
 {

@@ -88,6 +88,14 @@ def main():
         for ev in events:
             check(ev.get("clause") == "abs" and ev.get("value", 0) >= 1,
                   "memory-events: clause %r value %r" % (ev.get("clause"), ev.get("value")))
+            # The CPU history (on by default) comes with it: what ran before the limit.
+            files = ev.get("files", [])
+            check("history" in ev.get("captures", []) and "heap" in ev.get("captures", []),
+                  "memory-events captures: %r" % ev.get("captures"))
+            check(any(f.endswith(".cpu.pb.gz") for f in files) or
+                  "history:" in ev.get("notes", ""),
+                  "memory-events: no CPU history file nor a note why: %r %r" %
+                  (files, ev.get("notes")))
         check("the memory limit was hit" in p.stderr, "no log line for the limit: " + p.stderr[-800:])
     finally:
         w.cleanup()
