@@ -13,6 +13,7 @@
 
 #include "agent/capture/cpu.h"
 #include "agent/capture/history.h"
+#include "agent/capture/mmap.h"
 #include "agent/unwind/unwind.h"
 
 static const holmes__timed_vt *const timed_vts[] = {&holmes__cpu_timed_vt, &holmes__wall_timed_vt};
@@ -141,6 +142,34 @@ static void capture_heap(holmes__job *job)
         holmes__buf_free(&base);
 }
 
+/* Where the RSS is (memory.txt and the event's memory object), and the sampled mmaps. */
+static void capture_memory(holmes__job *job)
+{
+    holmes__buf txt = {0}, pb = {0}, base = {0};
+    holmes__capture_stats st = {0};
+    int rc = holmes__memory_capture(&txt, &job->info.memory, &st);
+    if (rc != 0) {
+        note(&job->info, "memory: %s", holmes_strerror(rc));
+        holmes__buf_free(&txt);
+        return;
+    }
+    record_stats(job, HOLMES_CAPTURE_MEMORY, &st);
+    add_file(job, HOLMES_FILE_MEMORY_TXT, &txt);
+    if (!holmes__heap_enabled())
+        return; /* mmap sampling rides on the heap sampler */
+    rc = holmes__mmap_profile(&pb, &st);
+    if (rc != 0) {
+        note(&job->info, "mmap: %s", holmes_strerror(rc));
+        holmes__buf_free(&pb);
+        return;
+    }
+    add_profile(job, HOLMES_FILE_MMAP_PB, HOLMES_FILE_MMAP_SVG, &pb);
+    if (holmes__mmap_baseline_profile(&base) == 0)
+        add_file(job, HOLMES_FILE_MMAP_BASE_PB, &base);
+    else
+        holmes__buf_free(&base);
+}
+
 static void capture_threads(holmes__job *job)
 {
     holmes__buf pb = {0}, txt = {0};
@@ -198,6 +227,7 @@ static const struct {
 } instants[] = {
     {HOLMES_CAPTURE_HISTORY, capture_history},
     {HOLMES_CAPTURE_HEAP, capture_heap},
+    {HOLMES_CAPTURE_MEMORY, capture_memory},
     {HOLMES_CAPTURE_THREADS, capture_threads},
     {HOLMES_CAPTURE_FDS, capture_fds},
 };

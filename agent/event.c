@@ -73,8 +73,9 @@ static void write_files(holmes__json *j, const holmes__dump *d, const holmes__ev
             holmes__json_string(j, NULL, name);
         }
     } else {
-        const char *suffixes[16];
-        int n = holmes__capture_suffixes(info->baseline, info->captures, suffixes, 16);
+        const char *suffixes[HOLMES_FILE_COUNT];
+        int n = holmes__capture_suffixes(info->baseline, info->captures, suffixes,
+                                         HOLMES_FILE_COUNT);
         for (int i = 0; i < n; i++) {
             snprintf(name, sizeof(name), "%s.%s", d->stem, suffixes[i]);
             holmes__json_string(j, NULL, name);
@@ -139,6 +140,8 @@ void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *inf
     holmes__changed_json(&j, "changed", cpu ? &info->changed : &info->heap_changed);
     if (cpu)
         holmes__changed_json(&j, "heap_changed", &info->heap_changed);
+    if (info->memory.valid)
+        holmes__memory_json(&j, &info->memory);
     write_files(&j, d, info);
     holmes__json_string(&j, "stem", d->stem);
     holmes__json_end_object(&j);

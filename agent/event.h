@@ -10,6 +10,7 @@
 
 #include "agent/capture/capture.h"
 #include "agent/capture/changed.h"
+#include "agent/capture/memory.h"
 #include "agent/sample/sample.h"
 #include "reporters/dump.h"
 #include "rules/config.h"
@@ -45,6 +46,7 @@ typedef struct holmes__event_info {
     holmes__capture_stats stats[HOLMES_CAPTURE_COUNT];
     bool has_stats[HOLMES_CAPTURE_COUNT];
     holmes__changed changed, heap_changed; /* what the trigger changed (cpu, heap) */
+    holmes__memory_summary memory; /* the memory capture's figures, when valid */
 } holmes__event_info;
 
 /*

@@ -165,6 +165,8 @@ static void fill_info(const holmes__watchdog *w, const holmes__rule_cfg *rule,
     }
     info->wall_ns = holmes__wall_ns();
     info->captures = rule ? captures_of_rule(rule) : manual_captures(&w->cfg);
+    if (info->captures & (1u << HOLMES_CAPTURE_HEAP)) /* every heap capture brings memory.txt */
+        info->captures |= 1u << HOLMES_CAPTURE_MEMORY;
     info->status = info->captures ? HOLMES_EVENT_CAPTURING : HOLMES_EVENT_COMPLETE;
 }
 
@@ -249,12 +251,14 @@ static void fire(void *ud, const holmes__rule_cfg *rule, holmes__clause clause, 
 
 static void maybe_take_baseline(holmes__watchdog *w)
 {
-    if (w->baseline_taken || !w->cfg.baseline || !holmes__heap_enabled())
+    if (w->baseline_taken || !w->cfg.baseline)
         return;
     if (holmes__tick_samples(&w->judge, HOLMES_METRIC_MEM) < (uint64_t)w->cfg.warmup)
         return;
     w->baseline_taken = true;
-    if (holmes__heap_take_baseline() == 0)
+    if (holmes__memory_take_baseline() == 0) /* the RSS breakdown and the sampled mmaps */
+        holmes__log(HOLMES_LOG_DEBUG, "memory baseline taken");
+    if (holmes__heap_enabled() && holmes__heap_take_baseline() == 0)
         holmes__log(HOLMES_LOG_DEBUG, "heap baseline taken");
 }
 

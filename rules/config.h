@@ -35,6 +35,7 @@ typedef enum holmes__capture {
     HOLMES_CAPTURE_FDS,
     HOLMES_CAPTURE_WALL,
     HOLMES_CAPTURE_HISTORY, /* the CPU history's ring alone (agent/capture/history.h) */
+    HOLMES_CAPTURE_MEMORY, /* where the RSS is (agent/capture/memory.c); also with every heap capture */
     HOLMES_CAPTURE_COUNT
 } holmes__capture;
 

@@ -15,7 +15,7 @@ static const char *const metric_names[] = {
     "cpu", "mem", "threads", "fds", "heap", "mem_pressure", "cpu_pressure", NULL,
 };
 static const char *const capture_names[] = {
-    "auto", "none", "cpu", "heap", "threads", "fds", "wall", "history", NULL,
+    "auto", "none", "cpu", "heap", "threads", "fds", "wall", "history", "memory", NULL,
 };
 static const char *const mem_source_names[] = {"rss", "cgroup", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
@@ -223,8 +223,8 @@ const holmes__key holmes__keys[] = {
      RULE(cooldown_ms), "no second firing of this rule before this long"},
     {HOLMES_SEC_RULE, "capture", HOLMES_KT_ENUM, 0, "auto", NULL, 0, 0, capture_names, NULL,
      RULE(capture),
-     "what a firing captures; auto: cpu->cpu, mem/heap/mem_pressure->heap, "
-     "cpu_pressure->cpu, threads->threads, fds->fds"},
+     "what a firing captures (heap also brings memory); auto: cpu->cpu, "
+     "mem/heap/mem_pressure->heap, cpu_pressure->cpu, threads->threads, fds->fds"},
     {HOLMES_SEC_RULE, "wake", HOLMES_KT_BOOL, 0, "false", NULL, 0, 0, NULL, NULL, RULE(wake),
      "mem_pressure and cpu_pressure only: a kernel PSI trigger wakes the watchdog between ticks"},
     {HOLMES_SEC_RULE, "duration", HOLMES_KT_DURATION, 0, "5s", NULL, 1000, 300000, NULL, NULL,

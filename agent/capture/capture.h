@@ -35,6 +35,10 @@ typedef enum holmes__file_id {
     HOLMES_FILE_WALL_SVG,
     HOLMES_FILE_HISTORY_PB, /* capture = history alone: a CPU profile of the ring */
     HOLMES_FILE_HISTORY_SVG,
+    HOLMES_FILE_MEMORY_TXT,
+    HOLMES_FILE_MMAP_PB,
+    HOLMES_FILE_MMAP_SVG,
+    HOLMES_FILE_MMAP_BASE_PB,
     HOLMES_FILE_COUNT
 } holmes__file_id;
 

@@ -21,6 +21,10 @@ const holmes__capture_file holmes__capture_files[HOLMES_FILE_COUNT] = {
     PROFILE(HOLMES_FILE_WALL, HOLMES_CAPTURE_WALL, "wall"),
     /* The CPU history alone is a CPU profile too (agent/capture/history.h). */
     PROFILE(HOLMES_FILE_HISTORY, HOLMES_CAPTURE_HISTORY, "cpu"),
+    /* Where the RSS is, and the sampled anonymous mmaps (with their baseline). */
+    [HOLMES_FILE_MEMORY_TXT] = {HOLMES_CAPTURE_MEMORY, "memory.txt", "", false},
+    PROFILE(HOLMES_FILE_MMAP, HOLMES_CAPTURE_MEMORY, "mmap"),
+    [HOLMES_FILE_MMAP_BASE_PB] = {HOLMES_CAPTURE_MEMORY, "mmap-base.pb.gz", "mmap-base", true},
 };
 
 int holmes__capture_suffixes(bool baseline, uint32_t captures, const char **out, int cap)

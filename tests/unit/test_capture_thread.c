@@ -99,8 +99,8 @@ static const seen *delivered(const char *stem)
 /* The suffixes in `have` are those the table lists for `captures` (order aside). */
 static bool files_of(const seen *have, uint32_t captures)
 {
-    const char *want[16];
-    int n = holmes__capture_suffixes(false, captures, want, 16), found = 0;
+    const char *want[HOLMES_FILE_COUNT];
+    int n = holmes__capture_suffixes(false, captures, want, HOLMES_FILE_COUNT), found = 0;
     for (int i = 0; i < n; i++) {
         const char *at = strstr(have->files, want[i]);
         found += at && (at == have->files || at[-1] == ' ');
