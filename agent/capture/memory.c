@@ -111,6 +111,30 @@ static bool glibc_arena_heap(const walk *w, const mapping *m)
            hdr[3] <= GLIBC_HEAP_MAX;
 }
 
+/*
+ * A glibc thread's stack holds its struct pthread at the top, which starts
+ * with the TCB header: tcb and self both point at the header itself. Other
+ * anonymous memory right above a PROT_NONE mapping (a merged mmap above an
+ * arena's reserve) has no such words.
+ */
+static bool holds_thread_control_block(const walk *w, const mapping *m)
+{
+    if (w->root[0])
+        return true;     /* a fixture: the guard below is all there is to go by */
+    uintptr_t top[1024]; /* the top 8 KiB: struct pthread is about 2.3 KiB */
+    size_t bytes = m->end - m->start < sizeof(top) ? m->end - m->start : sizeof(top);
+    uintptr_t from = m->end - bytes;
+    struct iovec local = {top, bytes}, remote = {(void *)from, bytes};
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)bytes)
+        return false;
+    for (size_t i = 0; i + 2 < bytes / sizeof(uintptr_t); i++) {
+        uintptr_t at = from + i * sizeof(uintptr_t);
+        if (top[i] == at && top[i + 2] == at)
+            return true;
+    }
+    return false;
+}
+
 static bool shmem_name(const char *name)
 {
     return !strncmp(name, "/dev/shm/", 9) || !strncmp(name, "/SYSV", 5) ||
@@ -140,7 +164,7 @@ static int classify(const walk *w, const mapping *m)
         return K_ARENA;
     /* pthread stacks: the guard is the PROT_NONE mapping right below. */
     if (m->perms[1] == 'w' && p && p->end == m->start && anonymous(p) &&
-        !strncmp(p->perms, "---", 3))
+        !strncmp(p->perms, "---", 3) && holds_thread_control_block(w, m))
         return K_STACK;
     return m->perms[3] == 's' ? K_ANON_SHARED : K_ANON;
 }

@@ -1,0 +1,88 @@
+"""Helpers for the memory capture tests: the event's memory object against
+/proc/PID/smaps_rollup read by the test itself, and waiting for a dump."""
+import glob
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from holmes_test import check, pprof  # noqa: E402
+
+# Parts of the RSS the capture sorts every mapping into; they add up to Rss.
+PARTITION = ("allocator_resident", "anon_mmap", "thread_stacks", "file_code", "file_data",
+             "shmem", "agent", "other")
+# The anonymous ones (shared anonymous memory is shmem to the kernel).
+ANONYMOUS = ("brk_heap", "arena_heaps", "anon_private", "thread_stacks", "agent")
+
+
+def rollup(pid):
+    """smaps_rollup's fields, in bytes."""
+    out = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            m = re.match(r"(\w+):\s+(\d+) kB", line)
+            if m:
+                out[m.group(1)] = int(m.group(2)) * 1024
+    return out
+
+
+def near(a, b, share=0.05, floor=1 << 20):
+    """Within `share` of the larger, or within `floor` bytes for small figures."""
+    return abs(a - b) <= max(share * max(a, b), floor)
+
+
+def check_against_rollup(memory, pid, what):
+    """Every figure of the event's memory object against the kernel's own totals."""
+    r = rollup(pid)
+    b = {k: v["bytes"] for k, v in memory.items() if isinstance(v, dict) and "bytes" in v}
+    check(near(b["rss"], r["Rss"]), "%s: rss %d vs smaps_rollup Rss %d" % (what, b["rss"], r["Rss"]))
+    check(near(b["anonymous"], r["Anonymous"]),
+          "%s: anonymous %d vs Anonymous %d" % (what, b["anonymous"], r["Anonymous"]))
+    check(near(b["swap"], r.get("Swap", 0)), "%s: swap %d vs Swap %d" % (what, b["swap"], r.get("Swap", 0)))
+    parts = sum(b[k] for k in PARTITION)
+    check(near(parts, r["Rss"]), "%s: the parts add up to %d, Rss is %d (%s)" % (
+        what, parts, r["Rss"], {k: b[k] for k in PARTITION}))
+    anon = sum(b[k] for k in ANONYMOUS)
+    check(near(anon, r["Anonymous"]), "%s: the anonymous parts add up to %d, Anonymous is %d" % (
+        what, anon, r["Anonymous"]))
+    # The allocator's split of its own memory: in use plus free is what it holds.
+    check(b["allocator_free"] <= b["allocator_resident"],
+          "%s: allocator free %d > resident %d" % (what, b["allocator_free"], b["allocator_resident"]))
+    estimates = ("malloc_in_use", "allocator_in_use", "mmap_sampled")  # not pages the kernel counts
+    for k, v in b.items():
+        if k not in estimates:
+            check(0 <= v <= 1.05 * (r["Rss"] + r.get("Swap", 0)) + (1 << 20),
+                  "%s: %s = %d is beyond the process's memory" % (what, k, v))
+    return r
+
+
+def wait_event(workdir, pattern="*.json", timeout=90):
+    """The first event whose captures are done and which holds a memory object."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in sorted(glob.glob(os.path.join(workdir.dumps, pattern))):
+            try:
+                with open(path) as f:
+                    ev = json.load(f)
+            except (OSError, ValueError):
+                continue
+            done = ev.get("status") != "capturing" and "memory" in ev
+            # The event is written first; its files follow through the same reporter.
+            if done and all(os.path.exists(os.path.join(workdir.dumps, f)) for f in ev["files"]):
+                return path, ev
+        time.sleep(0.2)
+    return None, None
+
+
+UNITS = {"": 1, "B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def flat_bytes(profile, function, sample_index):
+    """The flat value (bytes, or a count) pprof gives one function, or None."""
+    for line in pprof(["-sample_index=" + sample_index, profile]).splitlines():
+        m = re.match(r"\s*([\d.]+)(B|kB|MB|GB|TB|)\s+[\d.]+%\s+[\d.]+%\s+\S+\s+[\d.]+%\s+(\S+)", line)
+        if m and m.group(3) == function:
+            return float(m.group(1)) * UNITS[m.group(2)]
+    return None
