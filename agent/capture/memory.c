@@ -229,6 +229,8 @@ static void finish_mapping(walk *w)
         f->nstacks++;
     if (m->kind == K_ARENA)
         f->narena_heaps++;
+    if (m->kind == K_FILE_CODE || m->kind == K_FILE_DATA)
+        f->file_cow += m->anon;
     if (w->top)
         consider_top(w, m);
     if (w->record) {
@@ -506,7 +508,10 @@ static void split_anonymous(holmes__memory_figures *f)
     }
     f->alloc_free = f->alloc_resident > f->alloc_inuse ? f->alloc_resident - f->alloc_inuse : 0;
     f->anon_mmap = pool - f->alloc_resident + f->anon_shared;
-    f->malloc_inuse = f->heap_on ? holmes__heap_inuse_bytes() : f->alloc_inuse;
+    /* The sampler sees no allocation made before it started, nor one it does not
+     * interpose: the allocator's own count, when larger, is the better figure. */
+    f->malloc_sampled = f->heap_on ? holmes__heap_inuse_bytes() : 0;
+    f->malloc_inuse = f->malloc_sampled > f->alloc_inuse ? f->malloc_sampled : f->alloc_inuse;
 }
 
 static int measure(walk *w)
@@ -782,9 +787,10 @@ static void text_row(holmes__buf *b, const holmes__memory_summary *s, const char
 
 static void text_allocators(holmes__buf *b, const holmes__memory_figures *f)
 {
-    holmes__buf_printf(b, "\nallocator serving malloc: %s (malloc in use from %s)\n",
-                       allocator_name(f->allocator),
-                       f->heap_on ? "the heap sampler's estimate" : "the allocator");
+    holmes__buf_printf(b,
+                       "\nallocator serving malloc: %s (malloc in use: the larger of its own count "
+                       "and the heap sampler's estimate)\n",
+                       allocator_name(f->allocator));
     if (f->has_glibc)
         holmes__buf_printf(
             b,
@@ -840,8 +846,10 @@ static void write_text(holmes__buf *b, const holmes__memory_summary *s)
     text_row(b, s, "glibc arena heaps", n->arenas, o->arenas);
     text_row(b, s, "other private anonymous", n->anon_other, o->anon_other);
     text_row(b, s, "shared anonymous", n->anon_shared, o->anon_shared);
+    text_row(b, s, "file mappings' private copies", n->file_cow, o->file_cow);
     text_row(b, s, "allocator resident", n->alloc_resident, o->alloc_resident);
     text_row(b, s, "allocator in use (its own count)", n->alloc_inuse, o->alloc_inuse);
+    text_row(b, s, "malloc (heap sampler's estimate)", n->malloc_sampled, o->malloc_sampled);
     text_row(b, s, "mmap calls (sampled estimate)", n->mmap_sampled, o->mmap_sampled);
     holmes__buf_printf(
         b, "  %" PRIu64 " mappings, %" PRIu64 " thread stacks, %" PRIu64 " glibc arena heaps\n",
@@ -992,11 +1000,12 @@ void holmes__memory_json(holmes__json *j, const holmes__memory_summary *s)
     json_figure(j, s, "arena_heaps", n->arenas, o->arenas);
     json_figure(j, s, "anon_private", n->anon_other, o->anon_other);
     json_figure(j, s, "anon_shared", n->anon_shared, o->anon_shared);
+    json_figure(j, s, "file_cow", n->file_cow, o->file_cow);
     json_figure(j, s, "allocator_resident", n->alloc_resident, o->alloc_resident);
     json_figure(j, s, "allocator_in_use", n->alloc_inuse, o->alloc_inuse);
+    json_figure(j, s, "malloc_sampled", n->malloc_sampled, o->malloc_sampled);
     json_figure(j, s, "mmap_sampled", n->mmap_sampled, o->mmap_sampled);
     holmes__json_string(j, "allocator", allocator_name(n->allocator));
-    holmes__json_bool(j, "malloc_in_use_sampled", n->heap_on);
     holmes__json_uint(j, "arenas", n->narenas);
     holmes__json_uint(j, "threads_with_stacks", n->nstacks);
     holmes__json_uint(j, "mappings", n->nmappings);

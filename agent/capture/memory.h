@@ -30,11 +30,13 @@ typedef struct holmes__memory_figures {
     /* the smaps walk: a partition of the RSS by what the mapping is */
     uint64_t brk_heap, arenas, stacks, anon_other, anon_shared, file_code, file_data, shmem, agent,
         other;
+    uint64_t file_cow; /* of file_code and file_data: private copies (written .data, relocations) */
     uint64_t nstacks, nmappings, narena_heaps;
     /* the allocator serving malloc, and what each allocator present says */
     holmes__mem_allocator allocator;
     bool heap_on;
-    uint64_t malloc_inuse;   /* the heap sampler's estimate (heap_on), else the allocator's own */
+    uint64_t malloc_inuse; /* the larger of the allocator's own count and the sampler's estimate */
+    uint64_t malloc_sampled; /* the heap sampler's estimate (0 when heap profiling is off) */
     uint64_t alloc_inuse;    /* the allocator's own count of bytes in use */
     uint64_t alloc_resident; /* anonymous memory the allocator holds */
     uint64_t alloc_free;     /* of which not in use: free lists, dirty and retained pages */

@@ -13,8 +13,9 @@ from holmes_test import check, pprof  # noqa: E402
 # Parts of the RSS the capture sorts every mapping into; they add up to Rss.
 PARTITION = ("allocator_resident", "anon_mmap", "thread_stacks", "file_code", "file_data",
              "shmem", "agent", "other")
-# The anonymous ones (shared anonymous memory is shmem to the kernel).
-ANONYMOUS = ("brk_heap", "arena_heaps", "anon_private", "thread_stacks", "agent")
+# The anonymous pages (shared anonymous memory is shmem to the kernel; written
+# pages of private file mappings are anonymous to it).
+ANONYMOUS = ("brk_heap", "arena_heaps", "anon_private", "thread_stacks", "agent", "file_cow")
 
 
 def rollup(pid):
@@ -50,7 +51,7 @@ def check_against_rollup(memory, pid, what):
     # The allocator's split of its own memory: in use plus free is what it holds.
     check(b["allocator_free"] <= b["allocator_resident"],
           "%s: allocator free %d > resident %d" % (what, b["allocator_free"], b["allocator_resident"]))
-    estimates = ("malloc_in_use", "allocator_in_use", "mmap_sampled")  # not pages the kernel counts
+    estimates = ("malloc_in_use", "allocator_in_use", "malloc_sampled", "mmap_sampled")  # not pages the kernel counts
     for k, v in b.items():
         if k not in estimates:
             check(0 <= v <= 1.05 * (r["Rss"] + r.get("Swap", 0)) + (1 << 20),
