@@ -5,7 +5,8 @@ the agent has taken its baseline; a manual dump (or, for thread stacks, a
 threads rule with capture = memory) then writes memory.txt and the event's
 memory object, whose verdict must name the part that grew:
 
-  leak    malloc in use, and heap.pb.gz names grow_leak
+  leak    malloc in use, and heap.pb.gz names grow_leak; with jemalloc
+          preloaded, its own mmap'd extents stay out of mmap.pb.gz
   frag    allocator free memory (fragmentation) in N arenas
   mmap    anonymous mmap, and mmap.pb.gz names map_pool with 200 MiB within 10%
   stacks  thread stacks, in about 500 threads
@@ -24,8 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, prog, pprof_top  # noqa: E402
-from memory_util import check_against_rollup, flat_bytes, wait_event  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, pprof, pprof_top, prog  # noqa: E402
+from memory_util import UNITS, check_against_rollup, flat_bytes, wait_event  # noqa: E402
 
 INI = """
 [agent]
@@ -73,12 +74,12 @@ def read_line(p, prefix, timeout=120):
     return None
 
 
-def run_shape(shape, extra=""):
-    """Grows one shape; returns (workdir, event, memory.txt text, pid, process)."""
+def run_shape(shape, extra="", env=None):
+    """Grows one shape; returns (workdir, event path, event, process)."""
     wd = Workdir()
     ini = wd.write_ini((INI + extra).replace("@DIR@", wd.path))
     p = subprocess.Popen([prog("memory_shapes"), ini, shape], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
     log = os.path.join(wd.path, "agent.log")
     check(read_line(p, "memory_shapes: started") is not None, shape + ": did not start")
     check(wait_log(log, "memory baseline taken"), shape + ": no memory baseline in the log")
@@ -130,6 +131,32 @@ def leak():
         heap = path[:-len(".json")] + ".heap.pb.gz"
         top = [row[5] for row in pprof_top(heap, "inuse_space")[:3]]
         check("grow_leak" in top, "leak: heap profile's top is %s" % top)
+    stop(p)
+    wd.cleanup()
+
+
+def leak_under_jemalloc():
+    """jemalloc maps its extents through the PLT: those mappings are the allocator's own."""
+    lib = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    if not os.path.exists(lib):
+        print("leak under jemalloc: left out, %s is not installed (scripts/deps.sh)" % lib)
+        return
+    wd, path, ev, p = run_shape("leak", env={"LD_PRELOAD": lib})
+    if ev:
+        m = common_checks("leak/jemalloc", path, ev, p)
+        check(m["allocator"] == "jemalloc" and m["jemalloc"]["allocated"] > 190 * MIB,
+              "leak/jemalloc: allocator %s, %s" % (m["allocator"], m.get("jemalloc")))
+        check(re.search(r"since baseline: malloc in use \+\d+ MiB", m["verdict"]),
+              "leak/jemalloc: verdict does not lead with malloc in use: " + m["verdict"])
+        prof = path[:-len(".json")] + ".mmap.pb.gz"
+        out = pprof(["-sample_index=mmap_inuse_space", prof])
+        total = re.search(r"of ([\d.]+)(B|kB|MB|GB) total", out)
+        mapped = float(total.group(1)) * UNITS[total.group(2)] if total else 0
+        check(mapped < 10 * MIB, "leak/jemalloc: the mmap profile counts %d bytes of jemalloc's "
+              "own extents" % mapped)
+        own = re.search(r"(\d+) left out as the allocator's own", out)
+        check(own and int(own.group(1)) > 0, "leak/jemalloc: no mapping left out as jemalloc's: " +
+              out[:600])
     stop(p)
     wd.cleanup()
 
@@ -189,6 +216,7 @@ def stacks():
 
 if not SANITIZE:
     leak()
+    leak_under_jemalloc()
     frag()
 else:
     print("leak, frag: left out under %s (its allocator replaces glibc's malloc)" % SANITIZE)
