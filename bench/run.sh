@@ -32,6 +32,9 @@ else
     TICK_N=20000 TICK_WHOLE_S=10 IDLE_S=5 CPU_UNITS=24 MICRO_OPS=3000000 SQL_ROWS=300000 GIB_MIB=1024
 fi
 CG_TICK_N=300 CG_MICRO_OPS=200000 CG_SQL_ROWS=20000
+# mmap pairs: 1M per CPU-time run is about a minute here (page faults), so --quick takes 200k.
+if ((QUICK)); then MMAP_PAIRS=200000; else MMAP_PAIRS=1000000; fi
+CG_MMAP_PAIRS=20000 MAPPINGS=50000
 # gperftools' HEAPPROFILE records every allocation and heaptrack every call:
 # 10x to 300x slower, so they run once, after the repeated modes.
 FAST_MODES="none ours tcmalloc tcmalloc-sample"
@@ -60,7 +63,8 @@ done
 build() {
     [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >>"$LOG"
     cmake --build "$BUILD" -j2 --target holmes bench_tick bench_tick_whole bench_idle bench_cpu plain_idle \
-        plain_heap_micro plain_heap_gib bench_fork >>"$LOG"
+        plain_heap_micro plain_heap_gib bench_fork \
+        plain_mmap_pairs bench_memory_capture >>"$LOG"
 }
 
 # ---- arithmetic and table helpers ----
@@ -394,6 +398,51 @@ bench_tick_whole() {
     say "$(grep '^armed' <<<"$out")"
 }
 
+# ---- 4. mmap interposition and the memory capture ----
+
+# Instructions of the main thread inside pairs() (callgrind --toggle-collect):
+# the cost the interposition puts on the service's own thread, without the
+# agent's start, which the sqlite row measures.
+mmap_instructions() {
+    local mode=$1 fill=$2 dir env=env
+    dir=$(mktemp -d "$OUT/cg.XXXXXX")
+    [[ $mode == ours ]] && env="env HOLMES_INHERIT=1 LD_PRELOAD=$LIBHOLMES HOLMES_CONFIG=$SRC/bench/mmap.ini"
+    $env valgrind --tool=callgrind --toggle-collect=pairs --callgrind-out-file="$dir/cg.%p" \
+        "$BUILD/bench/plain_mmap_pairs" "$CG_MMAP_PAIRS" "$fill" >>"$LOG" 2>&1
+    cat "$dir"/cg.* | awk '/^totals:/ { s += $2 } END { print s }'
+}
+
+bench_mmap() {
+    say "== 4a. mmap interposition: ${MMAP_PAIRS} mmap/munmap pairs of 4..64 KiB (sampling at 512 KiB, bench/mmap.ini)"
+    local bin=$BUILD/bench/plain_mmap_pairs nc=() oc=() r line fill
+    for ((r = 0; r < REPS; r++)); do
+        line=$("$bin" "$MMAP_PAIRS" touch | tail -1); say "none $line"; nc+=("$(awk '{ print $9 }' <<<"$line")")
+        line=$(env LD_PRELOAD="$LIBHOLMES" HOLMES_CONFIG="$SRC/bench/mmap.ini" "$bin" "$MMAP_PAIRS" touch | tail -1)
+        say "ours $line"; oc+=("$(awk '{ print $9 }' <<<"$line")")
+    done
+    local mnc moc
+    mnc=$(median "${nc[@]}"); moc=$(median "${oc[@]}")
+    say "mmap pairs CPU time: none $mnc s, holmes $moc s ($(pct "$moc" "$mnc")); none's spread $(spread "${nc[@]}")"
+    row "mmap pairs (touch): CPU time vs none" "$(pct "$moc" "$mnc") (noise $(spread "${nc[@]}"))" "-" "info"
+    for fill in touch fill; do
+        local cn co
+        cn=$(mmap_instructions none "$fill"); co=$(mmap_instructions ours "$fill")
+        say "mmap pairs ($fill) instructions of the service's thread: none $cn, holmes $co ($(ratio "$co" "$cn")x," \
+            "$(calc "($co - $cn) / $CG_MMAP_PAIRS") per pair)"
+        row "mmap pairs ($fill): instructions vs none" "$(ratio "$co" "$cn")x ($(calc "($co - $cn) / $CG_MMAP_PAIRS") per pair)" \
+            "<= 1.05x" "$(verdict "$co / $cn <= 1.05")"
+    done
+}
+
+bench_memory_capture() {
+    say "== 4b. a memory capture of a process with ${MAPPINGS} mappings"
+    local line
+    line=$("$BUILD/bench/bench_memory_capture" "$MAPPINGS" | head -1)
+    say "$line"
+    row "memory capture, ${MAPPINGS} mappings" "$(sed -E 's/.*(wall [0-9.]+ ms), (cpu [0-9.]+ ms), (peak_bytes [0-9]+).*(VmHWM growth [0-9]+ KiB).*/\1, \2, \3, \4/' <<<"$line")" \
+        "bounded (64 KiB + 24 B per mapping)" "info"
+}
+
 summary() {
     say ""
     say "== summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), reps $REPS)"
@@ -426,4 +475,6 @@ bench_heap_micro
 bench_sqlite
 bench_heap_gib
 bench_fork
+bench_mmap
+bench_memory_capture
 summary
