@@ -34,9 +34,8 @@ def near(a, b, share=0.05, floor=1 << 20):
     return abs(a - b) <= max(share * max(a, b), floor)
 
 
-def check_against_rollup(memory, pid, what):
-    """Every figure of the event's memory object against the kernel's own totals."""
-    r = rollup(pid)
+def check_against_rollup(memory, r, what):
+    """Every figure of the event's memory object against the kernel's own totals (r: rollup())."""
     b = {k: v["bytes"] for k, v in memory.items() if isinstance(v, dict) and "bytes" in v}
     check(near(b["rss"], r["Rss"]), "%s: rss %d vs smaps_rollup Rss %d" % (what, b["rss"], r["Rss"]))
     check(near(b["anonymous"], r["Anonymous"]),
@@ -56,7 +55,18 @@ def check_against_rollup(memory, pid, what):
         if k not in estimates:
             check(0 <= v <= 1.05 * (r["Rss"] + r.get("Swap", 0)) + (1 << 20),
                   "%s: %s = %d is beyond the process's memory" % (what, k, v))
-    return r
+
+
+def rollup_after_capture(log, pid, timeout=90):
+    """smaps_rollup read as soon as the agent logs its memory capture (log_level = debug):
+    the rest of a dump (a 5 s CPU profile, encoding) must not move the figures."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(log) and "memory capture:" in open(log).read():
+            return rollup(pid)
+        time.sleep(0.05)
+    check(False, "no memory capture in the log " + log)
+    return rollup(pid)
 
 
 def wait_event(workdir, pattern="*.json", timeout=90):

@@ -12,7 +12,7 @@ memory object, whose verdict must name the part that grew:
   stacks  thread stacks, in about 500 threads
 
 Every figure of the memory object is also checked against
-/proc/PID/smaps_rollup, read here while the program stands still.
+/proc/PID/smaps_rollup, read here as soon as the agent logs the capture.
 Sanitizer builds compile the malloc and mmap interposition out and bring
 their own allocator: there the profiles are not checked, and the shapes
 that depend on glibc's malloc (leak, frag) are left out.
@@ -26,7 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import SANITIZE, Workdir, check, finish, pprof, pprof_top, prog  # noqa: E402
-from memory_util import UNITS, check_against_rollup, flat_bytes, wait_event  # noqa: E402
+from memory_util import (UNITS, check_against_rollup, flat_bytes, rollup_after_capture,  # noqa: E402
+                         wait_event)
 
 INI = """
 [agent]
@@ -88,6 +89,7 @@ def run_shape(shape, extra="", env=None):
     check(read_line(p, "memory_shapes: grown") is not None, shape + ": did not grow")
     if not extra:
         os.kill(p.pid, signal.SIGUSR2)
+    run_shape.rollup = rollup_after_capture(log, p.pid)
     path, ev = wait_event(wd)
     check(ev is not None, shape + ": no event with a memory object in " + wd.dumps)
     return wd, path, ev, p
@@ -117,7 +119,7 @@ def common_checks(shape, path, ev, p):
         shape, first, m["verdict"]))
     check(m["baseline"], shape + ": the capture had no baseline")
     check("memory" in ev["captures"], shape + ": captures %s" % ev["captures"])
-    check_against_rollup(m, p.pid, shape)
+    check_against_rollup(m, run_shape.rollup, shape)
     print("%s: %s" % (shape, m["verdict"]))
     return m
 

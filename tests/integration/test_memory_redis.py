@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import SANITIZE, Workdir, check, finish  # noqa: E402
-from memory_util import check_against_rollup, near, wait_event  # noqa: E402
+from memory_util import check_against_rollup, near, rollup_after_capture, wait_event  # noqa: E402
 from ops_util import Service, preload_env  # noqa: E402
 
 INI = """
@@ -31,6 +31,8 @@ interval = 200ms
 window = 2
 warmup = 3
 dump_signal = SIGUSR2
+log_level = debug
+log = @DIR@/agent.log
 [heap]
 sample_bytes = 64KiB
 [reporter.file]
@@ -71,7 +73,7 @@ def main():
         print("SKIPPED: redis-server under a TSan-built agent")
         sys.exit(77)
     wd = Workdir()
-    ini = wd.write_ini(INI)
+    ini = wd.write_ini(INI.replace("@DIR@", wd.path))
     port = free_port()
     svc = Service(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--dir", wd.path],
@@ -81,6 +83,7 @@ def main():
         subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", "20000", "-d", "512",
                         "-r", "100000", "-q"], capture_output=True, timeout=120)
         os.kill(svc.pid, signal.SIGUSR2)
+        r = rollup_after_capture(os.path.join(wd.path, "agent.log"), svc.pid)
         path, ev = wait_event(wd)
         check(ev is not None, "no event with a memory object in " + wd.dumps)
         if ev:
@@ -105,7 +108,7 @@ def main():
                 txt = open(path[:-len(".json")] + ".memory.txt").read()
                 check("jemalloc stats: allocated %d" % je["allocated"] in txt,
                       "memory.txt does not list jemalloc's statistics")
-            r = check_against_rollup(m, svc.pid, "redis")
+            check_against_rollup(m, r, "redis")
             if je:
                 check(je["resident"] <= r["Rss"], "jemalloc resident %d > Rss %d" % (je["resident"], r["Rss"]))
     finally:
