@@ -430,6 +430,23 @@ static void read_glibc(holmes__memory_figures *f)
 }
 
 typedef int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t);
+typedef int (*tc_prop_fn)(const char *, size_t *);
+
+/*
+ * Looked up once, when the library is loaded: dlsym holds the loader's lock,
+ * which a fork() on a service thread while the capture thread held it would
+ * leave locked in the child. An allocator dlopen'ed later is not asked.
+ */
+static mallctl_fn je_mallctl;
+static tc_prop_fn tc_get_property;
+
+__attribute__((constructor)) static void find_allocators(void)
+{
+    HOLMES_AGENT_ENTER();
+    *(void **)&je_mallctl = dlsym(RTLD_DEFAULT, "mallctl");
+    *(void **)&tc_get_property = dlsym(RTLD_DEFAULT, "MallocExtension_GetNumericProperty");
+    HOLMES_AGENT_LEAVE();
+}
 
 static uint64_t je_stat(mallctl_fn ctl, const char *name)
 {
@@ -439,8 +456,7 @@ static uint64_t je_stat(mallctl_fn ctl, const char *name)
 
 static void read_jemalloc(holmes__memory_figures *f)
 {
-    mallctl_fn ctl;
-    *(void **)&ctl = dlsym(RTLD_DEFAULT, "mallctl");
+    mallctl_fn ctl = je_mallctl;
     if (!ctl)
         return;
     /* Statistics are a snapshot refreshed by writing the epoch. */
@@ -457,8 +473,6 @@ static void read_jemalloc(holmes__memory_figures *f)
     f->je_metadata = je_stat(ctl, "stats.metadata");
 }
 
-typedef int (*tc_prop_fn)(const char *, size_t *);
-
 static uint64_t tc_stat(tc_prop_fn get, const char *name)
 {
     size_t v = 0;
@@ -467,8 +481,7 @@ static uint64_t tc_stat(tc_prop_fn get, const char *name)
 
 static void read_tcmalloc(holmes__memory_figures *f)
 {
-    tc_prop_fn get;
-    *(void **)&get = dlsym(RTLD_DEFAULT, "MallocExtension_GetNumericProperty");
+    tc_prop_fn get = tc_get_property;
     if (!get)
         return;
     f->has_tcmalloc = true;
