@@ -1,6 +1,7 @@
 /*
  * [reporter.pyroscope]: uploads every pprof profile of a final dump (the
- * heap baseline aside: it is the base of a diff, not a series of its own).
+ * baselines, heap-base and mmap-base, aside: each is the base of a diff, not
+ * a series of its own).
  *
  * api = push (the default) speaks Pyroscope's Push API with the Connect
  * protocol: one push.v1.PushRequest a profile,
@@ -480,8 +481,9 @@ static void spool_one(pyro *p, const holmes__dump *d, const holmes__dump_file *f
 {
     char kind[32];
     file_kind(f, kind, sizeof(kind));
-    /* The baseline is the base of a diff (pprof -base), not a series. */
-    if (strcmp(kind, "heap-base") == 0)
+    /* A baseline (heap-base, mmap-base) is the base of a diff (pprof -base), not a series. */
+    size_t klen = strlen(kind);
+    if (klen > 5 && strcmp(kind + klen - 5, "-base") == 0)
         return;
     holmes__buf b = {0};
     int rc = build_item(p, d, f, kind, &b);

@@ -589,14 +589,6 @@ int holmes__memory_take_baseline(void)
     return 0;
 }
 
-void holmes__memory_reset(void)
-{
-    pthread_mutex_lock(&baseline_lock);
-    holmes__buf_free(&base_maps);
-    have_baseline = false;
-    pthread_mutex_unlock(&baseline_lock);
-}
-
 /* ---- sizes in words ---- */
 
 static void human(int64_t bytes, bool sign, char *out, size_t cap)

@@ -82,8 +82,6 @@ typedef struct holmes__memory_summary {
 int holmes__memory_read(const char *root, holmes__memory_figures *out, holmes__memory_summary *top);
 /* Keeps the current figures and mappings (and the sampled mmaps) as the baseline. */
 int holmes__memory_take_baseline(void);
-/* Forgets the baseline (agent stop). */
-void holmes__memory_reset(void);
 /*
  * The capture: memory.txt into txt and the summary for the event; the
  * sampled mmap profile and its baseline are separate (holmes__mmap_*).

@@ -87,7 +87,8 @@ def test_fd_leak():
 
 
 FULL_SET = ["json", "cpu.pb.gz", "cpu.svg", "heap.pb.gz", "heap.svg", "heap-base.pb.gz",
-            "heap-growth.svg", "threads.pb.gz", "threads.svg", "threads.txt", "fds.txt"]
+            "heap-growth.svg", "threads.pb.gz", "threads.svg", "threads.txt", "fds.txt",
+            "memory.txt", "mmap.pb.gz"]
 
 
 def check_full_set(w, how):

@@ -318,11 +318,12 @@ dir = @DUMPS@
 PHASES = [
     ("burn 3", "cpu", "cpu", "abs", ["cpu"], 2),
     # RSS, not the sampler's estimate: sanitizer builds have no heap sampler.
-    ("alloc 300", "mem", "mem", "abs", ["heap"], 0),
+    # A heap capture brings the memory capture and its sampled mmaps.
+    ("alloc 300", "mem", "mem", "abs", ["heap", "mmap"], 0),
     ("threads 40 3", "threads", "threads", "abs", ["threads"], 0),
     ("fds 80 3", "wall", "fds", "abs", ["wall"], 2),
     # holmes_dump_now(): every enabled capture, wall too since a rule uses it.
-    ("dump", "manual", "manual", "manual", ["cpu", "heap", "threads", "wall"], 5),
+    ("dump", "manual", "manual", "manual", ["cpu", "heap", "mmap", "threads", "wall"], 5),
 ]
 
 # What `go tool pprof -top` must name in each kind's profile.
@@ -333,6 +334,7 @@ TOP_OF = {
     ("wall", "wall"): "clock_nanosleep",
 }
 PPROF_TYPE = {"cpu": "cpu", "heap": "inuse_space", "heap-base": "inuse_space",
+              "mmap": "mmap_inuse_space", "mmap-base": "mmap_inuse_space",
               "threads": "threads", "wall": "wall"}
 
 
