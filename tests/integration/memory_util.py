@@ -8,7 +8,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import check, pprof  # noqa: E402
+from holmes_test import SANITIZE, check, pprof  # noqa: E402
+
+# A dump's heap profile comes before the memory capture; symbolizing it is slow
+# under a sanitizer on a loaded machine.
+WAIT_S = 150 if SANITIZE else 90
 
 # Parts of the RSS the capture sorts every mapping into; they add up to Rss.
 PARTITION = ("allocator_resident", "anon_mmap", "thread_stacks", "file_code", "file_data",
@@ -57,7 +61,7 @@ def check_against_rollup(memory, r, what):
                   "%s: %s = %d is beyond the process's memory" % (what, k, v))
 
 
-def rollup_after_capture(log, pid, timeout=90):
+def rollup_after_capture(log, pid, timeout=WAIT_S):
     """smaps_rollup read as soon as the agent logs its memory capture (log_level = debug):
     the rest of a dump (a 5 s CPU profile, encoding) must not move the figures."""
     deadline = time.time() + timeout
@@ -69,7 +73,7 @@ def rollup_after_capture(log, pid, timeout=90):
     return rollup(pid)
 
 
-def wait_event(workdir, pattern="*.json", timeout=90):
+def wait_event(workdir, pattern="*.json", timeout=WAIT_S):
     """The first event whose captures are done and which holds a memory object."""
     deadline = time.time() + timeout
     while time.time() < deadline:
