@@ -376,33 +376,6 @@ static void forget(const void *addr, size_t len)
 
 #define CALLER ((uintptr_t)__builtin_return_address(0))
 
-/*
- * The heap sampler's countdown, as malloc's fast path uses it: on x86-64
- * one subtraction from the TLS slot and a branch on its flags.
- */
-#if defined(__x86_64__) && !defined(HOLMES_NO_INTERPOSE)
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    __asm__ goto("movq holmes__heap_countdown@gottpoff(%%rip), %%rax\n\t"
-                 "subq %0, %%fs:(%%rax)\n\t"
-                 "jle %l[out]"
-                 :
-                 : "r"(n)
-                 : "rax", "cc"
-                 : out);
-    return true;
-out:
-    return false;
-}
-#else
-static inline __attribute__((always_inline)) bool unsampled(size_t n)
-{
-    int64_t left = (int64_t)((uint64_t)holmes__heap_countdown - n);
-    holmes__heap_countdown = left;
-    return __builtin_expect(left > 0, 1);
-}
-#endif
-
 static MMAP_TEXT __attribute__((noinline)) void *mmap_slow(void *addr, size_t len, int prot,
                                                            int flags, int fd, off_t off, bool due,
                                                            uintptr_t caller)
@@ -418,7 +391,7 @@ static MMAP_TEXT __attribute__((noinline)) void *mmap_slow(void *addr, size_t le
 
 MMAP_API void *FAMILY(mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-    bool due = (flags & MAP_ANONYMOUS) && !unsampled(len);
+    bool due = (flags & MAP_ANONYMOUS) && !holmes__heap_unsampled(len);
     if (__builtin_expect(!due && !((flags & MAP_FIXED) && may_hold(addr, len)), 1))
         return next_mmap(addr, len, prot, flags, fd, off);
     return mmap_slow(addr, len, prot, flags, fd, off, due, CALLER);
