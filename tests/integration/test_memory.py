@@ -6,7 +6,8 @@ threads rule with capture = memory) then writes memory.txt and the event's
 memory object, whose verdict must name the part that grew:
 
   leak    malloc in use, and heap.pb.gz names grow_leak; with jemalloc
-          preloaded, its own mmap'd extents stay out of mmap.pb.gz
+          preloaded after libholmes, its own mmap'd extents stay out of
+          mmap.pb.gz
   frag    allocator free memory (fragmentation) in N arenas
   mmap    anonymous mmap, and mmap.pb.gz names map_pool with 200 MiB within 10%
   stacks  thread stacks, in about 500 threads
@@ -25,7 +26,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, pprof, pprof_top, prog  # noqa: E402
+from holmes_test import (SANITIZE, Workdir, check, finish, libholmes, pprof, pprof_top,  # noqa: E402
+                         prog)
 from memory_util import (UNITS, check_against_rollup, flat_bytes, rollup_after_capture,  # noqa: E402
                          wait_event)
 
@@ -138,12 +140,14 @@ def leak():
 
 
 def leak_under_jemalloc():
-    """jemalloc maps its extents through the PLT: those mappings are the allocator's own."""
+    """jemalloc maps its extents through the PLT: those mappings are the allocator's own.
+    libholmes is preloaded ahead of it, so malloc is sampled and forwarded to jemalloc
+    (jemalloc ahead of libholmes would leave the heap out of reach: README)."""
     lib = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     if not os.path.exists(lib):
         print("leak under jemalloc: left out, %s is not installed (scripts/deps.sh)" % lib)
         return
-    wd, path, ev, p = run_shape("leak", env={"LD_PRELOAD": lib})
+    wd, path, ev, p = run_shape("leak", env={"LD_PRELOAD": libholmes() + ":" + lib})
     if ev:
         m = common_checks("leak/jemalloc", path, ev, p)
         check(m["allocator"] == "jemalloc" and m["jemalloc"]["allocated"] > 190 * MIB,
