@@ -12,7 +12,10 @@
  * stdin: "grow" grows, then "memory_shapes: grown" is printed; "quit" or end
  * of input stops the agent and exits 0.
  */
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +165,16 @@ static void grow(const char *shape)
     }
 }
 
+/* Waits until stdin has input (or its end); false on an error. */
+static bool wait_input(void)
+{
+    struct pollfd p = {.fd = 0, .events = POLLIN};
+    int n;
+    while ((n = poll(&p, 1, -1)) < 0 && errno == EINTR)
+        continue;
+    return n > 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -176,7 +189,12 @@ int main(int argc, char **argv)
     printf("memory_shapes: started\n");
     fflush(stdout);
     char line[64];
-    while (fgets(line, sizeof(line), stdin)) {
+    /* Unbuffered, so poll() sees every line still to read. ThreadSanitizer runs
+     * a signal's handler when the thread next enters a call it intercepts:
+     * poll() is one, stdio's own read() under fgets is not, and a dump signal
+     * sent while fgets waits would otherwise wait for the next command. */
+    setvbuf(stdin, NULL, _IONBF, 0);
+    while (wait_input() && fgets(line, sizeof(line), stdin)) {
         if (!strncmp(line, "grow", 4)) {
             grow(argv[2]);
             printf("memory_shapes: grown\n");
