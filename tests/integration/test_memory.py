@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, finish, libholmes, pprof, pprof_top,  # noqa: E402
-                         prog)
+                         prog, skip_part)
 from memory_util import (UNITS, check_against_rollup, flat_bytes, rollup_after_capture,  # noqa: E402
                          wait_event)
 
@@ -145,7 +145,7 @@ def leak_under_jemalloc():
     (jemalloc ahead of libholmes would leave the heap out of reach: README)."""
     lib = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     if not os.path.exists(lib):
-        print("leak under jemalloc: left out, %s is not installed (scripts/deps.sh)" % lib)
+        skip_part("leak under jemalloc: %s is not installed (scripts/deps.sh)" % lib)
         return
     wd, path, ev, p = run_shape("leak", env={"LD_PRELOAD": libholmes() + ":" + lib})
     if ev:
@@ -189,7 +189,8 @@ def mmap_growth():
         check(re.search(r"since baseline: anonymous mmap \+\d+ MiB", m["verdict"]),
               "mmap: verdict does not lead with anonymous mmap: " + m["verdict"])
         if SANITIZE:
-            print("mmap: profile not checked: the mmap interposition is compiled out under " + SANITIZE)
+            skip_part("mmap: profile not checked: the mmap interposition is compiled out under " +
+                      SANITIZE)
         else:
             prof = path[:-len(".json")] + ".mmap.pb.gz"
             check(os.path.exists(prof) and os.path.exists(path[:-len(".json")] + ".mmap-base.pb.gz"),
@@ -225,7 +226,7 @@ if not SANITIZE:
     leak_under_jemalloc()
     frag()
 else:
-    print("leak, frag: left out under %s (its allocator replaces glibc's malloc)" % SANITIZE)
+    skip_part("leak, frag: under %s (its allocator replaces glibc's malloc)" % SANITIZE)
 mmap_growth()
 stacks()
 finish()

@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, skip_test  # noqa: E402
 from memory_util import check_against_rollup, near, rollup_after_capture, wait_event  # noqa: E402
 from ops_util import Service, preload_env  # noqa: E402
 
@@ -65,13 +65,11 @@ def wait_ping(port, timeout=30):
 def main():
     for tool in ("redis-server", "redis-cli", "redis-benchmark"):
         if not shutil.which(tool):
-            print("SKIPPED: %s is not installed (scripts/deps.sh)" % tool)
-            sys.exit(77)
+            skip_test("%s is not installed (scripts/deps.sh)" % tool)
     if SANITIZE == "thread":
         # TSan's runtime in front of an uninstrumented redis-server reports
         # races in redis itself; there is nothing of ours left to check.
-        print("SKIPPED: redis-server under a TSan-built agent")
-        sys.exit(77)
+        skip_test("redis-server under a TSan-built agent")
     wd = Workdir()
     ini = wd.write_ini(INI.replace("@DIR@", wd.path))
     port = free_port()
