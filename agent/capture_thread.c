@@ -339,8 +339,10 @@ static void deliver(holmes__capture_thread *t, holmes__job *job)
     job->dump->until_wall_ns = holmes__wall_ns();
     if (job->dump->from_wall_ns == 0)
         job->dump->from_wall_ns = job->dump->until_wall_ns;
-    holmes__event_write(t->pid, job->dump, &job->info);
+    /* Final first: the event then lists the files the captures wrote, not
+     * the ones planned (a baseline not taken yet has no -base file). */
     job->dump->final = true;
+    holmes__event_write(t->pid, job->dump, &job->info);
     holmes__delivery_submit(t->delivery, job->dump);
     free(job);
 }
