@@ -1,4 +1,4 @@
-#include "base/base.h"
+#include "agent/base/base.h"
 
 HOLMES_EXPORT const char *holmes_strerror(int err)
 {

@@ -33,8 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "base/base.h"
-#include "program.h"
+#include "agent/base/base.h"
+#include "agent/program.h"
 #include "rules/config.h"
 
 /* How long exit() waits for the agent to stop before leaving it behind. */

@@ -3,7 +3,7 @@
  * or comm: a `#!/bin/sh` shim called python3 has comm "python3" but runs
  * /bin/sh, and busybox runs every applet (sh, env, timeout) as one file.
  */
-#include "program.h"
+#include "agent/program.h"
 
 #include <fnmatch.h>
 #include <limits.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/base.h"
+#include "agent/base/base.h"
 
 /*
  * Never the service, matched on the executable's file name: shells, programs

@@ -19,7 +19,7 @@
 
 #include "agent/base/base.h"
 #include "agent/base/loader.h"
-#include "curl_lazy.h"
+#include "reporters/curl_lazy.h"
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static holmes__curl table;

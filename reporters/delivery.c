@@ -11,8 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "reporter.h"
-#include "sync.h"
+#include "reporters/reporter.h"
+#include "reporters/sync.h"
 
 #define QUEUE_CAP 64
 #define MAX_REPORTERS 16

@@ -3,7 +3,7 @@
  * reporter to finish with it frees its buffers. The public accessors give
  * user reporters a read-only view without exposing the struct's layout.
  */
-#include "dump.h"
+#include "reporters/dump.h"
 
 #include <stdio.h>
 #include <stdlib.h>

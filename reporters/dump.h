@@ -8,8 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../agent/base/base.h"
-#include "../rules/config.h"
+#include "agent/base/base.h"
+#include "rules/config.h"
 
 #define HOLMES_DUMP_MAX_FILES 16
 

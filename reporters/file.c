@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "reporter.h"
+#include "reporters/reporter.h"
 
 #define STAMP_LEN 20 /* "yyyymmddTHHMMSS.mmmZ" */
 

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "pyroscope/push/v1/push.pb-c.h"
-#include "push.h"
+#include "reporters/push.h"
 
 #define VALUE_MAX 2048
 

@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../agent/base/base.h"
+#include "agent/base/base.h"
 
 /* Pyroscope's default max_label_names_per_series. */
 #define HOLMES_SERIES_MAX_LABELS 30

@@ -11,9 +11,9 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "../agent/pprof/decode.h"
+#include "agent/pprof/decode.h"
 #include "profile.pb-c.h"
-#include "push.h"
+#include "reporters/push.h"
 
 /* Series remembered; the least recently used goes first beyond this. */
 #define MAX_SERIES 64

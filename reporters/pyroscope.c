@@ -79,11 +79,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "curl_lazy.h"
-#include "push.h"
-#include "pyroscope.h"
-#include "reporter.h"
-#include "sync.h"
+#include "reporters/curl_lazy.h"
+#include "reporters/push.h"
+#include "reporters/pyroscope.h"
+#include "reporters/reporter.h"
+#include "reporters/sync.h"
 
 #define SPOOL_MAGIC "holmes-spool 1\n"
 #define SPOOL_EXT ".upload"

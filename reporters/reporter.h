@@ -6,7 +6,7 @@
 #ifndef HOLMES_REPORTER_H
 #define HOLMES_REPORTER_H
 
-#include "dump.h"
+#include "reporters/dump.h"
 
 typedef struct holmes__reporter_vt {
     const char *name;

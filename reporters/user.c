@@ -5,7 +5,7 @@
  */
 #include <stdlib.h>
 
-#include "reporter.h"
+#include "reporters/reporter.h"
 
 typedef struct user_rep {
     holmes_reporter r;

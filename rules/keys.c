@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "agent/base/base.h"
-#include "keys.h"
+#include "rules/keys.h"
 
 static const char *const metric_names[] = {
     "cpu", "mem", "threads", "fds", "heap", "mem_pressure", "cpu_pressure", NULL,

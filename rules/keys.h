@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-#include "config.h"
+#include "rules/config.h"
 
 typedef enum holmes__section {
     HOLMES_SEC_AGENT,

@@ -14,7 +14,7 @@
 #include <strings.h>
 
 #include "agent/base/base.h"
-#include "keys.h"
+#include "rules/keys.h"
 
 #define SIZE_UNITS "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
 #define DURATION_UNITS "ms, s, m or h"

@@ -9,7 +9,7 @@
 
 #include "holmes/holmes.h"
 #include "rules/reference.h"
-#include "tool.h"
+#include "tools/tool.h"
 
 static const char usage[] = "usage: holmes check FILE...\n"
                             "       holmes check --reference\n"

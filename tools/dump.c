@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "holmes/holmes.h"
-#include "tool.h"
+#include "tools/tool.h"
 
 /* "RTMIN+2", "RTMAX-1": real-time signals are named relative to their range. */
 static int realtime_signal(const char *name)

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "holmes/holmes.h"
-#include "tool.h"
+#include "tools/tool.h"
 
 static const struct command {
     const char *name;

@@ -18,7 +18,7 @@
 
 #include "agent/capture/changed.h"
 #include "agent/pprof/decode.h"
-#include "tool.h"
+#include "tools/tool.h"
 
 static const char usage_text[] =
     "usage: holmes report FILE [--base FILE] [--top N] [--sample_index NAME|N] [--cum]\n"

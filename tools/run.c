@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "holmes/holmes.h"
-#include "tool.h"
+#include "tools/tool.h"
 
 static const char usage_text[] =
     "usage: holmes run -c FILE [--inherit] -- CMD [ARGS...]\n"

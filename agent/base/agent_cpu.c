@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "base.h"
+#include "agent/base/base.h"
 
 #define MAX_AGENT_THREADS 16
 

@@ -1,4 +1,4 @@
-#include "base.h"
+#include "agent/base/base.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "json.h"
+#include "agent/base/json.h"
 
 #include <math.h>
 #include <stdio.h>

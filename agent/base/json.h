@@ -2,7 +2,7 @@
 #ifndef HOLMES_JSON_H
 #define HOLMES_JSON_H
 
-#include "base.h"
+#include "agent/base/base.h"
 
 typedef struct holmes__json {
     holmes__buf *b;

@@ -9,7 +9,7 @@
  * Syslog lines go straight to /dev/log, as glibc sends them, without the
  * local-time stamp (the syslog daemon stamps what arrives without one).
  */
-#include "base.h"
+#include "agent/base/base.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * sets of samples (phase=before and phase=after of a CPU profile, or a heap
  * profile and its baseline), and the functions that grew most, first.
  */
-#include "changed.h"
+#include "agent/capture/changed.h"
 
 #include <stdint.h>
 #include <stdio.h>

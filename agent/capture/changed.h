@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../pprof/decode.h"
+#include "agent/pprof/decode.h"
 
 #define HOLMES_CHANGED_MAX 5
 

@@ -9,7 +9,7 @@
  * in a preallocated lock-free table (cpu_table.c); the profile is built by
  * the capture thread after every timer is gone and every handler has left.
  */
-#include "cpu.h"
+#include "agent/capture/cpu.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -22,10 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../pprof/pprof.h"
-#include "../unwind/unwind.h"
-#include "cpu_table.h"
-#include "history.h"
+#include "agent/pprof/pprof.h"
+#include "agent/unwind/unwind.h"
+#include "agent/capture/cpu_table.h"
+#include "agent/capture/history.h"
 
 /* Threads covered by one capture; later ones are left out (and logged once). */
 #define CPU_MAX_THREADS 4096

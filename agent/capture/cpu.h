@@ -11,7 +11,7 @@
 #include <sys/types.h>
 #include <time.h>
 
-#include "capture.h"
+#include "agent/capture/capture.h"
 
 /* Sampling rates the capture accepts, in Hz. */
 #define HOLMES_CPU_MIN_HZ 1

@@ -17,8 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "capture.h"
-#include "signal_walk.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/signal_walk.h"
 
 typedef enum fd_kind {
     K_FILE, K_DIR, K_DEVICE, K_FIFO, K_MEMFD,

@@ -20,7 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 #define NEXT holmes__heap_next_fn
 #ifdef HOLMES_NO_INTERPOSE

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 /* Entry points found by the dynamic linker by name: no header declares them. */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"

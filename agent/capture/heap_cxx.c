@@ -16,7 +16,7 @@
  */
 #include <stddef.h>
 
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 /* Entry points found by the dynamic linker by name: no header declares them. */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"

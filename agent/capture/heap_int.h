@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 /*
  * Every function that can be on the stack while a sampled allocation is

@@ -17,9 +17,9 @@
 #include <unistd.h>
 
 #include "agent/base/loader.h"
-#include "../pprof/pprof.h"
-#include "capture.h"
-#include "heap_int.h"
+#include "agent/pprof/pprof.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/heap_int.h"
 
 #define MAX_DEPTH 128
 

@@ -32,7 +32,7 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 #define MAX_MODULES 512
 

@@ -13,9 +13,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../pprof/pprof.h"
-#include "capture.h"
-#include "heap_int.h"
+#include "agent/pprof/pprof.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/heap_int.h"
 
 static const holmes__pprof_value_type heap_types[] = {
     {"alloc_objects", "count"},

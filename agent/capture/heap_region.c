@@ -43,8 +43,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "capture.h"
-#include "heap_int.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/heap_int.h"
 
 #define REGION_MAX ((size_t)64 << 30) /* tried first, halved on failure */
 #define REGION_MIN ((size_t)1 << 30)

@@ -49,9 +49,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../unwind/unwind.h"
-#include "capture.h"
-#include "heap_int.h"
+#include "agent/unwind/unwind.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/heap_int.h"
 
 #define DEFAULT_RATE (512u * 1024u) /* the documented default of [heap] sample_bytes */
 /* While sampling is off the countdown keeps running at no less than this mean. */

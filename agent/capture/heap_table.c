@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 #define MAX_STACKS ((uint32_t)1 << 16)
 #define MAX_POOL ((uint32_t)1 << 22) /* frames, over all stacks */

@@ -2,7 +2,7 @@
  * The flight recorder (see history.h): per-thread CPU-clock timers at a low
  * rate into a ring of per-second tables, kept by the "holmes-history" thread.
  */
-#include "history.h"
+#include "agent/capture/history.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,12 +16,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../unwind/unwind.h"
-#include "capture.h"
-#include "changed.h"
-#include "cpu.h"
-#include "cpu_table.h"
-#include "signal_walk.h"
+#include "agent/unwind/unwind.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/changed.h"
+#include "agent/capture/cpu.h"
+#include "agent/capture/cpu_table.h"
+#include "agent/capture/signal_walk.h"
 
 #define SECOND_NS 1000000000ull
 /* New threads are armed within this long of their birth. */

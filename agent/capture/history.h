@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../base/json.h"
+#include "agent/base/json.h"
 
 /* The ring's memory (tables and thread list) never exceeds this. */
 #define HOLMES_HISTORY_MAX_BYTES ((size_t)4 << 20)

@@ -16,7 +16,7 @@
  * malloc holds in use, what it holds free, and what mmap calls outside
  * the allocator hold.
  */
-#include "memory.h"
+#include "agent/capture/memory.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -32,8 +32,8 @@
 #include <unistd.h>
 
 #include "agent/sample/sample.h"
-#include "heap_int.h"
-#include "mmap.h"
+#include "agent/capture/heap_int.h"
+#include "agent/capture/mmap.h"
 
 #define MIB (1024.0 * 1024.0)
 #define GLIBC_HEAP_MAX ((uintptr_t)64 << 20) /* HEAP_MAX_SIZE on 64-bit */

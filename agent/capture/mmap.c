@@ -24,7 +24,7 @@
  * what it replaces. PROT_NONE reservations are not counted: they hold no
  * memory until mprotect, which is not interposed.
  */
-#include "mmap.h"
+#include "agent/capture/mmap.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -41,7 +41,7 @@
 
 #include "agent/pprof/pprof.h"
 #include "agent/unwind/unwind.h"
-#include "heap_int.h"
+#include "agent/capture/heap_int.h"
 
 /* Every function that can be on the stack while a sampled mapping is unwound. */
 #define MMAP_TEXT __attribute__((section("holmes_mmap_text")))

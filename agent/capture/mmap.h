@@ -14,8 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../base/base.h"
-#include "capture.h"
+#include "agent/base/base.h"
+#include "agent/capture/capture.h"
 
 /* Sampled live mappings and the bytes they stand for (unsampled estimate). */
 typedef struct holmes__mmap_totals {

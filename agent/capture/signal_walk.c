@@ -10,7 +10,7 @@
  * after a round means the signal is still in flight: the next round does not
  * queue another one.
  */
-#include "signal_walk.h"
+#include "agent/capture/signal_walk.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 enum { SLOT_IDLE = 0, SLOT_SENT, SLOT_RUNNING, SLOT_DONE };
 

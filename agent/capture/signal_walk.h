@@ -30,7 +30,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../unwind/unwind.h"
+#include "agent/unwind/unwind.h"
 
 /* What a round learned about one thread. */
 typedef enum holmes__walk_result {

@@ -19,10 +19,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../pprof/pprof.h"
-#include "../unwind/unwind.h"
-#include "capture.h"
-#include "signal_walk.h"
+#include "agent/pprof/pprof.h"
+#include "agent/unwind/unwind.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/signal_walk.h"
 
 #define THREADS_DEFAULT_TIMEOUT_MS 200
 /* Names listed in the `threads` label of a stack shared by several names. */

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "../pprof/pprof.h"
-#include "../unwind/unwind.h"
-#include "capture.h"
-#include "signal_walk.h"
+#include "agent/pprof/pprof.h"
+#include "agent/unwind/unwind.h"
+#include "agent/capture/capture.h"
+#include "agent/capture/signal_walk.h"
 
 #define WALL_MAX_THREADS 65536
 /* How long a round waits for its answers, at most. */

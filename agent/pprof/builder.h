@@ -2,8 +2,8 @@
 #ifndef HOLMES_PPROF_BUILDER_H
 #define HOLMES_PPROF_BUILDER_H
 
-#include "mem.h"
-#include "pprof.h"
+#include "agent/pprof/mem.h"
+#include "agent/pprof/pprof.h"
 
 /* One distinct (stack, labels) pair and its summed values. */
 typedef struct holmes__pprof_rec {

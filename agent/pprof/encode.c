@@ -9,9 +9,9 @@
  * profile never exists in memory. The string table goes last, once every
  * name has been interned.
  */
-#include "builder.h"
+#include "agent/pprof/builder.h"
 #include "profile.pb-c.h"
-#include "symbols.h"
+#include "agent/pprof/symbols.h"
 
 #include <stdio.h>
 #include <string.h>

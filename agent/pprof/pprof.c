@@ -3,7 +3,7 @@
  * hash index as they arrive, so memory grows with the number of distinct
  * (stack, labels) pairs, never with the number of samples added.
  */
-#include "builder.h"
+#include "agent/pprof/builder.h"
 
 #include <string.h>
 

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 typedef struct holmes__pprof_value_type {
     const char *type, *unit; /* e.g. "cpu", "nanoseconds" */

@@ -10,9 +10,9 @@
  * file-backed pages the kernel can drop under pressure; the only anonymous
  * memory is a 16-byte entry per function symbol, counted by the meter.
  */
-#include "symbols.h"
-#include "../base/loader.h"
-#include "../base/sort.h"
+#include "agent/pprof/symbols.h"
+#include "agent/base/loader.h"
+#include "agent/base/sort.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

@@ -6,8 +6,8 @@
 #ifndef HOLMES_PPROF_SYMBOLS_H
 #define HOLMES_PPROF_SYMBOLS_H
 
-#include "mem.h"
-#include "pprof.h"
+#include "agent/pprof/mem.h"
+#include "agent/pprof/pprof.h"
 
 typedef struct holmes__module_info {
     uintptr_t start, end, file_offset;

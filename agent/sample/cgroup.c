@@ -4,7 +4,7 @@
  * limits, usage, memory events, pressure. Every path is built under `root`
  * so tests can point the code at fixture trees.
  */
-#include "sample.h"
+#include "agent/sample/sample.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 /*
  * cgroup v1 says "no limit" with LONG_MAX rounded down to the page size

@@ -12,7 +12,7 @@
  * inode) and closes its descriptor only while it still names that: reading
  * someone else's file is harmless, closing it is not.
  */
-#include "sample.h"
+#include "agent/sample/sample.h"
 
 #include <errno.h>
 #include <fcntl.h>

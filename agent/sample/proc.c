@@ -2,7 +2,7 @@
  * The process's own numbers (CPU time, RSS, threads, open descriptors) and
  * the machine's (MemTotal, usable CPUs).
  */
-#include "sample.h"
+#include "agent/sample/sample.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 /*
  * The process's stat and statm are read and parsed here rather than through

@@ -4,14 +4,14 @@
  * tick only preads them into stack buffers. A metric that cannot be read is
  * left out of the sample and logged at most once an hour; the others go on.
  */
-#include "sample.h"
+#include "agent/sample/sample.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/base.h"
+#include "agent/base/base.h"
 
 /* How often one failing metric may log again. */
 #define FAIL_LOG_EVERY_S 3600u

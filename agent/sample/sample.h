@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../../rules/config.h"
+#include "rules/config.h"
 
 /* What was found about the process's cgroup. */
 typedef struct holmes__cgroup {
