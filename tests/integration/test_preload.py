@@ -8,7 +8,7 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, example, finish, pprof_top, run  # noqa: E402
+from holmes_test import Workdir, check, example, finish, pprof_top, run, skip_part  # noqa: E402
 from ops_util import PYTHON, Service, compile_c, preload_env, skip  # noqa: E402
 
 BURN_PY = """
@@ -140,7 +140,11 @@ def test_rule_fires_in_python():
         check(ev.get("rule") == "cpu" and ev.get("app") == "py-burn", "event %r" % ev)
         profiles = w.wait_for("*.cpu.pb.gz", timeout=10)
         check(profiles, "no CPU profile beside %s" % path)
-        if profiles:
+        if profiles and os.environ.get("HOLMES_SANITIZE") == "thread":
+            # TSan postpones a signal until the thread next enters its runtime;
+            # python's eval loop seldom does, so SIGPROF samples may never land.
+            skip_part("python's CPU profile contents under TSan (postponed signals)")
+        elif profiles:
             names = [r[5] for r in pprof_top(profiles[0], extra=["-nodecount=200"])]
             check(any("_PyEval_EvalFrameDefault" in n for n in names),
                   "python's interpreter loop is not in the profile: %s" % names[:20])
