@@ -319,7 +319,7 @@ static int tid_seen(holmes__cpu_capture *c, pid_t tid)
 }
 
 /* Reads the thread's name; returns -1 when the thread is gone. */
-static int thread_name(pid_t tid, char name[16])
+int holmes__thread_name(pid_t tid, char name[16])
 {
     char path[64], buf[64];
     snprintf(path, sizeof(path), "/proc/self/task/%d/comm", (int)tid);
@@ -385,7 +385,7 @@ static void thread_add(holmes__cpu_capture *c, pid_t tid)
     }
     uint32_t idx = c->nthreads;
     struct cpu_thread *t = &c->threads[idx];
-    if (thread_name(tid, t->name) != 0)
+    if (holmes__thread_name(tid, t->name) != 0)
         return; /* exited meanwhile */
     t->tid = tid;
     /* Published before the timer exists, so its first signal finds it. */

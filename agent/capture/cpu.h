@@ -23,6 +23,9 @@
  * that thread's CPU time spent there. The name is the thread's comm when
  * its timer was armed.
  */
+/* A thread's name from /proc/self/task/TID/comm (the CPU capture and the history). */
+int holmes__thread_name(pid_t tid, char name[16]);
+
 typedef int (*holmes__cpu_sample_fn)(void *arg, pid_t tid, const char *thread_name,
                                      const uintptr_t *pcs, int depth, uint64_t count);
 

@@ -188,20 +188,6 @@ static holmes__history *history_new(uint64_t history_ms, int hz)
 
 /* ---- threads ---- */
 
-static int thread_comm(pid_t tid, char name[16])
-{
-    char path[64], buf[64];
-    snprintf(path, sizeof(path), "/proc/self/task/%d/comm", (int)tid);
-    if (holmes__read_file(path, buf, sizeof(buf)) < 0)
-        return -1;
-    size_t len = strcspn(buf, "\n");
-    if (len > 15)
-        len = 15;
-    memcpy(name, buf, len);
-    name[len] = 0;
-    return 0;
-}
-
 static struct hist_thread *thread_find(holmes__history *h, pid_t tid)
 {
     for (int i = 0; i < h->nthreads; i++) {
@@ -239,7 +225,7 @@ static void thread_arm(holmes__history *h, pid_t tid, uint64_t now)
         h->full_logged = 1;
         return;
     }
-    if (thread_comm(tid, t->name) != 0)
+    if (holmes__thread_name(tid, t->name) != 0)
         return; /* gone already */
     t->tid = tid;
     t->seen = h->scan;
