@@ -106,7 +106,8 @@ __attribute__((noinline)) static void churn_pieces(void)
 #define STACK_THREADS 500
 
 static pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;    /* never signalled: threads stay */
+static pthread_cond_t started_cond = PTHREAD_COND_INITIALIZER; /* a thread has touched its stack */
 static int started;
 
 __attribute__((noinline)) static void touch_stack(void)
@@ -123,7 +124,7 @@ static void *stack_thread(void *arg)
     touch_stack();
     pthread_mutex_lock(&gate);
     started++;
-    pthread_cond_broadcast(&gate_cond);
+    pthread_cond_signal(&started_cond);
     for (;;)
         pthread_cond_wait(&gate_cond, &gate);
     return NULL;
@@ -134,6 +135,12 @@ __attribute__((noinline)) static void grow_stacks(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 2 * MIB);
+    /*
+     * One at a time: a thread exists only once the one before it has touched
+     * its stack, so when the threads rule sees 500 threads the stacks are
+     * there too (concurrent starts under a sanitizer left tens of MiB to be
+     * touched after the capture, and the test compares it with smaps_rollup).
+     */
     for (int i = 0; i < STACK_THREADS; i++) {
         pthread_t t;
         if (pthread_create(&t, &attr, stack_thread, NULL) != 0) {
@@ -141,11 +148,11 @@ __attribute__((noinline)) static void grow_stacks(void)
             exit(1);
         }
         pthread_detach(t);
+        pthread_mutex_lock(&gate);
+        while (started < i + 1)
+            pthread_cond_wait(&started_cond, &gate);
+        pthread_mutex_unlock(&gate);
     }
-    pthread_mutex_lock(&gate);
-    while (started < STACK_THREADS)
-        pthread_cond_wait(&gate_cond, &gate);
-    pthread_mutex_unlock(&gate);
 }
 
 static void grow(const char *shape)
