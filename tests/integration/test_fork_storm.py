@@ -11,14 +11,16 @@ memory is copied and torn down; one fork of this process takes tens of
 milliseconds on two cores), so there the storm goes as fast as the runtime
 allows, the bound on a child is its hang limit (10 s, not 1 s), and the
 parent, which spends most of its time inside fork() holding the agent's
-fork locks, need not get every capture kind done."""
+fork locks, need not get every capture kind done. A child found waiting
+inside the sanitizer runtime itself is reported as a skipped part (that
+runtime does not lock its allocator around fork); any other hang fails."""
 import os
 import re
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, prog, run, tool  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, prog, run, skip_part, tool  # noqa: E402
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,16 +104,27 @@ def main():
                             str(SECONDS), str(RATE)], env=run_env(), timeout=250, check_rc=False)
     finally:
         rx.close()
-    m = re.search(r"^forks (\d+) ok (\d+) late (\d+) hung (\d+) max_ms ([\d.]+)", out, re.M)
+    m = re.search(r"^forks (\d+) ok (\d+) late (\d+) hung (\d+) in_runtime (\d+) max_ms ([\d.]+)",
+                  out, re.M)
     check(m, "no report from fork_storm (rc %s): %s" % (rc, err[-2000:]))
     if m:
-        forks, ok, late, hung = (int(m.group(i)) for i in range(1, 5))
-        print("forks %d ok %d late %d hung %d slowest %s ms" % (forks, ok, late, hung, m.group(5)))
+        forks, ok, late, hung, in_runtime = (int(m.group(i)) for i in range(1, 6))
+        print("forks %d ok %d late %d hung %d (in a sanitizer runtime %d) slowest %s ms" % (
+            forks, ok, late, hung, in_runtime, m.group(6)))
         check(forks >= (100 if SANITIZE else SECONDS * RATE // 4),
               "only %d forks in %d s" % (forks, SECONDS))
-        check(ok == forks and hung == 0 and (SANITIZE or late == 0),
+        # GCC 12's libasan and libtsan take no lock of their allocator around
+        # fork: a child that allocates while another thread of the parent
+        # (the service's or the agent's) held one waits forever in the
+        # runtime, agent or not. Such a child is reported, not failed; a
+        # child waiting anywhere else (the loader, libc, the agent) fails.
+        excused = in_runtime if SANITIZE else 0
+        if excused:
+            skip_part("%d of %d children waited forever on a lock inside the %s runtime, "
+                      "which does not lock its allocator around fork" % (excused, forks, SANITIZE))
+        check(ok + excused == forks and hung == excused and (SANITIZE or late == 0),
               "children failed, late or hung: %s\n%s" % (m.group(0), err[-2000:]))
-    check(rc == 0 or (SANITIZE and m and late > 0 and hung == 0), "fork_storm exited %s" % rc)
+    check(rc == 0 or (SANITIZE and m and hung == excused), "fork_storm exited %s" % rc)
     if not SANITIZE:
         for kind in ("cpu", "heap", "threads", "wall"):
             check(w.files("*.%s.pb.gz" % kind), "no %s profile was written during the storm" % kind)

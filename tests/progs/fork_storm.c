@@ -15,9 +15,13 @@
  *                                      upload) is in progress: an upload is
  *                                      while its file waits in SPOOLDIR
  *
- * Prints "forks N ok M late L hung H max_ms X": late children took over 1 s
- * to exit, hung ones over 10 s (killed; with FORK_STORM_GDB=1 their stack
- * is printed first). Exits 0 when every child exited 0 within 1 s.
+ * Prints "forks N ok M late L hung H in_runtime R max_ms X": late children
+ * took over 1 s to exit, hung ones over 10 s (killed; with FORK_STORM_GDB=1
+ * their stack is printed first). R of the hung children were waiting inside
+ * a sanitizer runtime (libasan, libtsan): the copies of those in GCC 12 do
+ * not lock their allocator around fork, so a child that allocates while
+ * another thread of the parent held its lock at the fork waits forever,
+ * agent or not. Exits 0 when every child exited 0 within 1 s.
  */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -79,7 +83,7 @@ typedef struct kid {
 } kid;
 
 static kid kids[MAX_CHILDREN];
-static int nkids, forks, ok, late, hung;
+static int nkids, forks, ok, late, hung, in_runtime;
 static double max_s;
 
 static void reaped(int i, int status)
@@ -94,6 +98,47 @@ static void reaped(int i, int status)
     else
         fprintf(stderr, "child %d: status 0x%x\n", (int)kids[i].pid, status);
     kids[i] = kids[--nkids];
+}
+
+/*
+ * The file whose code a stopped child's thread is in: the program counter
+ * /proc/PID/syscall shows (its last field, for a thread blocked in a system
+ * call) looked up in /proc/PID/maps. No signal and no debugger: a child
+ * blocked inside a sanitizer runtime would not run a handler, and gdb can
+ * itself hang attaching to one.
+ */
+static void waits_in(pid_t pid, char *file, size_t cap)
+{
+    char path[64], line[512];
+    unsigned long pc = 0;
+    snprintf(file, cap, "?");
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    if (fgets(line, sizeof line, f)) {
+        const char *last = strrchr(line, ' ');
+        pc = last ? strtoul(last + 1, NULL, 16) : 0;
+    }
+    fclose(f);
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+    f = fopen(path, "r");
+    while (f && pc && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        int name_at = 0;
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &name_at) >= 2 && pc >= lo &&
+            pc < hi) {
+            snprintf(file, cap, "%.*s", (int)strcspn(line + name_at, "\n"), line + name_at);
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+}
+
+static int is_sanitizer_runtime(const char *file)
+{
+    return strstr(file, "/libasan.so") || strstr(file, "/libtsan.so");
 }
 
 /* FORK_STORM_GDB=1: where a hung child waits, before it is killed. */
@@ -115,7 +160,10 @@ static void reap(double wait_s)
             if (r == kids[i].pid) {
                 reaped(i--, status);
             } else if (now_s() - kids[i].born > 10.0) {
-                fprintf(stderr, "child %d hung: killed\n", (int)kids[i].pid);
+                char file[256];
+                waits_in(kids[i].pid, file, sizeof file);
+                fprintf(stderr, "child %d hung, waiting in %s: killed\n", (int)kids[i].pid, file);
+                in_runtime += is_sanitizer_runtime(file) != 0;
                 if (getenv("FORK_STORM_GDB"))
                     print_stack(kids[i].pid);
                 kill(kids[i].pid, SIGKILL);
@@ -148,7 +196,8 @@ static void fork_one(void)
 static int report(void)
 {
     reap(20);
-    printf("forks %d ok %d late %d hung %d max_ms %.1f\n", forks, ok, late, hung, max_s * 1e3);
+    printf("forks %d ok %d late %d hung %d in_runtime %d max_ms %.1f\n", forks, ok, late, hung,
+           in_runtime, max_s * 1e3);
     return forks > 0 && ok == forks && late == 0 ? 0 : 1;
 }
 
