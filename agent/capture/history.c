@@ -54,7 +54,8 @@ typedef struct holmes__history {
     struct bucket *buckets;
     int current; /* atomic: the bucket the handler adds to */
     struct hist_thread *threads;
-    int nthreads; /* high-water mark of threads[] */
+    int nthreads;    /* high-water mark of threads[] */
+    bool new_stacks; /* a thread was armed since the unwinder last read the map */
     uint32_t scan;
     size_t ring_bytes;
     int full_logged;
@@ -237,6 +238,7 @@ static void thread_arm(holmes__history *h, pid_t tid, uint64_t now)
     int rc = holmes__cpu_timer_arm(tid, h->period_ns, (int)(HOLMES_HISTORY_TIMER | idx), &t->timer);
     if (rc == 0) {
         t->state = T_ARMED;
+        h->new_stacks = true;
         return;
     }
     t->state = T_FREE;
@@ -361,8 +363,11 @@ static void *history_main(void *arg)
         }
         if (now >= next_rotate) {
             rotate(h, now);
-            /* Modules loaded since: a cheap look at the map when nothing changed. */
-            holmes__unwind_try_prepare();
+            /* Modules loaded, or stacks of threads born, since the last look:
+             * the memory map is read only then (its read was nearly all the
+             * history's own cost in a steady service). */
+            if (holmes__unwind_try_refresh(h->new_stacks) != HOLMES_EBUSY)
+                h->new_stacks = false;
             next_rotate += SECOND_NS;
             if (next_rotate <= now) /* a long stall: restart the grid */
                 next_rotate = now + SECOND_NS;

@@ -601,7 +601,7 @@ static bool has_work(const holmes__unw_gen *g, bool all)
     return false;
 }
 
-static int refresh_tables(bool all)
+static int refresh_tables(bool all, bool *changed_out)
 {
     /* Only this thread (holding prepare_lock) frees generations: no pin needed. */
     build b = {.old = atomic_load(&holmes__unw_gens.slot[atomic_load(&holmes__unw_gens.cur)]),
@@ -610,6 +610,7 @@ static int refresh_tables(bool all)
     /* A walk that asks after this point is seen by the next refresh. */
     atomic_store(&holmes__unw_want_pending, false);
     bool changed = take_snapshot(&sn, b.old, has_work(b.old, all));
+    *changed_out = changed;
     if (changed && (sn.mods.failed || sn.bytes.failed))
         b.err = HOLMES_ENOMEM;
     else if (changed) {
@@ -713,12 +714,20 @@ static int refresh_maps_locked(void)
 
 /* ---- the interface ---- */
 
-/* Called with prepare_lock held; releases it. */
-static int prepare_and_unlock(bool all)
+/*
+ * Called with prepare_lock held; releases it. The memory map (stack ranges,
+ * about 50 us to read) is read again when asked, when the modules changed,
+ * or when none was read yet.
+ */
+static int prepare_and_unlock(bool all, bool reread_maps)
 {
     HOLMES_AGENT_ENTER();
-    int rc = refresh_tables(all);
-    int rc2 = refresh_maps_locked();
+    bool changed = false;
+    int rc = refresh_tables(all, &changed);
+    int rc2 = 0;
+    holmes__unw_pub *maps = &holmes__unw_maps_pub;
+    if (reread_maps || changed || !atomic_load(&maps->slot[atomic_load(&maps->cur)]))
+        rc2 = refresh_maps_locked();
     HOLMES_AGENT_LEAVE();
     pthread_mutex_unlock(&prepare_lock);
     return rc ? rc : rc2;
@@ -727,14 +736,21 @@ static int prepare_and_unlock(bool all)
 int holmes__unwind_prepare(void)
 {
     pthread_mutex_lock(&prepare_lock);
-    return prepare_and_unlock(true);
+    return prepare_and_unlock(true, true);
 }
 
 int holmes__unwind_try_prepare(void)
 {
     if (pthread_mutex_trylock(&prepare_lock) != 0)
         return HOLMES_EBUSY;
-    return prepare_and_unlock(false);
+    return prepare_and_unlock(false, true);
+}
+
+int holmes__unwind_try_refresh(bool new_stacks)
+{
+    if (pthread_mutex_trylock(&prepare_lock) != 0)
+        return HOLMES_EBUSY;
+    return prepare_and_unlock(false, new_stacks);
 }
 
 bool holmes__unwind_wanted(void)

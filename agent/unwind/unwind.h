@@ -29,6 +29,12 @@ int holmes__unwind_prepare(void);
  * preparing now: then HOLMES_EBUSY at once.
  */
 int holmes__unwind_try_prepare(void);
+/*
+ * holmes__unwind_try_prepare for a periodic look: the memory map is read
+ * again only when modules were loaded or unloaded or `new_stacks` says
+ * threads were born since the last look.
+ */
+int holmes__unwind_try_refresh(bool new_stacks);
 /* True when a walk met a module whose tables are not compiled yet. */
 bool holmes__unwind_wanted(void);
 /* Frees the tables; no walk may run concurrently. */
