@@ -120,7 +120,10 @@ int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* Inside the agent: the pthread_create interposer (birth.c) leaves it alone. */
+    HOLMES_AGENT_ENTER();
     int rc = pthread_create((pthread_t *)thread_out, NULL, thread_trampoline, st);
+    HOLMES_AGENT_LEAVE();
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         free(st);

@@ -19,11 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent/pprof/pprof.h"
 #include "agent/unwind/unwind.h"
+#include "agent/capture/birth.h"
 #include "agent/capture/cpu_table.h"
 #include "agent/capture/history.h"
 
@@ -46,9 +48,13 @@
 
 struct cpu_thread {
     pid_t tid;
-    int armed; /* 1 when timer is live (or was, for a thread that exited) */
+    int armed; /* 1 when timer is live, 2 when deleted as its thread ended */
     timer_t timer;
     char name[16];
+    /* Threads armed at birth: what the tail at their end needs (cpu_gone). */
+    uint64_t fired; /* atomic: periods the handler saw */
+    int64_t cpu0_ns, first_ns;
+    void *(*start)(void *);
 };
 
 struct holmes__cpu_capture {
@@ -58,10 +64,13 @@ struct holmes__cpu_capture {
     uint64_t start_wall_ns, start_mono_ns;
     holmes__cpu_table *table;
     uint64_t agent_samples; /* atomic: samples of the agent's own work on these threads */
+    uint64_t tail_samples;  /* atomic: periods new threads ended with, not yet signalled */
     struct cpu_thread *threads;
     uint32_t nthreads; /* entries in threads[]; read by the handler (acquire) */
-    int armed;
-    int32_t *tid_slots; /* open addressing: tid, 0 = empty */
+    int armed;         /* atomic: threads given a timer */
+    int birth;         /* the new threads' watch (birth.c), or -1 */
+    holmes__birth_watch birth_watch;
+    int32_t *tid_slots; /* open addressing: tid, 0 = empty; atomic */
     holmes__ratelimit arm_failed;
     int full_logged;
     holmes__buf past_maps;            /* executable file mappings seen, for the symbolizer */
@@ -95,6 +104,7 @@ static void cpu_record(holmes__cpu_capture *c, const siginfo_t *si, void *uc)
     /* An overrun means the timer expired again before this signal was
      * taken: those periods of CPU were spent here too. */
     uint64_t count = 1 + (uint64_t)(si->si_overrun > 0 ? si->si_overrun : 0);
+    __atomic_fetch_add(&c->threads[idx].fired, count, __ATOMIC_RELAXED);
     uintptr_t pcs[HOLMES_MAX_FRAMES];
     int depth = holmes__unwind_signal(uc, pcs, HOLMES_MAX_FRAMES);
     if (depth <= 0) {
@@ -280,6 +290,7 @@ static holmes__cpu_capture *capture_map(void)
         return NULL;
     holmes__cpu_capture *c = (holmes__cpu_capture *)(void *)p;
     c->map_bytes = bytes;
+    c->birth = -1;
     c->threads = (struct cpu_thread *)(void *)(p + head);
     c->tid_slots = (int32_t *)(void *)(p + head + CPU_MAX_THREADS * sizeof(struct cpu_thread));
     c->table = holmes__cpu_table_new(CPU_TABLE_SLOTS_LOG2, CPU_TABLE_FRAMES);
@@ -308,12 +319,13 @@ static int tid_seen(holmes__cpu_capture *c, pid_t tid)
     uint32_t i = (uint32_t)tid * 2654435761u;
     for (uint32_t n = 0; n < CPU_TID_SLOTS; n++, i++) {
         int32_t *slot = &c->tid_slots[i % CPU_TID_SLOTS];
-        if (*slot == tid)
-            return 1;
-        if (*slot == 0) {
-            *slot = tid;
+        /* New threads claim their tid themselves (birth) while the scan runs. */
+        int32_t seen = 0;
+        if (__atomic_compare_exchange_n(slot, &seen, tid, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
             return 0;
-        }
+        if (seen == tid)
+            return 1;
     }
     return 1; /* full: only past CPU_MAX_THREADS threads, which are left out anyway */
 }
@@ -341,7 +353,32 @@ static clockid_t thread_cpu_clock(pid_t tid)
     return (clockid_t)((~(unsigned)tid << 3) | 6u);
 }
 
+/*
+ * A uniform first expiry within (0, period]: a thread then gets, on
+ * average, exactly its CPU time over the period in samples, however short
+ * it lives. A full period first would never sample a thread that ends
+ * before it has used one period of CPU (a 4 ms request at 100 Hz).
+ */
+static int64_t first_expiry_ns(pid_t tid, int64_t period_ns)
+{
+    static uint64_t seed;
+    uint64_t x = __atomic_fetch_add(&seed, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED);
+    x ^= (uint64_t)tid * 0xbf58476d1ce4e5b9ull ^ holmes__now_ns();
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return 1 + (int64_t)(x % (uint64_t)period_ns);
+}
+
+static int cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int value,
+                               timer_t *out);
+
 int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
+{
+    return cpu_timer_arm_first(tid, period_ns, first_expiry_ns(tid, period_ns), value, out);
+}
+
+static int cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int value, timer_t *out)
 {
     struct sigevent sev;
     memset(&sev, 0, sizeof(sev));
@@ -354,7 +391,8 @@ int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
     struct itimerspec its;
     its.it_interval.tv_sec = period_ns / 1000000000;
     its.it_interval.tv_nsec = period_ns % 1000000000;
-    its.it_value = its.it_interval;
+    its.it_value.tv_sec = first / 1000000000;
+    its.it_value.tv_nsec = first % 1000000000;
     if (timer_settime(*out, 0, &its, NULL) != 0) {
         int e = errno;
         timer_delete(*out);
@@ -369,27 +407,41 @@ static int timer_arm(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
     if (rc != 0)
         return rc;
     t->armed = 1;
-    c->armed++;
+    __atomic_fetch_add(&c->armed, 1, __ATOMIC_RELAXED);
     return 0;
+}
+
+/*
+ * A thread's entry, taken by the scan or by the new thread itself (birth),
+ * so it is claimed with a compare-and-swap; returns CPU_MAX_THREADS when
+ * full. Counted before the timer exists, so its first signal finds it.
+ */
+static uint32_t thread_claim(holmes__cpu_capture *c)
+{
+    uint32_t n = __atomic_load_n(&c->nthreads, __ATOMIC_RELAXED);
+    do {
+        if (n >= CPU_MAX_THREADS)
+            return CPU_MAX_THREADS;
+    } while (!__atomic_compare_exchange_n(&c->nthreads, &n, n + 1, true, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_RELAXED));
+    return n;
 }
 
 /* Covers one thread not seen before: the agent's own are recorded, not armed. */
 static void thread_add(holmes__cpu_capture *c, pid_t tid)
 {
-    if (c->nthreads >= CPU_MAX_THREADS) {
+    uint32_t idx = thread_claim(c);
+    if (idx == CPU_MAX_THREADS) {
         if (!c->full_logged)
             holmes__log(HOLMES_LOG_WARN, "CPU capture covers %d threads; later ones are left out",
                         CPU_MAX_THREADS);
         c->full_logged = 1;
         return;
     }
-    uint32_t idx = c->nthreads;
     struct cpu_thread *t = &c->threads[idx];
     if (holmes__thread_name(tid, t->name) != 0)
         return; /* exited meanwhile */
     t->tid = tid;
-    /* Published before the timer exists, so its first signal finds it. */
-    __atomic_store_n(&c->nthreads, idx + 1, __ATOMIC_RELEASE);
     if (strncmp(t->name, "holmes", 6) == 0)
         return;
     int rc = timer_arm(c, t, idx);
@@ -454,11 +506,80 @@ static void maps_note(holmes__cpu_capture *c)
     holmes__buf_free(&text);
 }
 
+/* Deletes the timers of threads still running, and takes their names as they are now. */
 static void timers_delete(holmes__cpu_capture *c)
 {
-    for (uint32_t i = 0; i < c->nthreads; i++)
-        if (c->threads[i].armed)
-            timer_delete(c->threads[i].timer);
+    for (uint32_t i = 0; i < c->nthreads; i++) {
+        struct cpu_thread *t = &c->threads[i];
+        if (t->armed != 1)
+            continue;
+        timer_delete(t->timer);
+        holmes__thread_name(t->tid, t->name);
+    }
+}
+
+/* ---- threads from birth (birth.c): armed on themselves before their start routine ---- */
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t cpu_born(void *ctx, pid_t tid, void *(*start)(void *))
+{
+    holmes__cpu_capture *c = ctx;
+    if (tid_seen(c, tid))
+        return HOLMES_BIRTH_NONE; /* the scan was first */
+    uint32_t idx = thread_claim(c);
+    if (idx == CPU_MAX_THREADS)
+        return HOLMES_BIRTH_NONE;
+    struct cpu_thread *t = &c->threads[idx];
+    prctl(PR_GET_NAME, t->name);
+    t->tid = tid;
+    t->start = start;
+    t->first_ns = first_expiry_ns(tid, c->period_ns);
+    t->cpu0_ns = thread_cpu_ns();
+    if (cpu_timer_arm_first(tid, c->period_ns, t->first_ns, (int)idx, &t->timer) != 0)
+        return HOLMES_BIRTH_NONE;
+    t->armed = 1;
+    __atomic_fetch_add(&c->armed, 1, __ATOMIC_RELAXED);
+    return idx;
+}
+
+/*
+ * The kernel checks CPU-clock timers at its scheduler tick (every 4 ms at
+ * HZ=250): a period that expires after a thread's last tick is never
+ * signalled, which costs a 4 ms thread about half its samples. The periods
+ * its CPU time says were due and the handler never saw are counted here, on
+ * the thread's start routine: the outermost function of the thread's own,
+ * which did spend that time (its callees are not known).
+ */
+static void tail_record(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
+{
+    int64_t ran = thread_cpu_ns() - t->cpu0_ns - t->first_ns;
+    if (ran < 0)
+        return;
+    uint64_t due = (uint64_t)(ran / c->period_ns) + 1;
+    uint64_t fired = __atomic_load_n(&t->fired, __ATOMIC_RELAXED);
+    if (due <= fired || !t->start)
+        return;
+    uintptr_t pc = (uintptr_t)t->start;
+    holmes__cpu_table_add(c->table, idx, &pc, 1, due - fired);
+    __atomic_fetch_add(&c->tail_samples, due - fired, __ATOMIC_RELAXED);
+}
+
+/* The thread ends: its timer goes (timers count against RLIMIT_SIGPENDING), its last name stays. */
+static void cpu_gone(void *ctx, pid_t tid, uint64_t idx)
+{
+    holmes__cpu_capture *c = ctx;
+    struct cpu_thread *t = &c->threads[idx];
+    (void)tid;
+    prctl(PR_GET_NAME, t->name);
+    timer_delete(t->timer);
+    t->armed = 2;
+    tail_record(c, t, (uint32_t)idx);
 }
 
 /* ---- fork ---- */
@@ -517,6 +638,8 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     c->start_wall_ns = holmes__wall_ns();
     c->start_mono_ns = holmes__now_ns();
     __atomic_store_n(&cpu_active, c, __ATOMIC_SEQ_CST);
+    c->birth_watch = (holmes__birth_watch){cpu_born, cpu_gone, c};
+    c->birth = holmes__birth_watch_start(&c->birth_watch);
     threads_scan(c);
     maps_note(c);
     *out = c;
@@ -653,9 +776,11 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
     char note[320];
     snprintf(note, sizeof(note),
              "holmes cpu: %d Hz over %d threads, %llu samples, %llu dropped (storage full or "
-             "unwinding failed), %llu in the agent's own work on these threads (not shown)",
+             "unwinding failed), %llu in the agent's own work on these threads (not shown), "
+             "%llu due at new threads' ends (on their start routine)",
              c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped,
-             (unsigned long long)__atomic_load_n(&c->agent_samples, __ATOMIC_RELAXED));
+             (unsigned long long)__atomic_load_n(&c->agent_samples, __ATOMIC_RELAXED),
+             (unsigned long long)__atomic_load_n(&c->tail_samples, __ATOMIC_RELAXED));
     holmes__pprof_comment(p, note);
     if (c->before) {
         snprintf(note, sizeof(note),
@@ -705,6 +830,16 @@ int holmes__cpu_history_profile(holmes__buf *out, holmes__capture_stats *st)
 
 int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__capture_stats *st)
 {
+    /* No new thread arms or deletes a timer of this capture from here on. */
+    if (c->birth >= 0 && holmes__birth_watch_stop(c->birth) != 0) {
+        holmes__log(HOLMES_LOG_ERROR, "CPU capture: a new thread did not finish arming; its "
+                                      "memory is kept");
+        timers_delete(c);
+        __atomic_store_n(&cpu_active, NULL, __ATOMIC_SEQ_CST);
+        holmes__sigprof_release();
+        __atomic_store_n(&cpu_running, 0, __ATOMIC_SEQ_CST);
+        return HOLMES_EBUSY;
+    }
     timers_delete(c);
     uint64_t duration_ns = holmes__now_ns() - c->start_mono_ns;
     __atomic_store_n(&cpu_active, NULL, __ATOMIC_SEQ_CST);
