@@ -1,0 +1,310 @@
+/*
+ * Threads from birth, in process (libholmes linked statically, so ahead of
+ * a sanitizer's pthread_create in the ASan and TSan builds): a watch hears
+ * of every thread born while it is registered and of its end however it
+ * ends, never after it is stopped, and never of the agent's own threads; a
+ * CPU capture gives 4 ms threads their share of CPU next to a long-lived
+ * thread, labels them with the names they gave themselves after starting,
+ * and leaves no timer behind them.
+ */
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/base/base.h"
+#include "agent/capture/birth.h"
+#include "agent/capture/cpu.h"
+#include "check.h"
+
+#define UNIT_NS 4000000ll
+
+enum { END_RETURN, END_EXIT, END_CANCEL, END_KINDS };
+static const char *const end_names[END_KINDS] = {"req-return", "req-exit", "req-cancel"};
+
+static long long cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+static pthread_mutex_t tick = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long sink;
+
+/* Burns `ns` of this thread's CPU; returns what it burnt. The mutex gives
+ * TSan, which holds signals until its runtime is entered, a place to deliver. */
+__attribute__((noinline)) static long long burn(long long ns)
+{
+    long long start = cpu_ns(), now = start;
+    while (now - start < ns) {
+        unsigned long x = __atomic_load_n(&sink, __ATOMIC_RELAXED);
+        for (int i = 0; i < 5000; i++)
+            x = x * 6364136223846793005ul + 1442695040888963407ul;
+        __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&tick);
+        pthread_mutex_unlock(&tick);
+        now = cpu_ns();
+    }
+    return now - start;
+}
+
+/* ---- a counting watch ---- */
+
+static int born_n, gone_n, gone_bad;
+static pid_t last_born;
+
+static uint64_t count_born(void *ctx, pid_t tid, void *(*start)(void *))
+{
+    (void)start;
+    __atomic_fetch_add(&born_n, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&last_born, tid, __ATOMIC_SEQ_CST);
+    return (uint64_t)(uintptr_t)ctx + (uint64_t)tid;
+}
+
+static void count_gone(void *ctx, pid_t tid, uint64_t token)
+{
+    __atomic_fetch_add(&gone_n, 1, __ATOMIC_SEQ_CST);
+    if (token != (uint64_t)(uintptr_t)ctx + (uint64_t)tid)
+        __atomic_fetch_add(&gone_bad, 1, __ATOMIC_SEQ_CST);
+}
+
+static sem_t worked, release_it;
+
+static void *short_main(void *arg)
+{
+    int kind = (int)(long)arg;
+    if (kind == END_EXIT)
+        pthread_exit(NULL);
+    if (kind == END_CANCEL) {
+        sem_post(&worked);
+        for (;;)
+            pause();
+    }
+    return NULL;
+}
+
+static void *waiter_main(void *arg)
+{
+    (void)arg;
+    while (sem_wait(&release_it) != 0) {
+    }
+    return NULL;
+}
+
+static void run_short(int kind)
+{
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, short_main, (void *)(long)kind), 0);
+    if (kind == END_CANCEL) {
+        while (sem_wait(&worked) != 0) {
+        }
+        pthread_cancel(t);
+    }
+    pthread_join(t, NULL);
+}
+
+static void *agent_main(void *arg)
+{
+    (void)arg;
+    burn(20 * 1000000ll);
+    return NULL;
+}
+
+static void test_watch(void)
+{
+    static const holmes__birth_watch a = {count_born, count_gone, (void *)0x1000};
+    static const holmes__birth_watch b = {count_born, count_gone, (void *)0x2000};
+    int h = holmes__birth_watch_start(&a);
+    CHECK(h >= 0);
+    for (int i = 0; i < 3 * END_KINDS; i++)
+        run_short(i % END_KINDS);
+    /* Every way of ending reaches gone(), with born()'s token. */
+    CHECK_EQ_INT(__atomic_load_n(&born_n, __ATOMIC_SEQ_CST), 3 * END_KINDS);
+    CHECK_EQ_INT(__atomic_load_n(&gone_n, __ATOMIC_SEQ_CST), 3 * END_KINDS);
+    CHECK_EQ_INT(gone_bad, 0);
+
+    /* An agent thread is never watched. */
+    pthread_t agent;
+    CHECK_EQ_INT(holmes__thread_create(agent_main, NULL, "holmes-test", &agent), 0);
+    pthread_join(agent, NULL);
+    CHECK_EQ_INT(__atomic_load_n(&born_n, __ATOMIC_SEQ_CST), 3 * END_KINDS);
+
+    /* A thread born under one watch that ends under the next one in the same
+     * slot is not reported to the second with the first's token. */
+    pthread_t waiter;
+    CHECK_EQ_INT(pthread_create(&waiter, NULL, waiter_main, NULL), 0);
+    while (__atomic_load_n(&born_n, __ATOMIC_SEQ_CST) != 3 * END_KINDS + 1)
+        usleep(1000);
+    CHECK_EQ_INT(holmes__birth_watch_stop(h), 0);
+    int h2 = holmes__birth_watch_start(&b);
+    CHECK_EQ_INT(h2, h);
+    sem_post(&release_it);
+    pthread_join(waiter, NULL);
+    CHECK_EQ_INT(__atomic_load_n(&gone_n, __ATOMIC_SEQ_CST), 3 * END_KINDS);
+    CHECK_EQ_INT(gone_bad, 0);
+    CHECK_EQ_INT(holmes__birth_watch_stop(h2), 0);
+
+    /* Stopped: nothing more is heard. */
+    run_short(END_RETURN);
+    CHECK_EQ_INT(__atomic_load_n(&born_n, __ATOMIC_SEQ_CST), 3 * END_KINDS + 1);
+
+    /* Every slot taken: the next watch is refused, not shared. */
+    int hs[HOLMES_BIRTH_WATCHES];
+    for (int i = 0; i < HOLMES_BIRTH_WATCHES; i++)
+        hs[i] = holmes__birth_watch_start(&a);
+    CHECK_EQ_INT(holmes__birth_watch_start(&a), HOLMES_EBUSY);
+    for (int i = 0; i < HOLMES_BIRTH_WATCHES; i++)
+        CHECK_EQ_INT(holmes__birth_watch_stop(hs[i]), 0);
+}
+
+/* ---- a CPU capture over thread-per-request work ---- */
+
+static long long req_ns, steady_ns;
+static int stopping;
+static sem_t steady_go, steady_done, steady_named;
+
+__attribute__((noinline)) static void *request_main(void *arg)
+{
+    int kind = (int)(long)arg;
+    pthread_setname_np(pthread_self(), end_names[kind]);
+    __atomic_fetch_add(&req_ns, burn(UNIT_NS), __ATOMIC_RELAXED);
+    if (kind == END_EXIT)
+        pthread_exit(NULL);
+    if (kind == END_CANCEL) {
+        sem_post(&worked);
+        for (;;)
+            pause();
+    }
+    return NULL;
+}
+
+__attribute__((noinline)) static void *steady_main(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "steady");
+    sem_post(&steady_named);
+    for (;;) {
+        while (sem_wait(&steady_go) != 0) {
+        }
+        if (__atomic_load_n(&stopping, __ATOMIC_ACQUIRE))
+            return NULL;
+        __atomic_fetch_add(&steady_ns, burn(UNIT_NS), __ATOMIC_RELAXED);
+        sem_post(&steady_done);
+    }
+}
+
+static int timers_now(void)
+{
+    FILE *f = fopen("/proc/self/timers", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        n += strncmp(line, "ID:", 3) == 0;
+    fclose(f);
+    return n;
+}
+
+struct tally {
+    uint64_t req[END_KINDS], steady, other;
+};
+
+static int tally_sample(void *arg, pid_t tid, const char *name, const uintptr_t *pcs, int depth,
+                        uint64_t count)
+{
+    (void)tid, (void)pcs, (void)depth;
+    struct tally *t = arg;
+    for (int k = 0; k < END_KINDS; k++)
+        if (strcmp(name, end_names[k]) == 0) {
+            t->req[k] += count;
+            return 0;
+        }
+    if (strcmp(name, "steady") == 0)
+        t->steady += count;
+    else
+        t->other += count;
+    return 0;
+}
+
+static void test_capture(int hz)
+{
+    __atomic_store_n(&req_ns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&steady_ns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&stopping, 0, __ATOMIC_RELAXED);
+    pthread_t steady;
+    CHECK_EQ_INT(pthread_create(&steady, NULL, steady_main, NULL), 0);
+    /* Named before the capture lists it: the label is read here before stop() refreshes it. */
+    while (sem_wait(&steady_named) != 0) {
+    }
+    holmes__cpu_capture *c = NULL;
+    int rc = holmes__cpu_capture_start(hz, &c);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0)
+        return;
+    int requests = 0, max_timers = 0;
+    long long end = holmes__now_ns() + 2000 * 1000000ll;
+    while ((long long)holmes__now_ns() < end || requests < 3 * END_KINDS) {
+        int kind = requests++ % END_KINDS;
+        pthread_t t;
+        sem_post(&steady_go);
+        CHECK_EQ_INT(pthread_create(&t, NULL, request_main, (void *)(long)kind), 0);
+        if (kind == END_CANCEL) {
+            while (sem_wait(&worked) != 0) {
+            }
+            pthread_cancel(t);
+        }
+        pthread_join(t, NULL);
+        while (sem_wait(&steady_done) != 0) {
+        }
+        if (requests % 16 == 0) {
+            int n = timers_now();
+            max_timers = n > max_timers ? n : max_timers;
+            holmes__cpu_capture_poll(c);
+        }
+    }
+    struct tally t = {{0}, 0, 0};
+    holmes__cpu_capture_each(c, tally_sample, &t);
+    holmes__buf out = {0};
+    holmes__capture_stats st;
+    CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);
+    holmes__buf_free(&out);
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
+    sem_post(&steady_go);
+    pthread_join(steady, NULL);
+
+    uint64_t req = t.req[0] + t.req[1] + t.req[2];
+    double truth = (double)req_ns / (double)(req_ns + steady_ns);
+    double share = req + t.steady ? (double)req / (double)(req + t.steady) : 0;
+    fprintf(stderr,
+            "%d Hz: %d requests, share %.3f (truth %.3f); by end: %llu %llu %llu, "
+            "steady %llu, other %llu; at most %d timers\n",
+            hz, requests, share, truth, (unsigned long long)t.req[0], (unsigned long long)t.req[1],
+            (unsigned long long)t.req[2], (unsigned long long)t.steady, (unsigned long long)t.other,
+            max_timers);
+    CHECK_NEAR(share / truth, 1.0, 0.10);
+    /* Names given after start, whichever way the thread ended. */
+    for (int k = 0; k < END_KINDS; k++)
+        CHECK(t.req[k] > 0);
+    /* Ended threads took their timers with them. */
+    CHECK(max_timers >= 0 && max_timers < 16);
+}
+
+int main(void)
+{
+    if (!holmes__birth_covers())
+        SKIP_TEST("new threads are not seen from birth in this build");
+    sem_init(&worked, 0, 0);
+    sem_init(&release_it, 0, 0);
+    sem_init(&steady_go, 0, 0);
+    sem_init(&steady_done, 0, 0);
+    sem_init(&steady_named, 0, 0);
+    test_watch();
+    /* 100 Hz is tests/integration/test_birth.py's, over more requests. */
+    test_capture(250);
+    test_capture(1000);
+    CHECK_DONE();
+}
