@@ -88,10 +88,29 @@ static void resolve(void)
     __atomic_store_n(&mode, behind_sanitizer ? FORWARD : WRAP, __ATOMIC_RELEASE);
 }
 
+/*
+ * A child forked while a capture runs has none of its timers, and its
+ * SIGPROF goes back to what it was: a thread born there must not arm one.
+ * The watches are forgotten (their owners are abandoned in the child too).
+ */
+static void birth_atfork_child(void)
+{
+    __atomic_store_n(&watching, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&unwrapped, 0, __ATOMIC_RELAXED);
+    for (int i = 0; i < HOLMES_BIRTH_WATCHES; i++) {
+        __atomic_store_n(&slots[i].w, NULL, __ATOMIC_RELAXED);
+        __atomic_store_n(&slots[i].inflight, 0, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&slots[i].gen, 1, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    slots_lock = fresh;
+}
+
 /* Looked up while the library loads, before any agent thread exists. */
 __attribute__((constructor)) static void birth_init(void)
 {
     resolve();
+    pthread_atfork(NULL, NULL, birth_atfork_child);
 }
 
 bool holmes__birth_covers(void)

@@ -359,7 +359,7 @@ static clockid_t thread_cpu_clock(pid_t tid)
  * it lives. A full period first would never sample a thread that ends
  * before it has used one period of CPU (a 4 ms request at 100 Hz).
  */
-static int64_t first_expiry_ns(pid_t tid, int64_t period_ns)
+int64_t holmes__cpu_first_expiry_ns(pid_t tid, int64_t period_ns)
 {
     static uint64_t seed;
     uint64_t x = __atomic_fetch_add(&seed, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED);
@@ -370,15 +370,8 @@ static int64_t first_expiry_ns(pid_t tid, int64_t period_ns)
     return 1 + (int64_t)(x % (uint64_t)period_ns);
 }
 
-static int cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int value,
-                               timer_t *out);
-
-int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
-{
-    return cpu_timer_arm_first(tid, period_ns, first_expiry_ns(tid, period_ns), value, out);
-}
-
-static int cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int value, timer_t *out)
+int holmes__cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int value,
+                                timer_t *out)
 {
     struct sigevent sev;
     memset(&sev, 0, sizeof(sev));
@@ -399,6 +392,12 @@ static int cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first, int 
         return -e;
     }
     return 0;
+}
+
+int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out)
+{
+    return holmes__cpu_timer_arm_first(tid, period_ns, holmes__cpu_first_expiry_ns(tid, period_ns),
+                                       value, out);
 }
 
 static int timer_arm(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
@@ -520,7 +519,7 @@ static void timers_delete(holmes__cpu_capture *c)
 
 /* ---- threads from birth (birth.c): armed on themselves before their start routine ---- */
 
-static int64_t thread_cpu_ns(void)
+int64_t holmes__thread_cpu_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -539,9 +538,9 @@ static uint64_t cpu_born(void *ctx, pid_t tid, void *(*start)(void *))
     prctl(PR_GET_NAME, t->name);
     t->tid = tid;
     t->start = start;
-    t->first_ns = first_expiry_ns(tid, c->period_ns);
-    t->cpu0_ns = thread_cpu_ns();
-    if (cpu_timer_arm_first(tid, c->period_ns, t->first_ns, (int)idx, &t->timer) != 0)
+    t->first_ns = holmes__cpu_first_expiry_ns(tid, c->period_ns);
+    t->cpu0_ns = holmes__thread_cpu_ns();
+    if (holmes__cpu_timer_arm_first(tid, c->period_ns, t->first_ns, (int)idx, &t->timer) != 0)
         return HOLMES_BIRTH_NONE;
     t->armed = 1;
     __atomic_fetch_add(&c->armed, 1, __ATOMIC_RELAXED);
@@ -556,18 +555,22 @@ static uint64_t cpu_born(void *ctx, pid_t tid, void *(*start)(void *))
  * the thread's start routine: the outermost function of the thread's own,
  * which did spend that time (its callees are not known).
  */
+uint64_t holmes__cpu_tail_due(int64_t cpu0_ns, int64_t first_ns, int64_t period_ns, uint64_t fired)
+{
+    int64_t ran = holmes__thread_cpu_ns() - cpu0_ns - first_ns;
+    uint64_t due = ran < 0 ? 0 : (uint64_t)(ran / period_ns) + 1;
+    return due > fired ? due - fired : 0;
+}
+
 static void tail_record(holmes__cpu_capture *c, struct cpu_thread *t, uint32_t idx)
 {
-    int64_t ran = thread_cpu_ns() - t->cpu0_ns - t->first_ns;
-    if (ran < 0)
-        return;
-    uint64_t due = (uint64_t)(ran / c->period_ns) + 1;
-    uint64_t fired = __atomic_load_n(&t->fired, __ATOMIC_RELAXED);
-    if (due <= fired || !t->start)
+    uint64_t due = holmes__cpu_tail_due(t->cpu0_ns, t->first_ns, c->period_ns,
+                                        __atomic_load_n(&t->fired, __ATOMIC_RELAXED));
+    if (!due || !t->start)
         return;
     uintptr_t pc = (uintptr_t)t->start;
-    holmes__cpu_table_add(c->table, idx, &pc, 1, due - fired);
-    __atomic_fetch_add(&c->tail_samples, due - fired, __ATOMIC_RELAXED);
+    holmes__cpu_table_add(c->table, idx, &pc, 1, due);
+    __atomic_fetch_add(&c->tail_samples, due, __ATOMIC_RELAXED);
 }
 
 /* The thread ends: its timer goes (timers count against RLIMIT_SIGPENDING), its last name stays. */

@@ -50,6 +50,20 @@ int holmes__cpu_history_profile(holmes__buf *out, holmes__capture_stats *st);
  * every period_ns of its CPU time. Returns 0 or -errno.
  */
 int holmes__cpu_timer_arm(pid_t tid, int64_t period_ns, int value, timer_t *out);
+/* The same with its first expiry given: holmes__cpu_first_expiry_ns draws the one above. */
+int holmes__cpu_timer_arm_first(pid_t tid, int64_t period_ns, int64_t first_ns, int value,
+                                timer_t *out);
+/* A uniform first expiry in (0, period]: short threads get their share of samples (cpu.c). */
+int64_t holmes__cpu_first_expiry_ns(pid_t tid, int64_t period_ns);
+/* The calling thread's CPU time in ns. */
+int64_t holmes__thread_cpu_ns(void);
+/*
+ * Called by a thread as it ends, for its timer armed at CPU time cpu0_ns
+ * with first_ns: the periods its CPU time made due that the handler never
+ * saw (`fired` it did), because they expired after the kernel's last tick
+ * on the thread.
+ */
+uint64_t holmes__cpu_tail_due(int64_t cpu0_ns, int64_t first_ns, int64_t period_ns, uint64_t fired);
 
 /*
  * SIGPROF is held while a capture or the CPU history runs. acquire returns

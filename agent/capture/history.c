@@ -13,10 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent/unwind/unwind.h"
+#include "agent/capture/birth.h"
 #include "agent/capture/capture.h"
 #include "agent/capture/changed.h"
 #include "agent/capture/cpu.h"
@@ -38,6 +40,10 @@ struct hist_thread {
     uint32_t seen; /* the scan that last listed it */
     uint64_t gone_ns;
     char name[16];
+    /* Threads armed at birth (history_born): the tail at their end. */
+    uint64_t fired; /* atomic: periods the handler saw */
+    int64_t cpu0_ns, first_ns;
+    void *(*start)(void *);
 };
 
 struct bucket {
@@ -61,7 +67,9 @@ typedef struct holmes__history {
     int full_logged;
     bool declined; /* the service took SIGPROF after we did: timers deleted */
     holmes__ratelimit arm_failed;
-    pthread_mutex_t lock; /* rotation against snapshots */
+    pthread_mutex_t lock; /* rotation against snapshots; the thread list */
+    int birth;            /* the new threads' watch (birth.c), or -1 */
+    holmes__birth_watch birth_watch;
     pthread_mutex_t wait_lock;
     pthread_cond_t wait_cond;
     bool stop;
@@ -77,18 +85,32 @@ static holmes__history *hist_running;
 
 /* ---- the handler's side (async-signal-safe) ---- */
 
+/* The current second's table, counted in; NULL when it changed meanwhile. */
+static struct bucket *bucket_enter(holmes__history *h, struct bucket **entered)
+{
+    int b = __atomic_load_n(&h->current, __ATOMIC_SEQ_CST);
+    struct bucket *bk = &h->buckets[b];
+    __atomic_fetch_add(&bk->inflight, 1, __ATOMIC_SEQ_CST);
+    *entered = bk;
+    /* The rotation clears a bucket only once no handler is inside it and
+     * it is not current: re-checking after counting in closes the gap
+     * between the two loads. */
+    return __atomic_load_n(&h->current, __ATOMIC_SEQ_CST) == b ? bk : NULL;
+}
+
+static void bucket_leave(struct bucket *entered)
+{
+    __atomic_fetch_sub(&entered->inflight, 1, __ATOMIC_SEQ_CST);
+}
+
 void holmes__history_on_sigprof(uint32_t thread, uint64_t count, void *uc)
 {
     __atomic_fetch_add(&hist_inflight, 1, __ATOMIC_SEQ_CST);
     holmes__history *h = __atomic_load_n(&hist_active, __ATOMIC_SEQ_CST);
     if (h && thread < (uint32_t)HOLMES_HISTORY_MAX_THREADS) {
-        int b = __atomic_load_n(&h->current, __ATOMIC_SEQ_CST);
-        struct bucket *bk = &h->buckets[b];
-        __atomic_fetch_add(&bk->inflight, 1, __ATOMIC_SEQ_CST);
-        /* The rotation clears a bucket only once no handler is inside it
-         * and it is not current: re-checking after counting in closes the
-         * gap between the two loads. */
-        if (__atomic_load_n(&h->current, __ATOMIC_SEQ_CST) == b) {
+        __atomic_fetch_add(&h->threads[thread].fired, count, __ATOMIC_RELAXED);
+        struct bucket *entered, *bk = bucket_enter(h, &entered);
+        if (bk) {
             uintptr_t pcs[HOLMES_MAX_FRAMES];
             int depth = holmes__unwind_signal(uc, pcs, HOLMES_MAX_FRAMES);
             if (depth > 0)
@@ -96,7 +118,7 @@ void holmes__history_on_sigprof(uint32_t thread, uint64_t count, void *uc)
             else
                 holmes__cpu_table_drop(bk->table, count);
         }
-        __atomic_fetch_sub(&bk->inflight, 1, __ATOMIC_SEQ_CST);
+        bucket_leave(entered);
     }
     __atomic_fetch_sub(&hist_inflight, 1, __ATOMIC_SEQ_CST);
 }
@@ -152,6 +174,7 @@ static holmes__history *history_new(uint64_t history_ms, int hz)
         return NULL;
     h->history_ms = history_ms;
     h->hz = hz;
+    h->birth = -1;
     h->period_ns = (int64_t)(SECOND_NS / (uint64_t)hz);
     /* `history` whole seconds behind the current one. */
     h->nbuckets = (int)((history_ms + 999) / 1000) + 1;
@@ -301,6 +324,69 @@ static void threads_scan(holmes__history *h, int task_fd)
     }
 }
 
+/* ---- threads from birth (birth.c), under the list's lock when it is free ---- */
+
+/*
+ * Armed on itself before its start routine. When the scan or a snapshot
+ * holds the list, the thread is left to the next scan (within 100 ms), as
+ * before: a new thread never waits for the agent.
+ */
+static uint64_t history_born(void *ctx, pid_t tid, void *(*start)(void *))
+{
+    holmes__history *h = ctx;
+    if (pthread_mutex_trylock(&h->lock) != 0)
+        return HOLMES_BIRTH_NONE;
+    uint64_t token = HOLMES_BIRTH_NONE;
+    struct hist_thread *t =
+        h->declined || thread_find(h, tid) ? NULL : thread_slot(h, holmes__now_ns());
+    if (t) {
+        prctl(PR_GET_NAME, t->name);
+        t->tid = tid;
+        t->seen = h->scan;
+        t->start = start;
+        t->fired = 0;
+        t->first_ns = holmes__cpu_first_expiry_ns(tid, h->period_ns);
+        t->cpu0_ns = holmes__thread_cpu_ns();
+        uint32_t idx = (uint32_t)(t - h->threads);
+        int rc = holmes__cpu_timer_arm_first(tid, h->period_ns, t->first_ns,
+                                             (int)(HOLMES_HISTORY_TIMER | idx), &t->timer);
+        t->state = rc == 0 ? T_ARMED : T_FREE;
+        token = rc == 0 ? idx : HOLMES_BIRTH_NONE;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return token;
+}
+
+/*
+ * The thread ends: its timer goes, the periods due after its last tick are
+ * counted on its start routine (cpu.c says why), and a thread no sample
+ * names frees its slot at once, so a thread per request does not fill the
+ * list. When the list is busy, the next scan deletes the timer.
+ */
+static void history_gone(void *ctx, pid_t tid, uint64_t idx)
+{
+    holmes__history *h = ctx;
+    if (pthread_mutex_trylock(&h->lock) != 0)
+        return;
+    struct hist_thread *t = &h->threads[idx];
+    if (t->tid == tid && t->state == T_ARMED) {
+        timer_delete(t->timer);
+        prctl(PR_GET_NAME, t->name);
+        uint64_t fired = __atomic_load_n(&t->fired, __ATOMIC_RELAXED);
+        uint64_t due = holmes__cpu_tail_due(t->cpu0_ns, t->first_ns, h->period_ns, fired);
+        if (due && t->start) {
+            struct bucket *entered, *bk = bucket_enter(h, &entered);
+            uintptr_t pc = (uintptr_t)t->start;
+            if (bk)
+                holmes__cpu_table_add(bk->table, (uint32_t)idx, &pc, 1, due);
+            bucket_leave(entered);
+        }
+        t->state = fired || due ? T_GONE : T_FREE;
+        t->gone_ns = holmes__now_ns();
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
 static void threads_disarm(holmes__history *h)
 {
     for (int i = 0; i < h->nthreads; i++)
@@ -388,6 +474,9 @@ static void history_stop_locked(void)
     if (!h)
         return;
     hist_running = NULL;
+    /* No new thread arms or deletes a timer of the recorder from here on
+     * (unless one is stopped inside its arming: then its memory is kept). */
+    bool keep = h->birth >= 0 && holmes__birth_watch_stop(h->birth) != 0;
     pthread_mutex_lock(&h->wait_lock);
     h->stop = true;
     pthread_cond_signal(&h->wait_cond);
@@ -405,6 +494,11 @@ static void history_stop_locked(void)
         }
         struct timespec ms = {0, 1000000};
         nanosleep(&ms, NULL);
+    }
+    if (keep) {
+        holmes__log(HOLMES_LOG_ERROR, "CPU history: a new thread did not finish arming; its "
+                                      "memory is kept");
+        return;
     }
     history_free(h);
 }
@@ -439,6 +533,8 @@ static int history_start_locked(uint64_t history_ms, int hz)
         return rc;
     }
     hist_running = h;
+    h->birth_watch = (holmes__birth_watch){history_born, history_gone, h};
+    h->birth = holmes__birth_watch_start(&h->birth_watch);
     holmes__log(HOLMES_LOG_DEBUG, "CPU history on: %llu ms at %d Hz, ring %zu KiB",
                 (unsigned long long)history_ms, hz, h->ring_bytes / 1024);
     return 0;

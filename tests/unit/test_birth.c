@@ -5,18 +5,21 @@
  * ends, never after it is stopped, and never of the agent's own threads; a
  * CPU capture gives 4 ms threads their share of CPU next to a long-lived
  * thread, labels them with the names they gave themselves after starting,
- * and leaves no timer behind them.
+ * and leaves no timer behind them; the CPU history does the same; and a
+ * child forked during a capture starts threads without our SIGPROF.
  */
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent/base/base.h"
 #include "agent/capture/birth.h"
 #include "agent/capture/cpu.h"
+#include "agent/capture/history.h"
 #include "check.h"
 
 #define UNIT_NS 4000000ll
@@ -230,24 +233,33 @@ static int tally_sample(void *arg, pid_t tid, const char *name, const uintptr_t 
     return 0;
 }
 
-static void test_capture(int hz)
+static void start_steady(pthread_t *steady)
 {
     __atomic_store_n(&req_ns, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&steady_ns, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&stopping, 0, __ATOMIC_RELAXED);
-    pthread_t steady;
-    CHECK_EQ_INT(pthread_create(&steady, NULL, steady_main, NULL), 0);
-    /* Named before the capture lists it: the label is read here before stop() refreshes it. */
+    CHECK_EQ_INT(pthread_create(steady, NULL, steady_main, NULL), 0);
     while (sem_wait(&steady_named) != 0) {
     }
-    holmes__cpu_capture *c = NULL;
-    int rc = holmes__cpu_capture_start(hz, &c);
-    CHECK_EQ_INT(rc, 0);
-    if (rc != 0)
-        return;
-    int requests = 0, max_timers = 0;
-    long long end = holmes__now_ns() + 2000 * 1000000ll;
-    while ((long long)holmes__now_ns() < end || requests < 3 * END_KINDS) {
+}
+
+static void stop_steady(pthread_t steady)
+{
+    __atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
+    sem_post(&steady_go);
+    pthread_join(steady, NULL);
+}
+
+/*
+ * Serves requests until they used 2 s of CPU (a fixed number of samples to
+ * judge by, however loaded the machine) or for 30 s; returns how many.
+ */
+static int serve(holmes__cpu_capture *c, int *max_timers)
+{
+    int requests = 0;
+    long long end = holmes__now_ns() + 30000 * 1000000ll;
+    while (__atomic_load_n(&req_ns, __ATOMIC_RELAXED) < 2000 * 1000000ll &&
+           (long long)holmes__now_ns() < end) {
         int kind = requests++ % END_KINDS;
         pthread_t t;
         sem_post(&steady_go);
@@ -262,19 +274,32 @@ static void test_capture(int hz)
         }
         if (requests % 16 == 0) {
             int n = timers_now();
-            max_timers = n > max_timers ? n : max_timers;
-            holmes__cpu_capture_poll(c);
+            *max_timers = n > *max_timers ? n : *max_timers;
+            if (c)
+                holmes__cpu_capture_poll(c);
         }
     }
+    return requests;
+}
+
+static void test_capture(int hz)
+{
+    pthread_t steady;
+    /* Named before the capture lists it: the label is read here before stop() refreshes it. */
+    start_steady(&steady);
+    holmes__cpu_capture *c = NULL;
+    int rc = holmes__cpu_capture_start(hz, &c);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0)
+        return;
+    int max_timers = 0, requests = serve(c, &max_timers);
     struct tally t = {{0}, 0, 0};
     holmes__cpu_capture_each(c, tally_sample, &t);
     holmes__buf out = {0};
     holmes__capture_stats st;
     CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);
     holmes__buf_free(&out);
-    __atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
-    sem_post(&steady_go);
-    pthread_join(steady, NULL);
+    stop_steady(steady);
 
     uint64_t req = t.req[0] + t.req[1] + t.req[2];
     double truth = (double)req_ns / (double)(req_ns + steady_ns);
@@ -293,6 +318,71 @@ static void test_capture(int hz)
     CHECK(max_timers >= 0 && max_timers < 16);
 }
 
+static int tally_history(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
+                         int depth, uint64_t count)
+{
+    (void)second;
+    return tally_sample(arg, tid, name, pcs, depth, count);
+}
+
+/* The CPU history at its highest rate covers the request threads from birth too. */
+static void test_history(void)
+{
+    pthread_t steady;
+    start_steady(&steady);
+    int rc = holmes__history_start(5000, 100);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0)
+        return;
+    int max_timers = 0, requests = serve(NULL, &max_timers);
+    struct tally t = {{0}, 0, 0};
+    holmes__history_snapshot *snap = holmes__history_snapshot_take();
+    CHECK(snap != NULL);
+    if (snap)
+        holmes__history_snapshot_each(snap, tally_history, &t);
+    holmes__history_snapshot_free(snap);
+    holmes__history_stop();
+    stop_steady(steady);
+    uint64_t req = t.req[0] + t.req[1] + t.req[2];
+    double truth = (double)req_ns / (double)(req_ns + steady_ns);
+    double share = req + t.steady ? (double)req / (double)(req + t.steady) : 0;
+    fprintf(stderr,
+            "history 100 Hz: %d requests, share %.3f (truth %.3f); steady %llu; at most "
+            "%d timers\n",
+            requests, share, truth, (unsigned long long)t.steady, max_timers);
+    CHECK_NEAR(share / truth, 1.0, 0.10);
+    CHECK(max_timers >= 0 && max_timers < 16);
+}
+
+static void *child_thread(void *arg)
+{
+    burn(50 * 1000000ll);
+    return arg;
+}
+
+/* A child forked during a capture: its new threads arm nothing (SIGPROF would kill it). */
+static void test_fork(void)
+{
+    holmes__cpu_capture *c = NULL;
+    CHECK_EQ_INT(holmes__cpu_capture_start(1000, &c), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, child_thread, NULL) != 0)
+            _exit(2);
+        pthread_join(t, NULL);
+        _exit(timers_now() == 0 ? 0 : 3);
+    }
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (c) {
+        holmes__buf out = {0};
+        holmes__cpu_capture_stop(c, &out, NULL);
+        holmes__buf_free(&out);
+    }
+}
+
 int main(void)
 {
     if (!holmes__birth_covers())
@@ -306,5 +396,7 @@ int main(void)
     /* 100 Hz is tests/integration/test_birth.py's, over more requests. */
     test_capture(250);
     test_capture(1000);
+    test_history();
+    test_fork();
     CHECK_DONE();
 }
