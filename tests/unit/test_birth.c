@@ -25,6 +25,17 @@
 #define UNIT_NS 4000000ll
 
 enum { END_RETURN, END_EXIT, END_CANCEL, END_KINDS };
+/*
+ * The ways requests end in the captures' workload. TSan loses track of a
+ * thread's locks once a cancellation has unwound it out of an intercepted
+ * call (pause), and then reports races on the lock-protected work its
+ * cleanups do: cancellation is left to test_watch there.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define SERVED_KINDS 2
+#else
+#define SERVED_KINDS END_KINDS
+#endif
 static const char *const end_names[END_KINDS] = {"req-return", "req-exit", "req-cancel"};
 
 static long long cpu_ns(void)
@@ -260,7 +271,7 @@ static int serve(holmes__cpu_capture *c, int *max_timers)
     long long end = holmes__now_ns() + 30000 * 1000000ll;
     while (__atomic_load_n(&req_ns, __ATOMIC_RELAXED) < 2000 * 1000000ll &&
            (long long)holmes__now_ns() < end) {
-        int kind = requests++ % END_KINDS;
+        int kind = requests++ % SERVED_KINDS;
         pthread_t t;
         sem_post(&steady_go);
         CHECK_EQ_INT(pthread_create(&t, NULL, request_main, (void *)(long)kind), 0);
@@ -312,7 +323,7 @@ static void test_capture(int hz)
             max_timers);
     CHECK_NEAR(share / truth, 1.0, 0.10);
     /* Names given after start, whichever way the thread ended. */
-    for (int k = 0; k < END_KINDS; k++)
+    for (int k = 0; k < SERVED_KINDS; k++)
         CHECK(t.req[k] > 0);
     /* Ended threads took their timers with them. */
     CHECK(max_timers >= 0 && max_timers < 16);
@@ -354,6 +365,7 @@ static void test_history(void)
     CHECK(max_timers >= 0 && max_timers < 16);
 }
 
+#if !defined(__SANITIZE_THREAD__)
 static void *child_thread(void *arg)
 {
     burn(50 * 1000000ll);
@@ -382,6 +394,7 @@ static void test_fork(void)
         holmes__buf_free(&out);
     }
 }
+#endif
 
 int main(void)
 {
@@ -397,6 +410,10 @@ int main(void)
     test_capture(250);
     test_capture(1000);
     test_history();
+#if defined(__SANITIZE_THREAD__)
+    SKIP_PART("fork: TSan does not support starting threads after a multi-threaded fork");
+#else
     test_fork();
+#endif
     CHECK_DONE();
 }
