@@ -61,7 +61,7 @@ typedef struct holmes__history {
     int current; /* atomic: the bucket the handler adds to */
     struct hist_thread *threads;
     int nthreads;    /* high-water mark of threads[] */
-    bool new_stacks; /* a thread was armed since the unwinder last read the map */
+    bool new_stacks; /* atomic: a thread was armed since the unwinder last read the map */
     uint32_t scan;
     size_t ring_bytes;
     int full_logged;
@@ -352,6 +352,8 @@ static uint64_t history_born(void *ctx, pid_t tid, void *(*start)(void *))
                                              (int)(HOLMES_HISTORY_TIMER | idx), &t->timer);
         t->state = rc == 0 ? T_ARMED : T_FREE;
         token = rc == 0 ? idx : HOLMES_BIRTH_NONE;
+        if (rc == 0) /* its stack is a new mapping for the unwinder */
+            __atomic_store_n(&h->new_stacks, true, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&h->lock);
     return token;
@@ -452,8 +454,9 @@ static void *history_main(void *arg)
             /* Modules loaded, or stacks of threads born, since the last look:
              * the memory map is read only then (its read was nearly all the
              * history's own cost in a steady service). */
-            if (holmes__unwind_try_refresh(h->new_stacks) != HOLMES_EBUSY)
-                h->new_stacks = false;
+            if (holmes__unwind_try_refresh(__atomic_load_n(&h->new_stacks, __ATOMIC_RELAXED)) !=
+                HOLMES_EBUSY)
+                __atomic_store_n(&h->new_stacks, false, __ATOMIC_RELAXED);
             next_rotate += SECOND_NS;
             if (next_rotate <= now) /* a long stall: restart the grid */
                 next_rotate = now + SECOND_NS;
