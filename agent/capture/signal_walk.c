@@ -39,6 +39,9 @@ struct holmes__walk {
     int task_fd;    /* /proc/self/task, rewound every round */
     struct sigaction old;
     int cap, n;
+    uint32_t rounds;    /* rounds begun */
+    uint32_t reclaimed; /* the round that last gave slots back */
+    int free_hint;      /* where the search for a given-back slot starts */
     uint64_t overflow;
     uint32_t index_mask;
     int32_t *index; /* tid hash -> slot + 1 */
@@ -205,24 +208,75 @@ static uint32_t tid_hash(pid_t tid)
     return (uint32_t)tid * 2654435761u;
 }
 
+static void index_insert(holmes__walk *w, pid_t tid, int slot)
+{
+    uint32_t i = tid_hash(tid) & w->index_mask;
+    while (w->index[i])
+        i = (i + 1) & w->index_mask;
+    w->index[i] = slot + 1;
+}
+
+/*
+ * Gives back the slots of threads that the previous round did not list
+ * (they ended: their pending signal went with them) and rebuilds the tid
+ * index over the others. At most once a round: O(slots).
+ */
+static void reclaim(holmes__walk *w)
+{
+    if (w->reclaimed == w->rounds || w->rounds < 2)
+        return;
+    w->reclaimed = w->rounds;
+    memset(w->index, 0, ((size_t)w->index_mask + 1) * sizeof(*w->index));
+    for (int i = 0; i < w->n; i++) {
+        holmes__walk_slot *s = &w->slots[i];
+        bool gone =
+            s->seen + 1 < w->rounds && !s->awaited && atomic_load(&s->state) != SLOT_RUNNING;
+        if (s->tid && gone) {
+            s->tid = 0;
+            s->result = HOLMES_WALK_NONE;
+            s->depth = 0;
+            atomic_store(&s->state, SLOT_IDLE);
+        }
+        if (s->tid)
+            index_insert(w, s->tid, i);
+    }
+}
+
+/* A slot for a new thread: a fresh one, or one given back. */
+static holmes__walk_slot *slot_take(holmes__walk *w)
+{
+    if (w->n < w->cap)
+        return &w->slots[w->n++];
+    reclaim(w);
+    for (int k = 0; k < w->n; k++) {
+        int i = (w->free_hint + k) % w->n;
+        if (w->slots[i].tid == 0) {
+            w->free_hint = i + 1;
+            return &w->slots[i];
+        }
+    }
+    return NULL;
+}
+
 static holmes__walk_slot *slot_for(holmes__walk *w, pid_t tid)
 {
     uint32_t i = tid_hash(tid) & w->index_mask;
     for (; w->index[i]; i = (i + 1) & w->index_mask)
         if (w->slots[w->index[i] - 1].tid == tid)
             return &w->slots[w->index[i] - 1];
-    if (w->n >= w->cap) {
+    holmes__walk_slot *s = slot_take(w);
+    if (!s) {
         w->overflow++;
         return NULL;
     }
-    holmes__walk_slot *s = &w->slots[w->n];
     s->tid = tid;
+    s->seen = w->rounds;
     if (!read_task_stat(tid, s->name, &s->run_state)) {
         snprintf(s->name, sizeof(s->name), "?");
         s->run_state = '?';
     }
     s->agent = is_agent_name(s->name);
-    w->index[i] = ++w->n;
+    index_insert(w, tid, (int)(s - w->slots));
     return s;
 }
 
@@ -301,7 +355,10 @@ static void round_visit(void *p, int tid)
     if (tid == rc->me)
         return;
     holmes__walk_slot *s = slot_for(rc->w, tid);
-    if (!s || s->agent)
+    if (!s)
+        return;
+    s->seen = rc->w->rounds;
+    if (s->agent)
         return;
     if (signal_slot(rc->w, s)) {
         s->result = HOLMES_WALK_NO_ANSWER; /* until the answer arrives */
@@ -365,6 +422,7 @@ int holmes__walk_round(holmes__walk *w, unsigned timeout_ms)
 {
     for (int i = 0; i < w->n; i++)
         w->slots[i].result = HOLMES_WALK_NONE;
+    w->rounds++;
     struct round_ctx rc = {.w = w, .me = self_tid()};
     int err = holmes__dir_numbers(w->task_fd, round_visit, &rc);
     if (rc.sent)
@@ -393,6 +451,8 @@ void holmes__walk_refresh(holmes__walk *w)
 {
     for (int i = 0; i < w->n; i++) {
         holmes__walk_slot *s = &w->slots[i];
+        if (!s->tid)
+            continue; /* given back */
         if (!read_task_stat(s->tid, s->name, &s->run_state))
             s->run_state = 'X'; /* gone */
         /* An agent thread may have been seen before it was named. */

@@ -49,6 +49,7 @@ typedef struct holmes__walk_slot {
     holmes__walk_result result;
     char name[16];     /* comm when first seen (or refreshed) */
     char run_state;    /* R, S, D, T... from /proc/self/task/<tid>/stat */
+    uint32_t seen;     /* internal: the last round that listed the thread */
     int depth;
     uintptr_t pcs[HOLMES_MAX_FRAMES];
 } holmes__walk_slot;
@@ -67,7 +68,12 @@ int holmes__walk_open(int max_threads, holmes__walk **out);
  * Returns the number of threads that answered, or a negative error.
  */
 int holmes__walk_round(holmes__walk *w, unsigned timeout_ms);
-/* The slots: valid until holmes__walk_close; `n` is set to their number. */
+/*
+ * The slots: valid until holmes__walk_close; `n` is set to their number.
+ * When every slot is taken, those of threads the previous round did not
+ * list any more are given to new threads (tid 0 until then), so a walk of
+ * many rounds follows threads that come and go (a thread per request).
+ */
 holmes__walk_slot *holmes__walk_slots(holmes__walk *w, int *n);
 /* Threads seen that did not fit in the slots (they are not walked). */
 uint64_t holmes__walk_overflow(const holmes__walk *w);

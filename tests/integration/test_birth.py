@@ -24,7 +24,7 @@ history = 0s
 abs = 30
 diff = off
 capture = @CAPTURE@
-duration = 3s
+duration = @DURATION@
 hz = @HZ@
 cooldown = 1h
 [reporter.file]
@@ -53,10 +53,12 @@ def tags(profile, key):
     return shares
 
 
-def serve(capture, hz):
+def serve(capture, hz, seconds=3):
     w = Workdir()
-    ini = w.write_ini(INI.replace("@CAPTURE@", capture).replace("@HZ@", str(hz)))
-    _, stdout, stderr = run([prog("thread_per_request"), ini, "5"], timeout=120)
+    ini = w.write_ini(INI.replace("@CAPTURE@", capture).replace("@HZ@", str(hz)).replace(
+        "@DURATION@", "%ds" % seconds))
+    # Seconds to spare after the capture: a loaded machine may start it late.
+    _, stdout, stderr = run([prog("thread_per_request"), ini, str(seconds + 4)], timeout=120)
     profiles = w.files("*.%s.pb.gz" % capture)
     check(len(profiles) == 1, "%s %d Hz: expected one profile, got %s\n%s" % (
         capture, hz, w.files(), stderr[-2000:]))
@@ -95,7 +97,10 @@ def cpu_case(hz):
 
 
 def wall_case(hz):
-    w, out, profile = serve("wall", hz)
+    # Long enough for far more request threads than the walk has slots for
+    # (twice the threads at its start, plus 256): the slots of ended threads
+    # must be given to new ones.
+    w, out, profile = serve("wall", hz, seconds=6)
     if profile:
         names = tags(profile, "thread_name")
         requests = sum(names.get(n, 0.0) for n in NAMES)
@@ -119,7 +124,7 @@ def main():
         skip_test("libholmes.so is behind the %s sanitizer's pthread_create" % SANITIZE)
     cpu_case(100)
     cpu_case(1000)
-    wall_case(100)
+    wall_case(200)
     finish()
 
 
