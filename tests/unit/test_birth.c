@@ -87,16 +87,21 @@ static void count_gone(void *ctx, pid_t tid, uint64_t token)
 
 static sem_t worked, release_it;
 
-static void *short_main(void *arg)
+/* Ends the calling thread the way `kind` says; returns only for END_RETURN. */
+static void end_as(int kind)
 {
-    int kind = (int)(long)arg;
     if (kind == END_EXIT)
         pthread_exit(NULL);
     if (kind == END_CANCEL) {
         sem_post(&worked);
         for (;;)
-            pause();
+            pause(); /* a cancellation point: cancelled here */
     }
+}
+
+static void *short_main(void *arg)
+{
+    end_as((int)(long)arg);
     return NULL;
 }
 
@@ -185,13 +190,7 @@ __attribute__((noinline)) static void *request_main(void *arg)
     int kind = (int)(long)arg;
     pthread_setname_np(pthread_self(), end_names[kind]);
     __atomic_fetch_add(&req_ns, burn(UNIT_NS), __ATOMIC_RELAXED);
-    if (kind == END_EXIT)
-        pthread_exit(NULL);
-    if (kind == END_CANCEL) {
-        sem_post(&worked);
-        for (;;)
-            pause();
-    }
+    end_as(kind);
     return NULL;
 }
 
@@ -293,6 +292,26 @@ static int serve(holmes__cpu_capture *c, int *max_timers)
     return requests;
 }
 
+/* The requests' share against the truth, their labels, and the timers left while serving. */
+static void judge(const char *what, const struct tally *t, int requests, int max_timers)
+{
+    uint64_t req = t->req[0] + t->req[1] + t->req[2];
+    double truth = (double)req_ns / (double)(req_ns + steady_ns);
+    double share = req + t->steady ? (double)req / (double)(req + t->steady) : 0;
+    fprintf(stderr,
+            "%s: %d requests, share %.3f (truth %.3f); by end: %llu %llu %llu, steady %llu, "
+            "other %llu; at most %d timers\n",
+            what, requests, share, truth, (unsigned long long)t->req[0],
+            (unsigned long long)t->req[1], (unsigned long long)t->req[2],
+            (unsigned long long)t->steady, (unsigned long long)t->other, max_timers);
+    CHECK_NEAR(share / truth, 1.0, 0.10);
+    /* Names given after start, whichever way the thread ended. */
+    for (int k = 0; k < SERVED_KINDS; k++)
+        CHECK(t->req[k] > 0);
+    /* Ended threads took their timers with them. */
+    CHECK(max_timers >= 0 && max_timers < 16);
+}
+
 static void test_capture(int hz)
 {
     pthread_t steady;
@@ -312,21 +331,9 @@ static void test_capture(int hz)
     holmes__buf_free(&out);
     stop_steady(steady);
 
-    uint64_t req = t.req[0] + t.req[1] + t.req[2];
-    double truth = (double)req_ns / (double)(req_ns + steady_ns);
-    double share = req + t.steady ? (double)req / (double)(req + t.steady) : 0;
-    fprintf(stderr,
-            "%d Hz: %d requests, share %.3f (truth %.3f); by end: %llu %llu %llu, "
-            "steady %llu, other %llu; at most %d timers\n",
-            hz, requests, share, truth, (unsigned long long)t.req[0], (unsigned long long)t.req[1],
-            (unsigned long long)t.req[2], (unsigned long long)t.steady, (unsigned long long)t.other,
-            max_timers);
-    CHECK_NEAR(share / truth, 1.0, 0.10);
-    /* Names given after start, whichever way the thread ended. */
-    for (int k = 0; k < SERVED_KINDS; k++)
-        CHECK(t.req[k] > 0);
-    /* Ended threads took their timers with them. */
-    CHECK(max_timers >= 0 && max_timers < 16);
+    char what[32];
+    snprintf(what, sizeof(what), "capture %d Hz", hz);
+    judge(what, &t, requests, max_timers);
 }
 
 static int tally_history(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
@@ -354,15 +361,7 @@ static void test_history(void)
     holmes__history_snapshot_free(snap);
     holmes__history_stop();
     stop_steady(steady);
-    uint64_t req = t.req[0] + t.req[1] + t.req[2];
-    double truth = (double)req_ns / (double)(req_ns + steady_ns);
-    double share = req + t.steady ? (double)req / (double)(req + t.steady) : 0;
-    fprintf(stderr,
-            "history 100 Hz: %d requests, share %.3f (truth %.3f); steady %llu; at most "
-            "%d timers\n",
-            requests, share, truth, (unsigned long long)t.steady, max_timers);
-    CHECK_NEAR(share / truth, 1.0, 0.10);
-    CHECK(max_timers >= 0 && max_timers < 16);
+    judge("history 100 Hz", &t, requests, max_timers);
 }
 
 #if !defined(__SANITIZE_THREAD__)
