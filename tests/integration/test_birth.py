@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, finish, pprof, pprof_top, prog,  # noqa: E402
                          run, skip_test)
+from ops_util import PYTHON, preload_env  # noqa: E402
 
 INI = """
 [agent]
@@ -117,6 +118,82 @@ def wall_case(hz):
     w.cleanup()
 
 
+# python3: each request on a new threading.Thread that names itself (prctl) and
+# burns 4 ms of its CPU, next to a long-lived thread doing the same, in lockstep.
+PY_SERVICE = r"""
+import ctypes, sys, threading, time
+libc = ctypes.CDLL(None)
+UNIT = 4000000
+cpu = {"req": 0, "steady": 0}
+go, done = threading.Semaphore(0), threading.Semaphore(0)
+
+def name(n):
+    libc.prctl(15, n.encode(), 0, 0, 0)  # PR_SET_NAME, as after start
+
+def burn(key):
+    t0 = time.thread_time_ns()
+    x = 0
+    while time.thread_time_ns() - t0 < UNIT:
+        for i in range(200):
+            x += i * i
+    cpu[key] += time.thread_time_ns() - t0
+
+def request():
+    name("py-request")
+    burn("req")
+
+def steady():
+    name("py-steady")
+    while True:
+        go.acquire()
+        if cpu.get("stop"):
+            return
+        burn("steady")
+        done.release()
+
+s = threading.Thread(target=steady)
+s.start()
+end = time.monotonic() + float(sys.argv[1])
+n = 0
+while time.monotonic() < end:
+    go.release()
+    t = threading.Thread(target=request)
+    t.start()
+    t.join()
+    done.acquire()
+    n += 1
+cpu["stop"] = 1
+go.release()
+s.join()
+print("py: request_cpu_ns %d\npy: steady_cpu_ns %d\npy: requests %d" % (cpu["req"], cpu["steady"], n))
+"""
+
+
+def python_case(hz):
+    w = Workdir()
+    ini = w.write_ini(INI.replace("@CAPTURE@", "cpu").replace("@HZ@", str(hz)).replace(
+        "@DURATION@", "3s"))
+    script = os.path.join(w.path, "service.py")
+    with open(script, "w") as f:
+        f.write(PY_SERVICE)
+    _, stdout, stderr = run([PYTHON, script, "7"], env=preload_env(ini), timeout=120)
+    profiles = w.files("*.cpu.pb.gz")
+    check(len(profiles) == 1, "python3 %d Hz: expected one profile, got %s\n%s" % (
+        hz, w.files(), stderr[-2000:]))
+    out = {m.group(1): int(m.group(2)) for m in re.finditer(r"py: (\w+) (\d+)", stdout)}
+    if profiles and out.get("request_cpu_ns"):
+        truth = out["request_cpu_ns"] / float(out["request_cpu_ns"] + out["steady_cpu_ns"])
+        names = tags(profiles[0], "thread_name")
+        req, steady = names.get("py-request", 0.0), names.get("py-steady", 0.0)
+        share = req / (req + steady) if req + steady else 0.0
+        print("python3 %d Hz: requests %.3f of the two threads' samples, truth %.3f (%d requests)"
+              % (hz, share, truth, out.get("requests", 0)))
+        check(abs(share / truth - 1) <= 0.10,
+              "python3 %d Hz: the request threads' share %.3f is not within 10%% of the truth "
+              "%.3f: %s" % (hz, share, truth, names))
+    w.cleanup()
+
+
 def main():
     if SANITIZE:
         # A sanitizer's pthread_create runs ahead of libholmes.so there, so
@@ -127,6 +204,7 @@ def main():
     cpu_case(100)
     cpu_case(1000)
     wall_case(200)
+    python_case(1000)
     finish()
 
 
