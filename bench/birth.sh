@@ -62,7 +62,7 @@ for m in $MODES; do wall[$m]=$(median <"$OUT/wall-$m"); done
 printf '%-9s %14s %8s %14s %8s\n' mode "instr/thread" "- direct" "wall ns/thread" "/ direct"
 for m in $MODES; do
     printf '%-9s %14d %8d %14.0f %8.3f\n' "$m" "${ins[$m]}" $((ins[$m] - ins[direct])) \
-        "${wall[$m]}" "$(echo "${wall[$m]} / ${wall[direct]}" | bc -l)"
+        "${wall[$m]}" "$(awk -v a="${wall[$m]}" -v b="${wall[direct]}" 'BEGIN { print a / b }')"
 done
 echo "(preload: instructions not measured; bare vs preload wall: the interposer in a program built without holmes)"
 echo "($N threads per timed run, $REPS runs each interleaved; $CG_N under callgrind; log in $LOG)"
