@@ -276,14 +276,15 @@ HOLMES_EXPORT int pthread_create(pthread_t *th, const pthread_attr_t *attr, void
 {
     if (__builtin_expect(!__atomic_load_n(&mode, __ATOMIC_ACQUIRE), 0))
         resolve();
-    if (__builtin_expect(!next_create, 0))
+    create_fn next = __atomic_load_n(&next_create, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(!next, 0))
         return EAGAIN;
     /* The agent's own threads are never watched (and never recurse here). */
     if (holmes__in_agent || __atomic_load_n(&mode, __ATOMIC_RELAXED) != WRAP)
-        return next_create(th, attr, start, arg);
+        return next(th, attr, start, arg);
     __atomic_fetch_add(&unwrapped, 1, __ATOMIC_SEQ_CST);
     if (__builtin_expect(!__atomic_load_n(&watching, __ATOMIC_SEQ_CST), 1)) {
-        int rc = next_create(th, attr, start, arg);
+        int rc = next(th, attr, start, arg);
         __atomic_fetch_sub(&unwrapped, 1, __ATOMIC_RELEASE);
         return rc;
     }
