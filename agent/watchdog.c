@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/capture/birth.h"
 #include "agent/capture/history.h"
 #include "agent/doorbell.h"
 #include "agent/dump_signal.h"
@@ -38,6 +39,7 @@ struct holmes__watchdog {
     bool baseline_taken;
     int maps_age;    /* ticks since the unwinder last re-read the thread stacks */
     bool maps_stale; /* the thread count changed since that re-read */
+    uint64_t births; /* holmes__birth_count() at that re-read */
     /* Kernel PSI triggers of rules with wake = true (-1 = none): polled with
      * the doorbell, a firing one starts a tick at once. */
     int psi_fd[HOLMES_MAX_RULES];
@@ -264,9 +266,12 @@ static void maybe_take_baseline(holmes__watchdog *w)
 
 /*
  * Keeps the unwinder's view current for the heap sampler, which cannot read
- * /proc from inside malloc. A refresh re-reads the memory map (about 50 us),
- * so it runs when the thread count changed (new thread stacks), and every
- * 10 ticks for modules loaded or threads replaced within one tick. While the
+ * /proc from inside malloc. Re-reading the memory map (new thread stacks)
+ * costs about 50 us at 10 threads and 3.5 ms at 2,000, so it is done when
+ * the thread count changed or, where pthread_create is seen (agent/capture/
+ * birth.c), a thread was born; every 10 ticks a look at the loader's
+ * counters catches modules loaded (and, where births are not seen, the map
+ * is read then too, for threads replaced within one tick). While the
  * capture thread is building tables (seconds for a huge binary) the refresh
  * waits for a later tick: the watchdog never stalls behind it.
  */
@@ -275,13 +280,16 @@ static void refresh_unwinder(holmes__watchdog *w, const holmes__sample *prev,
 {
     if (!holmes__heap_enabled())
         return;
-    if (s->threads != prev->threads)
+    bool births_seen = holmes__birth_covers();
+    uint64_t births = holmes__birth_count();
+    if (s->threads != prev->threads || births != w->births)
         w->maps_stale = true;
     if (w->maps_stale || ++w->maps_age >= 10) {
-        if (holmes__unwind_try_prepare() == HOLMES_EBUSY)
+        if (holmes__unwind_try_refresh(w->maps_stale || !births_seen) == HOLMES_EBUSY)
             return;
         w->maps_stale = false;
         w->maps_age = 0;
+        w->births = births;
     }
 }
 

@@ -55,6 +55,8 @@ static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned watching;
 /* Creations between their test of `watching` and the return of the next pthread_create. */
 static int unwrapped;
+/* The service's pthread_create calls so far (atomic): new stacks for the unwinder's map. */
+static uint64_t births;
 
 enum { UNRESOLVED = 0, WRAP, FORWARD };
 static create_fn next_create;
@@ -111,6 +113,11 @@ __attribute__((constructor)) static void birth_init(void)
 {
     resolve();
     pthread_atfork(NULL, NULL, birth_atfork_child);
+}
+
+uint64_t holmes__birth_count(void)
+{
+    return __atomic_load_n(&births, __ATOMIC_RELAXED);
 }
 
 bool holmes__birth_covers(void)
@@ -283,11 +290,15 @@ HOLMES_EXPORT int pthread_create(pthread_t *th, const pthread_attr_t *attr, void
     if (holmes__in_agent || __atomic_load_n(&mode, __ATOMIC_RELAXED) != WRAP)
         return next(th, attr, start, arg);
     __atomic_fetch_add(&unwrapped, 1, __ATOMIC_SEQ_CST);
+    int rc;
     if (__builtin_expect(!__atomic_load_n(&watching, __ATOMIC_SEQ_CST), 1)) {
-        int rc = next(th, attr, start, arg);
+        rc = next(th, attr, start, arg);
         __atomic_fetch_sub(&unwrapped, 1, __ATOMIC_RELEASE);
-        return rc;
+    } else {
+        __atomic_fetch_sub(&unwrapped, 1, __ATOMIC_RELEASE);
+        rc = create_wrapped(th, attr, start, arg);
     }
-    __atomic_fetch_sub(&unwrapped, 1, __ATOMIC_RELEASE);
-    return create_wrapped(th, attr, start, arg);
+    /* Counted once the new stack is mapped, so a map read after sees it. */
+    __atomic_fetch_add(&births, 1, __ATOMIC_RELAXED);
+    return rc;
 }

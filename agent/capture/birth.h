@@ -50,5 +50,7 @@ int holmes__birth_watch_stop(int handle);
  * pthread_create runs ahead of libholmes (see the README).
  */
 bool holmes__birth_covers(void);
+/* The service's pthread_create calls seen so far (only counts while it covers). */
+uint64_t holmes__birth_count(void);
 
 #endif
