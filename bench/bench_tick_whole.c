@@ -319,8 +319,8 @@ static void print_shape(const shape *sh, const shape *base)
            sh->tick_us / base->tick_us, sh->wake_us, sh->stat_tick_us,
            sh->tick_us / sh->stat_tick_us);
     printf("%-8s   in a loop (warm caches): stat read %.2f us (%.3fx small), sampler_read %.2f "
-           "us (%.3fx small), maps refresh %.2f us (%.3fx small; the watchdog runs it every 10 "
-           "ticks)\n",
+           "us (%.3fx small), maps refresh %.2f us (%.3fx small; the watchdog runs it when a "
+           "thread was born)\n",
            sh->name, sh->stat_us, sh->stat_us / base->stat_us, sh->sampler_us,
            sh->sampler_us / base->sampler_us, sh->maps_us, sh->maps_us / base->maps_us);
 }
