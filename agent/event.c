@@ -74,8 +74,8 @@ static void write_files(holmes__json *j, const holmes__dump *d, const holmes__ev
         }
     } else {
         const char *suffixes[HOLMES_FILE_COUNT];
-        int n = holmes__capture_suffixes(info->baseline, info->captures, suffixes,
-                                         HOLMES_FILE_COUNT);
+        int n =
+            holmes__capture_suffixes(info->baseline, info->captures, suffixes, HOLMES_FILE_COUNT);
         for (int i = 0; i < n; i++) {
             snprintf(name, sizeof(name), "%s.%s", d->stem, suffixes[i]);
             holmes__json_string(j, NULL, name);
@@ -145,4 +145,44 @@ void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *inf
     write_files(&j, d, info);
     holmes__json_string(&j, "stem", d->stem);
     holmes__json_end_object(&j);
+}
+
+holmes__dump *holmes__event_dump_new(const char *app, int pid, const holmes__event_info *info)
+{
+    holmes__dump *d = holmes__dump_new();
+    if (!d)
+        return NULL;
+    const char *rule = info->manual ? "manual" : info->rule.name;
+    char stamp[32];
+    holmes__format_utc_stamp(info->wall_ns, stamp);
+    snprintf(d->app, sizeof(d->app), "%s", app);
+    snprintf(d->rule, sizeof(d->rule), "%s", rule);
+    snprintf(d->metric, sizeof(d->metric), "%s",
+             info->manual ? "manual" : holmes__metric_name(info->rule.metric));
+    snprintf(d->clause, sizeof(d->clause), "%s", holmes__clause_name(info->clause));
+    snprintf(d->stem, sizeof(d->stem), "%s.%d.%s.%s", app, pid, rule, stamp);
+    d->from_wall_ns = d->until_wall_ns = info->wall_ns;
+    return d;
+}
+
+void holmes__event_info_fill(holmes__event_info *info, const holmes__config *cfg, const char *app,
+                             const holmes__limits *limits, const holmes__sample *last,
+                             const holmes__rule_cfg *rule, const holmes__window *win)
+{
+    info->manual = rule == NULL;
+    snprintf(info->app, sizeof(info->app), "%s", app);
+    info->interval_ms = cfg->interval_ms;
+    info->window = cfg->window;
+    info->mem_source = cfg->mem_source;
+    info->baseline = cfg->baseline;
+    info->limits = *limits;
+    info->process = *last;
+    if (rule)
+        info->rule = *rule;
+    if (rule && win) {
+        info->nsamples = win->n;
+        for (int i = 0; i < win->n; i++)
+            info->samples[i] = holmes__window_get(win, i);
+    }
+    info->wall_ns = holmes__wall_ns();
 }

@@ -61,5 +61,15 @@ typedef struct holmes__job {
 /* Writes the event JSON (described in the README) into d->event_json, replacing it. */
 void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *info);
 const char *holmes__event_status_name(holmes__event_status s);
+/*
+ * The parts of a firing's event that come from the configuration and the
+ * last sample: app, limits, the rule (NULL: manual) and its window (may be
+ * NULL), the time now. Captures, clause, value and status are the caller's.
+ */
+void holmes__event_info_fill(holmes__event_info *info, const holmes__config *cfg, const char *app,
+                             const holmes__limits *limits, const holmes__sample *last,
+                             const holmes__rule_cfg *rule, const holmes__window *win);
+/* The dump of a firing, named "<app>.<pid>.<rule>.<UTC time>" (manual: rule "manual"). */
+holmes__dump *holmes__event_dump_new(const char *app, int pid, const holmes__event_info *info);
 
 #endif

@@ -150,22 +150,8 @@ static uint32_t manual_captures(const holmes__config *cfg)
 static void fill_info(const holmes__watchdog *w, const holmes__rule_cfg *rule,
                       const holmes__window *win, holmes__event_info *info)
 {
-    info->manual = rule == NULL;
-    snprintf(info->app, sizeof(info->app), "%s", w->cfg.name);
-    info->interval_ms = w->cfg.interval_ms;
-    info->window = w->cfg.window;
-    info->mem_source = w->cfg.mem_source;
-    info->baseline = w->cfg.baseline;
-    info->limits = *holmes__sampler_limits(w->sampler);
-    info->process = w->last;
-    if (rule)
-        info->rule = *rule;
-    if (rule && win) {
-        info->nsamples = win->n;
-        for (int i = 0; i < win->n; i++)
-            info->samples[i] = holmes__window_get(win, i);
-    }
-    info->wall_ns = holmes__wall_ns();
+    holmes__event_info_fill(info, &w->cfg, w->cfg.name, holmes__sampler_limits(w->sampler),
+                            &w->last, rule, win);
     info->captures = rule ? captures_of_rule(rule) : manual_captures(&w->cfg);
     if (info->captures & (1u << HOLMES_CAPTURE_HEAP)) /* every heap capture brings memory.txt */
         info->captures |= 1u << HOLMES_CAPTURE_MEMORY;
@@ -174,20 +160,7 @@ static void fill_info(const holmes__watchdog *w, const holmes__rule_cfg *rule,
 
 static holmes__dump *new_dump(const holmes__watchdog *w, const holmes__event_info *info)
 {
-    holmes__dump *d = holmes__dump_new();
-    if (!d)
-        return NULL;
-    const char *rule = info->manual ? "manual" : info->rule.name;
-    char stamp[32];
-    holmes__format_utc_stamp(info->wall_ns, stamp);
-    snprintf(d->app, sizeof(d->app), "%s", w->cfg.name);
-    snprintf(d->rule, sizeof(d->rule), "%s", rule);
-    snprintf(d->metric, sizeof(d->metric), "%s",
-             info->manual ? "manual" : holmes__metric_name(info->rule.metric));
-    snprintf(d->clause, sizeof(d->clause), "%s", holmes__clause_name(info->clause));
-    snprintf(d->stem, sizeof(d->stem), "%s.%d.%s.%s", w->cfg.name, w->env.pid, rule, stamp);
-    d->from_wall_ns = d->until_wall_ns = info->wall_ns;
-    return d;
+    return holmes__event_dump_new(w->cfg.name, w->env.pid, info);
 }
 
 static void log_firing(const holmes__job *job)

@@ -12,6 +12,7 @@
 
 #include "holmes/holmes.h"
 #include "tools/tool.h"
+#include "tools/watch.h"
 
 /* "RTMIN+2", "RTMAX-1": real-time signals are named relative to their range. */
 static int realtime_signal(const char *name)
@@ -40,7 +41,7 @@ static int signal_by_name(const char *name)
     return (*end == 0 && n > 0 && n < NSIG) ? (int)n : 0;
 }
 
-static int has_libholmes(int pid)
+int holmes__tool_has_libholmes(int pid)
 {
     char path[64], line[4096];
     snprintf(path, sizeof(path), "/proc/%d/maps", pid);
@@ -55,7 +56,7 @@ static int has_libholmes(int pid)
 }
 
 /* Finds HOLMES_CONFIG in the target's environment. */
-static int config_of(int pid, char *out, size_t cap)
+int holmes__tool_agent_config(int pid, char *out, size_t cap)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/environ", pid);
@@ -76,10 +77,10 @@ static int config_of(int pid, char *out, size_t cap)
 }
 
 /* The dump_signal the target's config names, or 0. */
-static int configured_signal(int pid)
+int holmes__tool_configured_signal(int pid)
 {
     char ini[4096], line[4096];
-    if (config_of(pid, ini, sizeof(ini)) != 0)
+    if (holmes__tool_agent_config(pid, ini, sizeof(ini)) != 0)
         return 0;
     FILE *f = fopen(ini, "re");
     if (!f)
@@ -109,7 +110,7 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "usage: holmes dump PID [-s SIGNAL]\n");
         return 2;
     }
-    int loaded = has_libholmes(pid);
+    int loaded = holmes__tool_has_libholmes(pid);
     if (loaded < 0) {
         fprintf(stderr, "holmes dump: no process %d (or no permission): %s\n", pid,
                 strerror(errno));
@@ -119,7 +120,7 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "holmes dump: process %d does not have libholmes loaded\n", pid);
         return 1;
     }
-    int sig = sigopt ? signal_by_name(sigopt) : configured_signal(pid);
+    int sig = sigopt ? signal_by_name(sigopt) : holmes__tool_configured_signal(pid);
     if (!sig) {
         fprintf(stderr, "holmes dump: %s; set dump_signal in [agent] or pass -s SIGNAL\n",
                 sigopt ? "unknown signal" : "the agent's config sets no dump_signal");

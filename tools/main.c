@@ -17,6 +17,8 @@ static const struct command {
     {"dump", holmes_cmd_dump, "dump PID [-s SIGNAL]     ask a running agent for a dump now"},
     {"run", holmes_cmd_run, "run -c FILE [--inherit] -- CMD [ARGS...]  run CMD with the agent"},
     {"report", holmes_cmd_report, "report FILE [--base FILE] [--top N]  a profile's top functions"},
+    {"watch", holmes_cmd_watch,
+     "watch -c FILE (--pid PID... | --name PATTERN | --cgroup PATH | --pgid PGID)  judge running processes from outside"},
 };
 
 static int usage(FILE *out)

@@ -6,5 +6,6 @@ int holmes_cmd_check(int argc, char **argv);
 int holmes_cmd_dump(int argc, char **argv);
 int holmes_cmd_run(int argc, char **argv);
 int holmes_cmd_report(int argc, char **argv);
+int holmes_cmd_watch(int argc, char **argv);
 
 #endif

@@ -144,6 +144,9 @@ int holmes__wall_capture_stop(holmes__wall_capture *c, holmes__buf *out, holmes_
 
 /* ---- fds.c: every open descriptor and what it is ---- */
 int holmes__fds_capture(const char *root, holmes__buf *txt);
+/* The same for another process (holmes watch): <root>/proc/self and <root>/proc/net
+ * lead to its /proc dirs, and `pid` is the one the text names. */
+int holmes__fds_capture_of(const char *root, int pid, holmes__buf *txt);
 
 /* ---- flamegraph.c: a self-contained interactive SVG from a gzip'd pprof ---- */
 /* value_index picks the sample type; base (may be NULL) subtracts a baseline. */

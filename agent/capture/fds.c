@@ -465,6 +465,11 @@ static void fds_index(fds_run *r)
 
 int holmes__fds_capture(const char *root, holmes__buf *txt)
 {
+    return holmes__fds_capture_of(root, (int)getpid(), txt);
+}
+
+int holmes__fds_capture_of(const char *root, int pid, holmes__buf *txt)
+{
     fds_run *r = calloc(1, sizeof(*r));
     if (!r)
         return HOLMES_ENOMEM;
@@ -477,7 +482,7 @@ int holmes__fds_capture(const char *root, holmes__buf *txt)
     if (!rc) {
         char stamp[40];
         holmes__format_rfc3339(holmes__wall_ns(), stamp);
-        holmes__buf_printf(txt, "Open file descriptors of pid %d at %s: %lu\n", (int)getpid(), stamp,
+        holmes__buf_printf(txt, "Open file descriptors of pid %d at %s: %lu\n", pid, stamp,
                            r->total);
         write_summary(r, txt);
         holmes__buf_printf(txt, "%6s %-10s %s\n", "fd", "kind", "target and details");

@@ -84,6 +84,7 @@ typedef struct base_map {
 
 typedef struct walk {
     const char *root;
+    int pid; /* whose memory process_vm_readv reads: 0 = a fixture tree (nothing to read) */
     holmes__memory_figures *f;
     holmes__memory_summary *top; /* may be NULL */
     holmes__buf *record;         /* base_map of every mapping, when taking a baseline */
@@ -101,11 +102,11 @@ static bool anonymous(const mapping *m)
 /* glibc's heap_info: ar_ptr, prev, size, mprotect_size at the start of each arena heap. */
 static bool glibc_arena_heap(const walk *w, const mapping *m)
 {
-    if (w->root[0] || m->start % GLIBC_HEAP_MAX || m->end - m->start > GLIBC_HEAP_MAX)
+    if (!w->pid || m->start % GLIBC_HEAP_MAX || m->end - m->start > GLIBC_HEAP_MAX)
         return false;
     uintptr_t hdr[4];
     struct iovec local = {hdr, sizeof(hdr)}, remote = {(void *)m->start, sizeof(hdr)};
-    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof(hdr))
+    if (process_vm_readv(w->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof(hdr))
         return false;
     return hdr[0] != 0 && hdr[2] == m->end - m->start && hdr[3] >= hdr[2] &&
            hdr[3] <= GLIBC_HEAP_MAX;
@@ -119,13 +120,13 @@ static bool glibc_arena_heap(const walk *w, const mapping *m)
  */
 static bool holds_thread_control_block(const walk *w, const mapping *m)
 {
-    if (w->root[0])
+    if (!w->pid)
         return true;     /* a fixture: the guard below is all there is to go by */
     uintptr_t top[1024]; /* the top 8 KiB: struct pthread is about 2.3 KiB */
     size_t bytes = m->end - m->start < sizeof(top) ? m->end - m->start : sizeof(top);
     uintptr_t from = m->end - bytes;
     struct iovec local = {top, bytes}, remote = {(void *)from, bytes};
-    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)bytes)
+    if (process_vm_readv(w->pid, &local, 1, &remote, 1, 0) != (ssize_t)bytes)
         return false;
     for (size_t i = 0; i + 2 < bytes / sizeof(uintptr_t); i++) {
         uintptr_t at = from + i * sizeof(uintptr_t);
@@ -551,7 +552,7 @@ static int measure(walk *w)
 
 int holmes__memory_read(const char *root, holmes__memory_figures *out, holmes__memory_summary *top)
 {
-    walk w = {.root = root, .f = out, .top = top};
+    walk w = {.root = root, .pid = root[0] ? 0 : (int)getpid(), .f = out, .top = top};
     HOLMES_AGENT_ENTER();
     int rc = measure(&w);
     HOLMES_AGENT_LEAVE();
@@ -569,7 +570,7 @@ int holmes__memory_take_baseline(void)
 {
     holmes__memory_figures f;
     holmes__buf maps = {0};
-    walk w = {.root = "", .f = &f, .record = &maps};
+    walk w = {.root = "", .pid = (int)getpid(), .f = &f, .record = &maps};
     HOLMES_AGENT_ENTER();
     int rc = measure(&w);
     HOLMES_AGENT_LEAVE();
@@ -733,10 +734,10 @@ void holmes__memory_verdict(holmes__memory_summary *s)
 /* ---- thread names for the stacks among the top mappings ---- */
 
 /* The stack pointer a blocked thread shows in /proc/self/task/TID/syscall. */
-static bool thread_sp(const char *tid, uintptr_t *sp)
+static bool thread_sp(const char *task_dir, const char *tid, uintptr_t *sp)
 {
-    char path[320], text[256];
-    snprintf(path, sizeof(path), "/proc/self/task/%s/syscall", tid);
+    char path[HOLMES_PATH_MAX + 300], text[256];
+    snprintf(path, sizeof(path), "%s/%s/syscall", task_dir, tid);
     if (holmes__read_file(path, text, sizeof(text)) <= 0 || !strncmp(text, "running", 7))
         return false;
     /* "nr a1 a2 a3 a4 a5 a6 sp pc": the last two fields */
@@ -751,25 +752,27 @@ static bool thread_sp(const char *tid, uintptr_t *sp)
     return true;
 }
 
-static void name_stacks(holmes__memory_summary *s)
+static void name_stacks(const char *root, holmes__memory_summary *s)
 {
     bool any = false;
+    char dir[HOLMES_PATH_MAX];
     for (int i = 0; i < s->ntop; i++)
         any |= !strcmp(s->top[i].name, "[stack]") && s->top[i].start != 0;
-    DIR *d = any ? opendir("/proc/self/task") : NULL;
+    snprintf(dir, sizeof(dir), "%s/proc/self/task", root);
+    DIR *d = any ? opendir(dir) : NULL;
     if (!d)
         return;
     struct dirent *e;
     while ((e = readdir(d))) {
         uintptr_t sp;
-        if (e->d_name[0] == '.' || !thread_sp(e->d_name, &sp))
+        if (e->d_name[0] == '.' || !thread_sp(dir, e->d_name, &sp))
             continue;
         for (int i = 0; i < s->ntop; i++) {
             holmes__memory_mapping *t = &s->top[i];
             if (strcmp(t->name, "[stack]") || sp < t->start || sp >= t->end)
                 continue;
-            char path[320], comm[32] = "";
-            snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+            char path[HOLMES_PATH_MAX + 300], comm[32] = "";
+            snprintf(path, sizeof(path), "%s/%s/comm", dir, e->d_name);
             if (holmes__read_file(path, comm, sizeof(comm)) > 0)
                 comm[strcspn(comm, "\n")] = '\0';
             snprintf(t->name, sizeof(t->name), "[stack:%.12s %.16s]", e->d_name, comm);
@@ -879,12 +882,18 @@ static int by_growth(const void *a, const void *b)
 
 int holmes__memory_capture(holmes__buf *txt, holmes__memory_summary *s, holmes__capture_stats *st)
 {
+    return holmes__memory_capture_of("", (int)getpid(), txt, s, st);
+}
+
+int holmes__memory_capture_of(const char *root, int pid, holmes__buf *txt,
+                              holmes__memory_summary *s, holmes__capture_stats *st)
+{
     uint64_t t0 = holmes__now_ns();
     memset(s, 0, sizeof(*s));
     HOLMES_AGENT_ENTER();
     pthread_mutex_lock(&baseline_lock);
-    walk w = {.root = "", .f = &s->now, .top = s};
-    if (have_baseline) {
+    walk w = {.root = root, .pid = pid, .f = &s->now, .top = s};
+    if (have_baseline && !root[0]) {
         w.base = (const base_map *)(const void *)base_maps.data;
         w.nbase = base_maps.len / sizeof(base_map);
         s->base = base_figures;
@@ -894,7 +903,7 @@ int holmes__memory_capture(holmes__buf *txt, holmes__memory_summary *s, holmes__
     pthread_mutex_unlock(&baseline_lock);
     if (rc == 0) {
         qsort(s->top, (size_t)s->ntop, sizeof(s->top[0]), by_growth);
-        name_stacks(s);
+        name_stacks(root, s);
         holmes__memory_verdict(s);
         write_text(txt, s);
         s->valid = true;

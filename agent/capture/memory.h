@@ -88,6 +88,14 @@ int holmes__memory_take_baseline(void);
  */
 int holmes__memory_capture(holmes__buf *txt, holmes__memory_summary *sum,
                            holmes__capture_stats *st);
+/*
+ * The same for another process (holmes watch): <root>/proc/self leads to its
+ * /proc dir, and pid is whose memory glibc's arena and thread headers are
+ * read from (a failed read counts the mapping as plain anonymous memory).
+ * Without a baseline or the allocators' own statistics.
+ */
+int holmes__memory_capture_of(const char *root, int pid, holmes__buf *txt,
+                              holmes__memory_summary *sum, holmes__capture_stats *st);
 /* The one-line verdict of a summary (also its first line in memory.txt). */
 void holmes__memory_verdict(holmes__memory_summary *sum);
 /* The event's "memory" object. */

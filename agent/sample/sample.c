@@ -198,6 +198,15 @@ static void sample_cpu(holmes__sampler *s, const holmes__proc_stats *ps, holmes_
     s->prev_cpu_ns = ps->cpu_ns;
 }
 
+static void use_proc_stats(holmes__sampler *s, const holmes__proc_stats *ps, holmes__sample *out)
+{
+    out->cpu_ns_total = ps->cpu_ns;
+    out->rss_bytes = ps->rss_bytes;
+    out->threads = ps->threads;
+    sample_cpu(s, ps, out);
+    set_metric(out, HOLMES_METRIC_THREADS, (double)ps->threads);
+}
+
 static bool sample_proc(holmes__sampler *s, holmes__sample *out)
 {
     holmes__proc_stats ps;
@@ -209,11 +218,7 @@ static bool sample_proc(holmes__sampler *s, holmes__sample *out)
         fail(s, HOLMES_METRIC_CPU, "the process's stat", rc);
         return false;
     }
-    out->cpu_ns_total = ps.cpu_ns;
-    out->rss_bytes = ps.rss_bytes;
-    out->threads = ps.threads;
-    sample_cpu(s, &ps, out);
-    set_metric(out, HOLMES_METRIC_THREADS, (double)ps.threads);
+    use_proc_stats(s, &ps, out);
     return true;
 }
 
@@ -285,11 +290,10 @@ static void sample_events(holmes__sampler *s, holmes__sample *out)
                             strerror(-rc));
 }
 
-void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
-                          holmes__sample *out)
+/* Everything after the process's own stats, which are in `out` (or not: have_rss). */
+static void sample_rest(holmes__sampler *s, bool have_rss, uint64_t heap_bytes, bool heap_on,
+                        holmes__sample *out)
 {
-    memset(out, 0, sizeof(*out));
-    bool have_rss = sample_proc(s, out);
     sample_mem(s, have_rss, out);
     sample_fds(s, out);
     out->heap_bytes = heap_bytes;
@@ -298,4 +302,21 @@ void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
     sample_psi(s, HOLMES_METRIC_MEM_PRESSURE, &s->pressure[0], "memory pressure (PSI)", out);
     sample_psi(s, HOLMES_METRIC_CPU_PRESSURE, &s->pressure[1], "cpu pressure (PSI)", out);
     sample_events(s, out);
+}
+
+void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
+                          holmes__sample *out)
+{
+    memset(out, 0, sizeof(*out));
+    bool have_rss = sample_proc(s, out);
+    sample_rest(s, have_rss, heap_bytes, heap_on, out);
+}
+
+void holmes__sampler_read_stats(holmes__sampler *s, const holmes__proc_stats *ps, uint64_t t_ns,
+                                holmes__sample *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->t_ns = t_ns;
+    use_proc_stats(s, ps, out);
+    sample_rest(s, true, 0, false, out);
 }

@@ -74,6 +74,16 @@ const holmes__cgroup *holmes__sampler_cgroup(const holmes__sampler *s);
 void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
                           holmes__sample *out);
 
+/* The process's CPU time, resident memory and thread count (proc.c's reader fills it). */
+typedef struct holmes__proc_stats holmes__proc_stats;
+/*
+ * holmes__sampler_read with the process's own stats read by the caller, at
+ * t_ns (CLOCK_MONOTONIC): `holmes watch` reads them for many processes at
+ * once through libproc2 and the rest (cgroup, fds, PSI) here. No heap.
+ */
+void holmes__sampler_read_stats(holmes__sampler *s, const holmes__proc_stats *ps, uint64_t t_ns,
+                                holmes__sample *out);
+
 /* Lower-level readers, exported for tests. All return 0 or -errno. */
 int holmes__cgroup_locate(const char *root, holmes__cgroup *out);
 /*
@@ -148,11 +158,11 @@ int holmes__machine_mem_total(const char *root, uint64_t *bytes);
 double holmes__usable_cpus(void);
 
 /* The process's own CPU time, resident memory and thread count. */
-typedef struct holmes__proc_stats {
+struct holmes__proc_stats {
     uint64_t cpu_ns; /* user + system */
     uint64_t rss_bytes;
     long threads;
-} holmes__proc_stats;
+};
 typedef struct holmes__proc_reader holmes__proc_reader;
 /*
  * Parses <root>/proc/self/stat and statm (clock ticks and pages). For the

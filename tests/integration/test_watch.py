@@ -1,0 +1,329 @@
+"""`holmes watch` (README, "Watching from outside"): the rules of an INI file
+judged for processes that run without holmes, from outside.
+
+- --name on Debian's memcached (no holmes inside) under a real client loop:
+  a CPU event with fds.txt listing its listening socket, threads.txt and
+  memory.txt, and notes that say the CPU profile is not available from
+  outside (not a fake one).
+- --pid on a linked program with a dump_signal: its own agent's dump, not
+  an outside one.
+- --pgid on nginx master + workers under ab: a worker's CPU event.
+- errors: a pid that never existed (3), another user's process as non-root
+  (4), a target that exits during a capture (5, event partial, no file of a
+  capture it outlived), bad arguments (2), a bad INI file (1).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from holmes_test import Workdir, check, example, finish, run, tool  # noqa: E402
+from ops_util import Service, run_env, skip, wait_until  # noqa: E402
+from test_fork_nginx import NGINX_CONF, free_port  # noqa: E402
+
+WATCH_INI = """
+[agent]
+interval = 200ms
+window = 3
+warmup = 3
+cpu_cores = 1
+[rule.cpu]
+min = 5
+diff = off
+abs = @CPU@
+cooldown = 1m
+[reporter.file]
+dir = @DUMPS@
+"""
+
+def watch(w, ini, args, log, env=None):
+    full = dict(run_env())
+    full.update(env or {})
+    return Service([tool(), "watch", "-c", ini] + args, env=full,
+                   stderr_path=os.path.join(w.path, log))
+
+
+def events_of(w, pid):
+    return [(p, e) for p, e in w.events() if e.get("pid") == pid]
+
+
+def wait_event(w, pid, timeout=30):
+    found = wait_until(lambda: events_of(w, pid), timeout=timeout)
+    return found[0] if found else (None, None)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+# ---- --name on memcached ----
+
+def test_memcached_by_name(w):
+    if not shutil.which("memcached"):
+        check(False, "memcached is not installed (scripts/deps.sh installs it)")
+        return
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    mc = Service([shutil.which("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0",
+                  "-t", "2"] + user, stderr_path=os.path.join(w.path, "memcached.log"))
+    ini = w.write_ini(WATCH_INI.replace("@CPU@", "20"), "memcached.ini")
+    wt = watch(w, ini, ["--name", "memcache*"], "watch-memcached.log")
+    try:
+        wait_until(lambda: "following pid %d " % mc.pid in wt.stderr(), timeout=15)
+        check("following pid %d (memcached)" % mc.pid in wt.stderr(),
+              "the watcher did not follow memcached: %s" % wt.stderr()[-1500:])
+        # Three clients keep memcached's two worker threads busy.
+        clients = [subprocess.Popen([sys.executable, "-c", CLIENT, str(port), "8"])
+                   for _ in range(3)]
+        path, event = wait_event(w, mc.pid, timeout=30)
+        for c in clients:
+            c.kill()
+            c.wait()
+        check(event, "no CPU event for memcached: %s" % wt.stderr()[-2000:])
+        if not event:
+            return
+        check(event["rule"] == "cpu" and event["value"] >= 20, "event: %s" % event)
+        check(event["app"] == "memcached", "app is %r" % event["app"])
+        check(event["status"] == "partial", "status %r" % event["status"])
+        check("CPU profile from outside is not available" in event.get("notes", ""),
+              "the notes do not say why there is no CPU profile: %r" % event.get("notes"))
+        stem = os.path.join(w.dumps, event["stem"])
+        fds = read(stem + ".fds.txt")
+        check("Open file descriptors of pid %d" % mc.pid in fds, fds[:300])
+        check(re.search(r"tcp\s+.*127\.0\.0\.1:%d.*LISTEN" % port, fds),
+              "fds.txt does not list memcached's listening socket:\n%s" % fds[:3000])
+        threads = read(stem + ".threads.txt")
+        check("Threads of pid %d (memcached)" % mc.pid in threads, threads[:300])
+        check(threads.count("Thread ") >= 3, "memcached's threads are missing:\n%s" % threads)
+        if os.geteuid() == 0:
+            check("[kernel]" in threads, "no kernel stack as root:\n%s" % threads[:2000])
+        memory = read(stem + ".memory.txt")
+        check("where the RSS is" in memory and "RSS (smaps_rollup)" in memory, memory[:600])
+        check(sorted(event["files"]) == sorted(os.path.basename(f) for f in
+                                               w.files(event["stem"] + ".*")
+                                               if not f.endswith(".json")),
+              "the event's files are not the ones written: %s" % event["files"])
+    finally:
+        wt.kill()
+        mc.kill()
+
+
+CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+end = time.time() + float(sys.argv[2]); n = 0
+while time.time() < end:
+    k = b"k%d" % (n % 1000); n += 1
+    s.sendall(b"set %s 0 0 64\\r\\n%s\\r\\nget %s\\r\\n" % (k, b"s" * 64, k))
+    d = b""
+    while not d.endswith(b"END\\r\\n"):
+        d += s.recv(65536)
+"""
+
+
+# ---- --pid on a program with holmes inside ----
+
+INSIDE_INI = """
+[agent]
+name = cpu_spike
+interval = 200ms
+dump_signal = SIGUSR2
+[rule.fds]
+abs = 100000
+[reporter.file]
+dir = @DUMPS@
+"""
+
+
+def test_pid_with_agent_inside(w):
+    inner = Workdir(prefix="holmes-watch-inner-")
+    inner_ini = inner.write_ini(INSIDE_INI)
+    env = dict(run_env())
+    env["HOLMES_CONFIG"] = inner_ini
+    spike = Service([example("cpu_spike"), inner_ini, "1", "20"], env=env,
+                    stderr_path=os.path.join(w.path, "cpu_spike.log"))
+    ini = w.write_ini(WATCH_INI.replace("@CPU@", "40"), "inside.ini")
+    wt = watch(w, ini, ["--pid", str(spike.pid)], "watch-inside.log")
+    try:
+        manual = inner.wait_for("cpu_spike.%d.manual.*.cpu.pb.gz" % spike.pid, timeout=40)
+        check(manual, "the agent inside gave no dump: watcher %s\nservice %s" % (
+            wt.stderr()[-1500:], spike.stderr()[-1500:]))
+        ok = wait_until(lambda: "agent delivered its dump" in wt.stderr(), timeout=30)
+        check(ok, "the watcher did not see the agent's dump: %s" % wt.stderr()[-1500:])
+        check("holmes inside" in wt.stderr(), wt.stderr()[-1500:])
+        check(not w.files("*"), "the watcher wrote an outside dump too: %s" % w.files("*"))
+    finally:
+        wt.kill()
+        spike.kill()
+        inner.cleanup()
+
+
+# ---- --pgid on nginx master + workers ----
+
+def workers(master):
+    try:
+        with open("/proc/%d/task/%d/children" % (master, master)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_nginx_by_pgid(w):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx) or not shutil.which("ab"):
+        check(False, "nginx-light and apache2-utils (ab) are needed (scripts/deps.sh)")
+        return
+    port = free_port()
+    prefix = os.path.join(w.path, "nginx")
+    os.makedirs(os.path.join(prefix, "logs"))
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.replace("@DIR@", prefix).replace("@PORT@", str(port))
+                .replace("@WORKERS@", "2"))
+    ng = Service([nginx, "-p", prefix, "-c", conf], stderr_path=os.path.join(w.path, "nginx.log"))
+    ini = w.write_ini(WATCH_INI.replace("@CPU@", "15"), "nginx.ini")
+    wt = None
+    try:
+        kids = wait_until(lambda: len(workers(ng.pid)) == 2 and workers(ng.pid), timeout=15)
+        check(kids, "nginx started no workers: %s" % ng.stderr())
+        if not kids:
+            return
+        # Service() starts a new session: nginx's pgid is its master's pid.
+        wt = watch(w, ini, ["--pgid", str(os.getpgid(ng.pid))], "watch-nginx.log")
+        wait_until(lambda: wt.stderr().count("following pid") >= 3, timeout=15)
+        check(wt.stderr().count("following pid") == 3,
+              "not master + 2 workers: %s" % wt.stderr()[-1500:])
+        event = None
+        for _ in range(3):
+            run(["ab", "-q", "-k", "-n", "200000", "-c", "8", "-t", "8",
+                 "http://127.0.0.1:%d/" % port], timeout=60, check_rc=False)
+            found = [e for _, e in w.events() if e.get("pid") in kids]
+            if found:
+                event = found[0]
+                break
+        check(event, "no CPU event for an nginx worker: %s" % wt.stderr()[-2000:])
+        if event:
+            check(event["rule"] == "cpu", "event: %s" % event)
+            fds = read(os.path.join(w.dumps, event["stem"] + ".fds.txt"))
+            check("127.0.0.1:%d" % port in fds, "the worker's fds.txt:\n%s" % fds[:2000])
+    finally:
+        if wt:
+            wt.kill()
+        ng.kill()
+
+
+# ---- errors ----
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def never_existed():
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while os.path.exists("/proc/%d" % pid):
+        pid -= 1
+    return pid
+
+
+def test_errors(w):
+    ini = w.write_ini(WATCH_INI.replace("@CPU@", "50"), "errors.ini")
+    pid = never_existed()
+    rc, out, err = run([tool(), "watch", "-c", ini, "--pid", str(pid)], check_rc=False)
+    check(rc == 3 and "no process %d" % pid in err, "a pid that never existed: %d %r" % (rc, err))
+    rc, out, err = run([tool(), "watch", "-c", ini], check_rc=False)
+    check(rc == 2 and "exactly one of" in err, "no selector: %d %r" % (rc, err))
+    rc, out, err = run([tool(), "watch", "-c", ini, "--pid", "12x"], check_rc=False)
+    check(rc == 2 and "not a pid: '12x'" in err, "a bad pid: %d %r" % (rc, err))
+    bad = w.write_ini("[agent]\ninterval = 1 fortnight\n", "bad.ini")
+    rc, out, err = run([tool(), "watch", "-c", bad, "--name", "x"], check_rc=False)
+    check(rc == 1 and "bad.ini:2:" in err, "a bad INI file: %d %r" % (rc, err))
+    rc, out, err = run([tool(), "watch", "--help"], check_rc=False)
+    check(rc == 0 and "Exit status" in out, "--help: %d %r" % (rc, out))
+    test_other_user(w, ini)
+
+
+def test_other_user(w, ini):
+    """A process of another user, watched as non-root: exit 4 with the owner named."""
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            skip("another user's process: setpriv is missing")
+            return
+        target = Service(SLEEPER)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        os.chmod(w.path, 0o755)
+        os.chmod(ini, 0o644)
+    else:
+        target, as_user = None, []
+    pid = target.pid if target else 1
+    try:
+        rc, out, err = run(as_user + [tool(), "watch", "-c", ini, "--pid", str(pid)],
+                           check_rc=False)
+        check(rc == 4 and "no permission to watch pid %d" % pid in err,
+              "another user's process: %d %r" % (rc, err))
+    finally:
+        if target:
+            target.kill()
+
+
+THREADS_INI = """
+[agent]
+interval = 200ms
+window = 3
+warmup = 3
+[rule.threads]
+abs = 1
+[reporter.file]
+dir = @DUMPS@
+"""
+
+
+def test_exit_during_capture(w):
+    """The capture is widened to 2 s between its parts; the target dies inside it."""
+    target = Service(SLEEPER)
+    ini = w.write_ini(THREADS_INI, "exit.ini")
+    wt = watch(w, ini, ["--pid", str(target.pid)], "watch-exit.log",
+               env={"HOLMES_WATCH_TEST_CAPTURE_PAUSE_MS": "2000"})
+    try:
+        fired = wait_until(lambda: "capturing from outside" in wt.stderr(), timeout=20)
+        check(fired, "the threads rule did not fire: %s" % wt.stderr()[-1500:])
+        target.kill()
+        rc, _, _ = wt.finish(timeout=30)
+        log = wt.stderr()
+        check(rc == 5, "exit status %r after the target exited: %s" % (rc, log[-1500:]))
+        check("pid %d (python3) exited during the" % target.pid in log, log[-1500:])
+        path, event = wait_event(w, target.pid, timeout=10)
+        check(event and event["status"] == "partial" and "exited during" in event["notes"],
+              "event: %s" % event)
+        if event:
+            written = [os.path.basename(f) for f in w.files(event["stem"] + ".*")]
+            listed = event["files"] + [os.path.basename(path)]
+            check(sorted(written) == sorted(listed), "%s vs %s" % (written, listed))
+            check(len(event["files"]) < 3, "every capture was kept: %s" % event["files"])
+    finally:
+        wt.kill()
+        target.kill()
+
+
+def main():
+    parts = [test_errors, test_exit_during_capture, test_memcached_by_name,
+             test_pid_with_agent_inside, test_nginx_by_pgid]
+    only = os.environ.get("HOLMES_TEST_ONLY")
+    for part in parts:
+        if only and part.__name__ != only:
+            continue
+        w = Workdir(prefix="holmes-watch-")
+        try:
+            part(w)
+        finally:
+            w.cleanup()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
