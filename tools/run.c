@@ -8,6 +8,7 @@
  * (agent/preload.c), the same as without this wrapper.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -79,14 +80,27 @@ static bool config_valid(const char *path)
     return false;
 }
 
-/* The library this tool runs with is the one to preload: same version. */
+static int find_libholmes(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    const char *base = strrchr(info->dlpi_name, '/');
+    base = base ? base + 1 : info->dlpi_name;
+    if (strncmp(base, "libholmes.so", 12) != 0)
+        return 0;
+    *(const char **)arg = info->dlpi_name;
+    return 1;
+}
+
+/*
+ * The library this tool runs with is the one to preload: same version. It is
+ * found among the loaded objects by name: the tool also has the agent's code
+ * compiled in (for `holmes watch`), so an address of a holmes_ function may
+ * lie in the tool itself.
+ */
 static int libholmes_path(char out[PATH_MAX])
 {
-    Dl_info info;
-    const char *(*fn)(void) = holmes_version;
-    void *addr;
-    memcpy(&addr, &fn, sizeof(addr)); /* ISO C has no function-to-object cast */
-    if (dladdr(addr, &info) == 0 || !info.dli_fname || !realpath(info.dli_fname, out))
+    const char *name = NULL;
+    if (!dl_iterate_phdr(find_libholmes, &name) || !name || !realpath(name, out))
         return -1;
     return 0;
 }

@@ -6,7 +6,9 @@ LD_PRELOAD points, HOLMES_CONFIG names the ConfigMap's key where it is
 mounted, the dump dir and the spool lie on a volume, and the pod's name and
 namespace reach the Pyroscope tags. The README names these fields; each of
 them is checked here. Finally the service's environment, as Kubernetes
-would set it, starts a real agent under LD_PRELOAD."""
+would set it, starts a real agent under LD_PRELOAD. watch.yaml, the same
+service watched from a `holmes watch --cgroup ..` sidecar, is checked and
+its command run."""
 import configparser
 import os
 import re
@@ -134,7 +136,8 @@ def check_readme():
     with open(os.path.join(SRC, "README.md")) as f:
         readme = f.read()
     for word in ("examples/kubernetes", "initContainers", "emptyDir", "LD_PRELOAD",
-                 "HOLMES_CONFIG", "ConfigMap", "Downward API", "POD_NAME", "POD_NAMESPACE"):
+                 "HOLMES_CONFIG", "ConfigMap", "Downward API", "POD_NAME", "POD_NAMESPACE",
+                 "shareProcessNamespace", "holmes watch", "--cgroup .."):
         check(word in readme, "README.md does not name %s" % word)
 
 
@@ -158,9 +161,50 @@ def check_agent_starts(w, ini_path):
           "the spool under the pod's dump dir was not created: %s" % r.stderr)
 
 
+WATCH_EXAMPLE = os.path.join(SRC, "examples", "kubernetes", "watch.yaml")
+
+
+def check_watch_example(w):
+    """watch.yaml: a `holmes watch --cgroup ..` sidecar in a pod that shares its
+    process namespace; its command, run here with the ConfigMap's INI, watches
+    this process's sibling cgroup and stops cleanly."""
+    with open(WATCH_EXAMPLE) as f:
+        docs = {d.get("kind"): d for d in yaml.safe_load_all(f) if d}
+    check(set(docs) == {"ConfigMap", "Deployment"}, "kinds in watch.yaml: %s" % list(docs))
+    pod = docs.get("Deployment", {}).get("spec", {}).get("template", {}).get("spec", {})
+    check(pod.get("shareProcessNamespace") is True, "watch.yaml: shareProcessNamespace is not true")
+    sidecars = [c for c in pod.get("containers", []) if c.get("command", [])[:2] == ["holmes", "watch"]]
+    check(len(sidecars) == 1 and len(pod.get("containers", [])) == 2,
+          "watch.yaml: expected the service and one holmes watch sidecar")
+    if not sidecars:
+        return
+    command = sidecars[0]["command"]
+    check("--cgroup" in command, "the sidecar does not watch a cgroup: %s" % command)
+    config = command[command.index("-c") + 1] if "-c" in command else ""
+    vol, mount = volume_for_path(sidecars[0], config)
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    check(vol and volumes.get(vol, {}).get("configMap", {}).get("name") ==
+          docs["ConfigMap"].get("metadata", {}).get("name"),
+          "the sidecar's -c %s is not on the ConfigMap's volume" % config)
+    key, text = next(iter(docs["ConfigMap"].get("data", {}).items()), ("", ""))
+    check(config == "%s/%s" % (mount, key), "-c %s, ConfigMap key %s" % (config, key))
+    text = text.replace("/dumps/", os.path.join(w.path, "watch-dumps") + "/")
+    text = re.sub(r"(?m)^url = .*$", "url = http://127.0.0.1:9", text)
+    local = os.path.join(w.path, "watch.ini")
+    with open(local, "w") as f:
+        f.write(text)
+    args = [tool()] + command[1:]
+    args[args.index("-c") + 1] = local
+    r = subprocess.run(args + ["--for", "1s"], capture_output=True, text=True,
+                       env=dict(os.environ, **POD), timeout=60)
+    check(r.returncode == 0, "the sidecar's command exited %d: %s" % (r.returncode, r.stderr))
+    check("error" not in r.stderr.lower(), "holmes watch complained: %s" % r.stderr)
+
+
 def test_kubernetes_example():
     w = Workdir("holmes-k8s-")
     configmap, deployment = load()
+    check_watch_example(w)
     key, ini_path, ini = check_ini(w, configmap)
     check_deployment(configmap, deployment, key, ini)
     check_readme()

@@ -23,7 +23,7 @@ version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build/CMakeCache.txt")
 deb=$tmp/pkg/holmes-c_${version}_amd64.deb
 [[ -f $deb ]] || fail "no $(basename "$deb") in: $(ls "$tmp/pkg")"
 depends=$(dpkg-deb -f "$deb" Depends)
-for lib in libc6 libprotobuf-c1 zlib1g libelf1; do
+for lib in libc6 libprotobuf-c1 zlib1g libelf1 libproc2-0; do
   [[ $depends == *"$lib "* || $depends == *"$lib," || $depends == *"$lib" ]] ||
     fail "Depends lacks $lib: $depends"
 done
