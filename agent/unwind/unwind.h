@@ -47,6 +47,21 @@ void holmes__unwind_release(void);
  */
 int holmes__unwind_signal(const void *ucontext, uintptr_t *pcs, int max);
 
+/* A thread's registers where a walk starts: pc is exact (not a return address). */
+typedef struct holmes__unwind_regs {
+    uintptr_t pc, sp, fp;
+} holmes__unwind_regs;
+
+/*
+ * Walks a thread's stack from a copy of its top: `len` bytes that were at
+ * [r->sp, r->sp + len) in that thread (a perf sample's PERF_SAMPLE_STACK_USER).
+ * Reads only the copy and the tables (so the thread may have moved on, or
+ * be in another process whose modules are mapped alike); a frame above the
+ * copy ends the walk. Returns the number of frames, pcs[0] = r->pc.
+ */
+int holmes__unwind_copy(const holmes__unwind_regs *r, const void *stack, size_t len, uintptr_t *pcs,
+                        int max);
+
 /*
  * Walks the caller's own stack, skipping `skip` frames above the caller.
  * pcs[i] are return addresses: with skip 0, pcs[0] is the one of the call to

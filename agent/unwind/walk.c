@@ -37,6 +37,8 @@ typedef struct walker {
     const holmes__unw_maps *maps;
     uintptr_t lo, hi; /* readable stack: [lo, hi) */
     int switches;
+    /* A copy of [lo, hi) taken elsewhere (a perf sample's): reads go there. */
+    const uint8_t *copy;
 } walker;
 
 /* ---- bounds ---- */
@@ -91,6 +93,8 @@ static bool main_stack_bound(const holmes__unw_maps *m, uintptr_t sp, uintptr_t 
  */
 static bool find_bounds(walker *w, uintptr_t sp)
 {
+    if (w->copy) /* the copy is all there is: no other stack to switch to */
+        return false;
     uintptr_t tlo = holmes__unw_tls_lo, thi = holmes__unw_tls_hi;
     w->lo = sp;
     if (thi && sp >= tlo && sp < thi) {
@@ -112,6 +116,10 @@ UNW_NO_SANITIZE static inline bool read_word(const walker *w, uintptr_t addr, ui
     if ((addr & 7u) || addr < w->lo || addr > w->hi - sizeof(uintptr_t) ||
         w->hi < sizeof(uintptr_t))
         return false;
+    if (w->copy) {
+        __builtin_memcpy(out, w->copy + (addr - w->lo), sizeof(*out));
+        return true;
+    }
     *out = *(const volatile uintptr_t *)addr;
     return true;
 }
@@ -245,7 +253,7 @@ UNW_NO_SANITIZE static bool step(walker *w, frame *f)
 
 /* ---- entry points ---- */
 
-UNW_NO_SANITIZE static int walk(frame f, uintptr_t *pcs, int max, int skip)
+UNW_NO_SANITIZE static int walk_from(walker w, frame f, uintptr_t *pcs, int max, int skip)
 {
     if (!pcs || max <= 0 || walking)
         return 0;
@@ -254,12 +262,12 @@ UNW_NO_SANITIZE static int walk(frame f, uintptr_t *pcs, int max, int skip)
     if (max > HOLMES_MAX_FRAMES)
         max = HOLMES_MAX_FRAMES;
     unsigned gi, mi;
-    walker w = {.gen = holmes__unw_pin(&holmes__unw_gens, &gi),
-                .maps = holmes__unw_pin(&holmes__unw_maps_pub, &mi)};
+    w.gen = holmes__unw_pin(&holmes__unw_gens, &gi);
+    w.maps = holmes__unw_pin(&holmes__unw_maps_pub, &mi);
     int n = 0;
     if (skip <= 0)
         pcs[n++] = f.pc;
-    if (find_bounds(&w, f.sp)) {
+    if (w.copy || find_bounds(&w, f.sp)) {
         /* Steps are bounded too: skipped frames count against the same budget. */
         for (int steps = 0; n < max && steps < 2 * HOLMES_MAX_FRAMES && step(&w, &f); steps++) {
             if (--skip <= 0)
@@ -271,6 +279,23 @@ UNW_NO_SANITIZE static int walk(frame f, uintptr_t *pcs, int max, int skip)
     atomic_signal_fence(memory_order_seq_cst);
     walking = 0;
     return n;
+}
+
+static int walk(frame f, uintptr_t *pcs, int max, int skip)
+{
+    return walk_from((walker){0}, f, pcs, max, skip);
+}
+
+int holmes__unwind_copy(const holmes__unwind_regs *r, const void *stack, size_t len, uintptr_t *pcs,
+                        int max)
+{
+    if (!r || (!stack && len))
+        return 0;
+    frame f = {.pc = r->pc, .sp = r->sp, .fp = r->fp, .exact = true};
+    walker w = {.lo = r->sp, .hi = r->sp + (len & ~(size_t)7), .copy = stack};
+    if (w.hi < w.lo || !stack) /* no copy: the leaf alone */
+        w.hi = w.lo, w.copy = (const uint8_t *)"";
+    return walk_from(w, f, pcs, max, 0);
 }
 
 int holmes__unwind_signal(const void *ucontext, uintptr_t *pcs, int max)
