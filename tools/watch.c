@@ -32,8 +32,9 @@ static const char usage[] =
     "  --for DURATION  stop after this long (e.g. 30s, 10m)\n"
     "Processes that appear later (--name, --cgroup, --pgid) are followed; exits are logged.\n"
     "A process with libholmes.so loaded and a dump_signal is asked for its own dump; others\n"
-    "get fds.txt, threads.txt (name, state, wchan; kernel stacks as root) and memory.txt\n"
-    "from outside, through the INI file's reporters, named <name>.<pid>.<rule>.<time>.\n"
+    "get fds.txt, threads.txt (name, state, wchan; kernel stacks as root), memory.txt and,\n"
+    "for a CPU rule, cpu.pb.gz (perf_event_open, leaf frames) from outside, through the INI\n"
+    "file's reporters, named <name>.<pid>.<rule>.<time>.\n"
     "Exit status: 0 stopped (SIGINT, SIGTERM, --for); 1 configuration or reporter error;\n"
     "2 usage; 3 a --pid does not exist; 4 no permission to read a --pid; 5 every --pid exited.\n";
 

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "agent/capture/capture.h"
 #include "agent/sample/sample.h"
 #include "agent/tick.h"
 #include "reporters/reporter.h"
@@ -83,6 +84,14 @@ int holmes__watch_tick(watch *w);
 int holmes__watch_check_pids(const watch *w);
 /* Whether the process is still the same one (pid alive, same start time). */
 bool holmes__watch_alive(const watch_proc *p);
+
+/* ---- watch_cpu.c ---- */
+/*
+ * A CPU profile of p from outside through perf_event_open, for duration_ms
+ * at hz; `why` says what was refused (on an error, or threads left out).
+ */
+int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms, holmes__buf *out,
+                              holmes__capture_stats *st, char *why, size_t why_cap);
 
 /* ---- watch_capture.c ---- */
 /* The firing of `rule` (NULL: manual) for process p. */

@@ -263,6 +263,7 @@ typedef struct outside_job {
     const watch_proc *p;
     holmes__event_info *info;
     holmes__dump *d;
+    const holmes__rule_cfg *rule; /* NULL: manual */
     bool gone;
 } outside_job;
 
@@ -295,22 +296,57 @@ static void keep(outside_job *j, const char *what, holmes__file_id id, int rc, h
     }
 }
 
+/* The rule's captures that take a CPU profile (a manual dump takes one too). */
+static bool wants_cpu(const holmes__rule_cfg *rule)
+{
+    uint32_t want = rule ? (1u << rule->capture) | rule->also_capture : 1u << HOLMES_CAPTURE_CPU;
+    return want &
+           (1u << HOLMES_CAPTURE_CPU | 1u << HOLMES_CAPTURE_HISTORY | 1u << HOLMES_CAPTURE_WALL);
+}
+
 /* What the rule asked for that a process without holmes cannot give from outside. */
 static void note_missing(holmes__event_info *info, const holmes__rule_cfg *rule)
 {
-    uint32_t want = rule ? (1u << rule->capture) | rule->also_capture : 1u << HOLMES_CAPTURE_CPU;
-    if (want &
-        (1u << HOLMES_CAPTURE_CPU | 1u << HOLMES_CAPTURE_HISTORY | 1u << HOLMES_CAPTURE_WALL)) {
-        note(info, "cpu: a CPU profile from outside is not available in this version of holmes "
-                   "watch (it needs perf_event_open sampling with off-line unwinding); load "
-                   "libholmes.so with a dump_signal for CPU profiles");
-        info->status = HOLMES_EVENT_PARTIAL;
-    }
-    if (want & (1u << HOLMES_CAPTURE_HEAP)) {
+    if (rule && ((1u << rule->capture) | rule->also_capture) & (1u << HOLMES_CAPTURE_HEAP)) {
         note(info, "heap: heap profiles need the agent inside the process (memory.txt tells where "
                    "the RSS is)");
         info->status = HOLMES_EVENT_PARTIAL;
     }
+}
+
+static void add_flamegraph(outside_job *j, const holmes__buf *pb)
+{
+    char title[400];
+    holmes__buf svg = {0};
+    snprintf(title, sizeof(title), "%s cpu (from outside): %s", j->d->app, j->d->stem);
+    int rc = holmes__flamegraph_svg(pb->data, pb->len, NULL, 0, -1, title, &svg);
+    keep(j, "cpu flame graph", HOLMES_FILE_CPU_SVG, rc, &svg);
+}
+
+static void capture_cpu(outside_job *j, const holmes__rule_cfg *rule)
+{
+    holmes__buf pb = {0};
+    holmes__capture_stats st = {0};
+    char why[512] = "";
+    int hz = rule ? rule->hz : 100;
+    uint64_t ms = rule ? rule->duration_ms : 5000;
+    int rc = holmes__watch_cpu_profile(j->p, hz, ms, &pb, &st, why, sizeof(why));
+    if (rc != 0) {
+        holmes__buf_free(&pb);
+        note(j->info, "cpu: no CPU profile from outside: %s", why[0] ? why : holmes_strerror(rc));
+        j->info->status = HOLMES_EVENT_PARTIAL;
+        return;
+    }
+    j->info->captures |= 1u << HOLMES_CAPTURE_CPU;
+    j->info->stats[HOLMES_CAPTURE_CPU] = st;
+    j->info->has_stats[HOLMES_CAPTURE_CPU] = true;
+    note(j->info,
+         "cpu: from outside, each sample is the thread's sampled instruction only (stacks "
+         "of another process are not unwound)%s%s",
+         why[0] ? "; " : "", why);
+    if (!pb.failed)
+        add_flamegraph(j, &pb);
+    keep(j, "cpu", HOLMES_FILE_CPU_PB, 0, &pb);
 }
 
 static void capture_outside(watch *w, watch_proc *p, outside_job *j)
@@ -334,6 +370,8 @@ static void capture_outside(watch *w, watch_proc *p, outside_job *j)
         if (j->gone)
             j->info->memory.valid = false;
     }
+    if (!j->gone && wants_cpu(j->rule))
+        capture_cpu(j, j->rule);
     (void)w;
 }
 
@@ -369,7 +407,7 @@ static void fire_outside(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
         return;
     }
     log_firing(p, info, d->stem);
-    outside_job j = {.w = w, .p = p, .info = info, .d = d};
+    outside_job j = {.w = w, .p = p, .info = info, .d = d, .rule = rule};
     note_missing(info, rule);
     capture_outside(w, p, &j);
     if (info->status == HOLMES_EVENT_CAPTURING)

@@ -22,6 +22,7 @@ struct holmes__pprof {
     holmes__vec comments;    /* of const char * */
     holmes__itab index;      /* sample hash -> index in samples + 1 */
     const char *past_maps;   /* see holmes__pprof_past_maps, or NULL */
+    int pid;                 /* see holmes__pprof_of_process; 0 = this process */
 };
 
 #endif

@@ -379,7 +379,9 @@ static bool enc_init(enc *e, holmes__pprof *p, holmes__buf *out)
     /* windowBits 15 + 16: a gzip header and trailer, as pprof expects. */
     e->z_ready = deflateInit2(&e->z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8,
                               Z_DEFAULT_STRATEGY) == Z_OK;
-    if (!e->z_ready || !(e->syms = holmes__symbols_load_metered(e->meter)))
+    e->syms = p->pid ? holmes__symbols_load_of(p->pid, e->meter)
+                     : holmes__symbols_load_metered(e->meter);
+    if (!e->z_ready || !e->syms)
         return false;
     if (p->past_maps)
         holmes__symbols_add_maps(e->syms, p->past_maps);

@@ -176,6 +176,11 @@ void holmes__pprof_comment(holmes__pprof *p, const char *text)
         p->comments.len--;
 }
 
+void holmes__pprof_of_process(holmes__pprof *p, int pid)
+{
+    p->pid = pid;
+}
+
 void holmes__pprof_past_maps(holmes__pprof *p, const char *maps_text)
 {
     if (p && maps_text && maps_text[0])

@@ -60,6 +60,8 @@ void holmes__pprof_comment(holmes__pprof *p, const char *text);
  * unloaded since.
  */
 void holmes__pprof_past_maps(holmes__pprof *p, const char *maps_text);
+/* The samples' addresses are another process's: symbolize with its maps and files. */
+void holmes__pprof_of_process(holmes__pprof *p, int pid);
 /*
  * Symbolizes, encodes and gzips into out (appended). Returns 0 or an error.
  * Memory is bounded by the number of distinct stacks and locations, never

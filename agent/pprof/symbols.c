@@ -47,6 +47,7 @@ typedef struct module {
 typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
 
 struct holmes__symbols {
+    int pid;                 /* whose maps and files: 0 = this process */
     holmes__meter own_meter; /* used when no meter was passed in */
     holmes__meter *meter;
     holmes__arena arena;
@@ -62,9 +63,12 @@ struct demangled {
 
 /* ---- /proc/self/maps ---- */
 
-static bool read_maps(holmes__vec *text)
+static bool read_maps(const holmes__symbols *s, holmes__vec *text)
 {
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    char path[64] = "/proc/self/maps";
+    if (s->pid)
+        snprintf(path, sizeof(path), "/proc/%d/maps", s->pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
     for (;;) {
@@ -125,7 +129,7 @@ static void parse_maps(holmes__symbols *s)
 {
     holmes__vec text;
     holmes__vec_init(&text, s->meter, 1);
-    if (read_maps(&text))
+    if (read_maps(s, &text))
         parse_maps_text(s, text.data);
     holmes__vec_free(&text);
 }
@@ -176,13 +180,14 @@ static void *demangler(void)
 }
 
 /* The object sits in its own pages so that it can carry its own meter. */
-static holmes__symbols *symbols_new(holmes__meter *meter)
+static holmes__symbols *symbols_new(holmes__meter *meter, int pid)
 {
     holmes__meter first = {0};
     holmes__symbols *s = holmes__map(meter ? meter : &first, sizeof(*s));
     if (!s)
         return NULL;
     s->own_meter = first;
+    s->pid = pid;
     s->meter = meter ? meter : &s->own_meter;
     holmes__arena_init(&s->arena, s->meter);
     holmes__vec_init(&s->modules, s->meter, sizeof(module));
@@ -199,12 +204,17 @@ static holmes__symbols *symbols_new(holmes__meter *meter)
 
 holmes__symbols *holmes__symbols_load_metered(holmes__meter *meter)
 {
-    return symbols_new(meter);
+    return symbols_new(meter, 0);
+}
+
+holmes__symbols *holmes__symbols_load_of(int pid, holmes__meter *meter)
+{
+    return symbols_new(meter, pid);
 }
 
 holmes__symbols *holmes__symbols_load(void)
 {
-    return symbols_new(NULL);
+    return symbols_new(NULL, 0);
 }
 
 void holmes__symbols_free(holmes__symbols *s)
@@ -251,8 +261,18 @@ static bool is_special(const char *path)
     return path[0] != '/' || (n > 10 && strcmp(path + n - 10, " (deleted)") == 0);
 }
 
-static Elf *open_module_elf(const module *m)
+static Elf *open_module_elf(const holmes__symbols *s, const module *m)
 {
+    if (s->pid) {
+        /* Another process's files, as its mount namespace names them; its
+         * vDSO is not in this process's memory. */
+        char path[4096 + 32];
+        if (is_special(m->info.path) ||
+            snprintf(path, sizeof(path), "/proc/%d/root%s", s->pid, m->info.path) >=
+                (int)sizeof(path))
+            return NULL;
+        return open_elf(path);
+    }
     if (strcmp(m->info.path, "[vdso]") == 0) {
         /* The vDSO has no file: its ELF image is the mapping itself. */
         return elf_memory((char *)m->info.start, m->info.end - m->info.start);
@@ -293,7 +313,7 @@ static const char *note_build_id(holmes__arena *a, Elf_Data *d)
 static void load_header(holmes__symbols *s, module *m)
 {
     m->state = MOD_HEADER;
-    if (!(m->elf = open_module_elf(m)))
+    if (!(m->elf = open_module_elf(s, m)))
         return;
     size_t n = 0, page = (size_t)sysconf(_SC_PAGESIZE);
     if (elf_getphdrnum(m->elf, &n) != 0)

@@ -17,6 +17,9 @@ typedef struct holmes__module_info {
 
 /* Like holmes__symbols_load, with every byte it maps counted by m. */
 holmes__symbols *holmes__symbols_load_metered(holmes__meter *m);
+/* The same for another process: its /proc/<pid>/maps, its files through
+ * /proc/<pid>/root (holmes watch). */
+holmes__symbols *holmes__symbols_load_of(int pid, holmes__meter *m);
 
 /*
  * Adds executable mappings seen earlier ("/proc/self/maps" lines, e.g. taken
