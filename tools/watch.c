@@ -92,21 +92,25 @@ static void normalize(char *path)
     snprintf(path, HOLMES_PATH_MAX, "%s", out[0] ? out : "/");
 }
 
-/* The watcher's own cgroup path, for a relative --cgroup. */
+/*
+ * The watcher's own cgroup path, for a relative --cgroup: v2's, or the v1
+ * memory controller's where v2 has none but the root (a hybrid host).
+ */
 static int own_cgroup(char *out, size_t cap)
 {
     char text[4096];
     if (holmes__read_file("/proc/self/cgroup", text, sizeof(text)) <= 0)
         return -1;
     const char *v2 = strstr(text, "0::");
-    if (v2 && (v2 == text || v2[-1] == '\n')) {
-        snprintf(out, cap, "%.*s", (int)strcspn(v2 + 3, "\n"), v2 + 3);
-        return 0;
-    }
+    if (v2 && v2 != text && v2[-1] != '\n')
+        v2 = NULL;
     const char *mem = strstr(text, ":memory:");
-    if (!mem)
+    if (v2 && (!mem || strncmp(v2 + 3, "/\n", 2) != 0))
+        snprintf(out, cap, "%.*s", (int)strcspn(v2 + 3, "\n"), v2 + 3);
+    else if (mem)
+        snprintf(out, cap, "%.*s", (int)strcspn(mem + 8, "\n"), mem + 8);
+    else
         return -1;
-    snprintf(out, cap, "%.*s", (int)strcspn(mem + 8, "\n"), mem + 8);
     return 0;
 }
 

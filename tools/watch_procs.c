@@ -187,26 +187,29 @@ static bool refused_before(int pid)
 
 /* ---- selection ---- */
 
-/* The cgroup v2 path in /proc/<pid>/cgroup ("0::/a/b"), else v1's memory controller's. */
-static const char *cgroup_path(char **lines)
-{
-    const char *v1 = NULL;
-    for (int i = 0; lines && lines[i]; i++) {
-        if (!strncmp(lines[i], "0::", 3))
-            return lines[i] + 2;
-        const char *c = strchr(lines[i], ':');
-        if (c && !strncmp(c + 1, "memory:", 7))
-            v1 = c + 7;
-    }
-    return v1;
-}
-
 static bool under(const char *path, const char *dir)
 {
     size_t n = strlen(dir);
     if (n == 1 && dir[0] == '/')
         return path[0] == '/';
     return !strncmp(path, dir, n) && (path[n] == '\0' || path[n] == '/');
+}
+
+/*
+ * Whether the process's cgroup v2 path, or its v1 memory controller's (a
+ * hybrid host keeps every process at the v2 root), is dir or below it.
+ */
+static bool in_cgroup(char **lines, const char *dir)
+{
+    for (int i = 0; lines && lines[i]; i++) {
+        const char *c = strchr(lines[i], ':');
+        const char *path = !strncmp(lines[i], "0::", 3)         ? lines[i] + 3
+                           : c && !strncmp(c + 1, "memory:", 7) ? c + 1 + 7
+                                                                : NULL;
+        if (path && under(path, dir))
+            return true;
+    }
+    return false;
 }
 
 static bool matches(const watch *w, struct pids_stack *s)
@@ -218,10 +221,8 @@ static bool matches(const watch *w, struct pids_stack *s)
         return VAL(I_PGRP, s_int, s) == w->pgid;
     case WATCH_NAME:
         return fnmatch(w->pattern, VAL(I_CMD, str, s), 0) == 0;
-    case WATCH_CGROUP: {
-        const char *path = cgroup_path(VAL(I_CGROUP, strv, s));
-        return path && under(path, w->cgroup);
-    }
+    case WATCH_CGROUP:
+        return in_cgroup(VAL(I_CGROUP, strv, s), w->cgroup);
     }
     return false;
 }

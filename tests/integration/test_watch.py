@@ -8,6 +8,7 @@ judged for processes that run without holmes, from outside.
 - --pid on a linked program with a dump_signal: its own agent's dump, not
   an outside one.
 - --pgid on nginx master + workers under ab: a worker's CPU event.
+- --cgroup follows a process started later, by relative and absolute path.
 - errors: a pid that never existed (3), another user's process as non-root
   (4), a target that exits during a capture (5, event partial, no file of a
   capture it outlived), bad arguments (2), a bad INI file (1).
@@ -340,8 +341,55 @@ def test_exit_during_capture(w):
         target.kill()
 
 
+QUIET_INI = """
+[agent]
+interval = 200ms
+[rule.threads]
+abs = 100000
+[reporter.file]
+dir = @DUMPS@
+"""
+
+
+def own_cgroup():
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    v2 = [p for i, c, p in lines if i == "0" and c == ""]
+    v1 = [p for i, c, p in lines if "memory" in c.split(",")]
+    if v2 == ["/"] and v1:  # a hybrid host: v2 has every process at its root
+        return v1[0]
+    return (v2 or v1 or [None])[0]
+
+
+def test_cgroup(w):
+    """--cgroup . (this process's own cgroup) and its absolute path both follow
+    a process started after the watcher, and log its exit."""
+    path = own_cgroup()
+    if not path:
+        skip("--cgroup: no cgroup found in /proc/self/cgroup")
+        return
+    ini = w.write_ini(QUIET_INI, "cgroup.ini")
+    for arg in (".", path):
+        wt = watch(w, ini, ["--cgroup", arg, "--for", "20s"], "watch-cgroup.log")
+        try:
+            wait_until(lambda: "following pid" in wt.stderr(), timeout=10)
+            target = Service(SLEEPER)
+            ok = wait_until(lambda: "following pid %d (python3)" % target.pid in wt.stderr(),
+                            timeout=10)
+            check(ok, "--cgroup %s did not follow a new process: %s" % (arg, wt.stderr()[-1500:]))
+            target.kill()
+            ok = wait_until(lambda: "pid %d (python3) exited" % target.pid in wt.stderr(),
+                            timeout=10)
+            check(ok, "--cgroup %s did not log the exit: %s" % (arg, wt.stderr()[-1500:]))
+        finally:
+            wt.kill()
+    rc, _, err = run([tool(), "watch", "-c", ini, "--cgroup", "/no/such/cgroup", "--for", "1s"],
+                     check_rc=False)
+    check(rc == 0 and "no process matches yet" in err, "an empty cgroup: %d %r" % (rc, err))
+
+
 def main():
-    parts = [test_errors, test_exit_during_capture, test_memcached_by_name,
+    parts = [test_errors, test_exit_during_capture, test_cgroup, test_memcached_by_name,
              test_pid_with_agent_inside, test_nginx_by_pgid]
     only = os.environ.get("HOLMES_TEST_ONLY")
     for part in parts:
