@@ -241,12 +241,11 @@ static int make_views(watch *w)
     return 0;
 }
 
-static void wait_interval(const watch *w, uint64_t next_ns)
+static void wait_until_ns(uint64_t next_ns)
 {
     uint64_t now = holmes__now_ns();
     if (next_ns > now && !stopping)
         poll(NULL, 0, (int)((next_ns - now + 999999) / 1000000));
-    (void)w;
 }
 
 static int run(watch *w)
@@ -267,7 +266,7 @@ static int run(watch *w)
         next += w->cfg.interval_ms * 1000000ull;
         if (w->run_for_ns && next - start > w->run_for_ns)
             break;
-        wait_interval(w, next);
+        wait_until_ns(next);
     }
     return WATCH_EXIT_OK;
 }

@@ -101,7 +101,7 @@ void holmes__watch_fire(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
 /* Finds an agent inside p (libholmes mapped, a dump_signal in its config). */
 void holmes__watch_find_inside(watch_proc *p);
 /* Follows the dump requests of agents inside: logs each delivered event. */
-void holmes__watch_poll_inside(watch *w, watch_proc *p);
+void holmes__watch_poll_inside(watch_proc *p);
 
 /* ---- tools/dump.c, shared with `holmes dump` ---- */
 int holmes__tool_has_libholmes(int pid);

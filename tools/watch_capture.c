@@ -113,9 +113,8 @@ static bool delivered(const watch_proc *p, const char *dir, const char *name)
     return status && (strstr(status, "\"complete\"") || strstr(status, "\"partial\""));
 }
 
-void holmes__watch_poll_inside(watch *w, watch_proc *p)
+void holmes__watch_poll_inside(watch_proc *p)
 {
-    (void)w;
     if (!p->inside.asked_wall_ns)
         return;
     DIR *d = p->inside.dir[0] ? opendir(p->inside.dir) : NULL;
@@ -349,7 +348,7 @@ static void capture_cpu(outside_job *j, const holmes__rule_cfg *rule)
     keep(j, "cpu", HOLMES_FILE_CPU_PB, 0, &pb);
 }
 
-static void capture_outside(watch *w, watch_proc *p, outside_job *j)
+static void capture_outside(const watch_proc *p, outside_job *j)
 {
     holmes__buf txt = {0};
     int rc = holmes__fds_capture_of(p->view, p->pid, &txt);
@@ -372,7 +371,6 @@ static void capture_outside(watch *w, watch_proc *p, outside_job *j)
     }
     if (!j->gone && wants_cpu(j->rule))
         capture_cpu(j, j->rule);
-    (void)w;
 }
 
 static void log_firing(const watch_proc *p, const holmes__event_info *info, const char *stem)
@@ -409,7 +407,7 @@ static void fire_outside(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
     log_firing(p, info, d->stem);
     outside_job j = {.w = w, .p = p, .info = info, .d = d, .rule = rule};
     note_missing(info, rule);
-    capture_outside(w, p, &j);
+    capture_outside(p, &j);
     if (info->status == HOLMES_EVENT_CAPTURING)
         info->status = HOLMES_EVENT_COMPLETE;
     d->until_wall_ns = holmes__wall_ns();

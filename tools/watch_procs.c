@@ -257,7 +257,7 @@ static void sample(watch *w, watch_proc *p, struct pids_stack *s, uint64_t t_ns,
     };
     p->prev = p->last;
     holmes__sampler_read_stats(p->sampler, &ps, t_ns, &p->last);
-    holmes__watch_poll_inside(w, p);
+    holmes__watch_poll_inside(p);
     fire_ctx ud = {w, p};
     holmes__tick_judge(p->tick, &w->cfg, &p->prev, &p->last, -1, on_fire, &ud);
 }
