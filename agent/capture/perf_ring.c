@@ -243,6 +243,12 @@ void holmes__perf_ring_disable(holmes__perf_ring *r)
     ioctl(r->fd, PERF_EVENT_IOC_DISABLE, 0);
 }
 
+void holmes__perf_ring_forget(holmes__perf_ring *r)
+{
+    close(r->fd);
+    r->fd = -1;
+}
+
 void holmes__perf_ring_close(holmes__perf_ring *r)
 {
     if (!r)
@@ -258,7 +264,7 @@ uint32_t holmes__perf_ring_pages_for(int hz, unsigned drain_ms, uint32_t stack_b
     uint64_t want = 2 * record * (uint64_t)(hz > 0 ? hz : 1) * drain_ms / 1000 + record;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     uint32_t pages = 8;
-    while ((uint64_t)pages * page < want && pages < 1024)
+    while ((uint64_t)pages * page < want && pages < 256)
         pages *= 2;
     return pages;
 }

@@ -78,11 +78,18 @@ size_t holmes__perf_ring_bytes(const holmes__perf_ring *r);
 pid_t holmes__perf_ring_tid(const holmes__perf_ring *r);
 /* Stops the event (no further samples), keeping what is in the ring to drain. */
 void holmes__perf_ring_disable(holmes__perf_ring *r);
+/*
+ * In a child forked while the ring was open: closes the inherited event
+ * descriptor (which would keep the parent's event sampling into a ring no
+ * one reads). The ring itself is not in the child (the kernel maps it
+ * VM_DONTCOPY); the bookkeeping memory is left to the child's exec or exit.
+ */
+void holmes__perf_ring_forget(holmes__perf_ring *r);
 /* Closes the event and unmaps the ring. NULL is fine. */
 void holmes__perf_ring_close(holmes__perf_ring *r);
 
 /* Ring pages for `hz` when drained every `drain_ms`: room for twice the samples one drain
- * interval brings, and at least 8 pages. */
+ * interval brings, at least 8 pages and at most 256 (1 MiB). */
 uint32_t holmes__perf_ring_pages_for(int hz, unsigned drain_ms, uint32_t stack_bytes);
 
 #endif

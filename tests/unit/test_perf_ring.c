@@ -17,15 +17,17 @@
 #include "agent/unwind/unwind.h"
 #include "check.h"
 
-static volatile uint64_t sink;
+static uint64_t sink; /* atomic: where results go */
 
 __attribute__((noinline)) static void burn_ms(unsigned ms)
 {
     struct timespec t0, t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    uint64_t x = 0;
     do {
         for (int i = 0; i < 10000; i++)
-            sink += (uint64_t)i * 7;
+            x = x * 6364136223846793005ull + (uint64_t)i;
+        __atomic_store_n(&sink, x, __ATOMIC_RELAXED);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
 }
