@@ -10,6 +10,11 @@
 void holmes__tick_init(holmes__tick_state *t, const holmes__config *cfg)
 {
     memset(t, 0, sizeof(*t));
+    holmes__tick_init_zeroed(t, cfg);
+}
+
+void holmes__tick_init_zeroed(holmes__tick_state *t, const holmes__config *cfg)
+{
     for (int m = 0; m < HOLMES_METRIC_COUNT; m++)
         holmes__window_init(&t->windows[m], cfg->window);
     holmes__budget_init(&t->budget);

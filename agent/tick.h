@@ -29,6 +29,12 @@ typedef void holmes__fire_fn(void *ud, const holmes__rule_cfg *rule, holmes__cla
 
 void holmes__tick_init(holmes__tick_state *t, const holmes__config *cfg);
 /*
+ * The same on memory known to be zero (calloc): it touches only the few
+ * words it sets, so the state's pages (about 130 KiB, nearly all window and
+ * budget room) stay unmapped until used (holmes watch keeps one per process).
+ */
+void holmes__tick_init_zeroed(holmes__tick_state *t, const holmes__config *cfg);
+/*
  * Judges sample `s` (`prev` is the tick before it) against every rule of
  * cfg and the memory-events rule, calling fire for each firing, then adds s
  * to the windows. `woken` is the rule whose PSI trigger started this tick,

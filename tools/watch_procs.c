@@ -122,7 +122,7 @@ static int readable(int pid)
 static watch_proc *proc_new(watch *w, int pid, unsigned long long started, const char *comm)
 {
     watch_proc *p = calloc(1, sizeof(*p));
-    holmes__tick_state *t = malloc(sizeof(*t));
+    holmes__tick_state *t = calloc(1, sizeof(*t));
     if (!p || !t) {
         free(p);
         free(t);
@@ -141,7 +141,7 @@ static watch_proc *proc_new(watch *w, int pid, unsigned long long started, const
         proc_free(p);
         return NULL;
     }
-    holmes__tick_init(p->tick, &w->cfg);
+    holmes__tick_init_zeroed(p->tick, &w->cfg);
     holmes__watch_find_inside(p);
     const holmes__limits *l = holmes__sampler_limits(p->sampler);
     holmes__log(HOLMES_LOG_INFO,
