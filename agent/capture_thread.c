@@ -308,6 +308,8 @@ static void finish_timed(active_job *aj, int k)
         return;
     }
     record_stats(aj->job, vt->capture, &st);
+    if (st.note[0])
+        note(&aj->job->info, "%s", st.note);
     /* With the history in front, a CPU profile says what the trigger changed. */
     if (vt->capture == HOLMES_CAPTURE_CPU && !out.failed)
         holmes__changed_cpu(out.data, out.len, &aj->job->info.changed);

@@ -96,6 +96,8 @@ static void write_stats(holmes__json *j, const holmes__event_info *info)
         holmes__json_uint(j, "dropped", st->dropped);
         holmes__json_uint(j, "peak_bytes", st->peak_bytes);
         holmes__json_int(j, "threads", st->threads);
+        if (st->path)
+            holmes__json_string(j, "path", st->path);
         holmes__json_end_object(j);
     }
     holmes__json_end_object(j);

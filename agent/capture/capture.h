@@ -17,6 +17,8 @@ typedef struct holmes__capture_stats {
     uint64_t dropped;     /* samples lost (storage full, unwinder busy) */
     size_t peak_bytes;    /* most memory the capture and its encoding held */
     int threads;          /* threads covered */
+    const char *path;     /* cpu: how it sampled, "perf", "signal" or "perf+signal"; else NULL */
+    char note[480];       /* for the event's notes (e.g. threads a capture could not sample) */
 } holmes__capture_stats;
 
 /* ---- files.c: the files each kind of capture produces ---- */

@@ -28,6 +28,7 @@
 #include "agent/capture/birth.h"
 #include "agent/capture/cpu_table.h"
 #include "agent/capture/history.h"
+#include "agent/capture/perf_cpu.h"
 
 /* Threads covered by one capture; later ones are left out (and logged once).
  * A thread per request at 1,000 requests a second fills 5,000 in a 5 s capture. */
@@ -40,6 +41,11 @@
 #define CPU_TABLE_FRAMES (256 * 1024)
 /* The most text kept of the mappings seen during a capture. */
 #define CPU_PAST_MAPS_MAX (256 * 1024)
+/* How often a capture looks for new modules (its poll runs more often,
+ * every HOLMES_PERF_DRAIN_MS, to drain the perf rings); new threads are
+ * looked for at every poll while the process has few (threads_due). */
+#define CPU_SCAN_NS (100ull * 1000 * 1000)
+#define CPU_SCAN_THREADS_EACH_POLL 32
 /* How long stop() waits for handlers still running on other threads. */
 #define CPU_DRAIN_NS (1000ull * 1000 * 1000)
 
@@ -76,6 +82,9 @@ struct holmes__cpu_capture {
     int full_logged;
     holmes__buf past_maps;            /* executable file mappings seen, for the symbolizer */
     holmes__history_snapshot *before; /* the CPU history at the start, or NULL */
+    holmes__perf_cpu *perf;           /* the perf path, or NULL (perf_why says why) */
+    int perf_why;                     /* -errno */
+    uint64_t last_scan_ns, last_maps_ns;
 };
 
 /*
@@ -305,6 +314,7 @@ static holmes__cpu_capture *capture_map(void)
 static void capture_unmap(holmes__cpu_capture *c)
 {
     holmes__history_snapshot_free(c->before);
+    holmes__perf_cpu_free(c->perf);
     holmes__cpu_table_free(c->table);
     holmes__buf_free(&c->past_maps);
     munmap(c, c->map_bytes);
@@ -444,6 +454,8 @@ static void thread_add(holmes__cpu_capture *c, pid_t tid)
     t->tid = tid;
     if (strncmp(t->name, "holmes", 6) == 0)
         return;
+    if (c->perf && holmes__perf_cpu_add(c->perf, tid, idx) == 0)
+        return; /* sampled by the perf path (perf_cpu.c) */
     int rc = timer_arm(c, t, idx);
     /* EINVAL: the thread exited between the listing and timer_create. */
     if (rc != 0 && rc != -EINVAL)
@@ -598,8 +610,12 @@ static void cpu_gone(void *ctx, pid_t tid, uint64_t idx)
  */
 static void cpu_atfork_child(void)
 {
-    if (!__atomic_load_n(&cpu_active, __ATOMIC_RELAXED))
+    holmes__cpu_capture *c = __atomic_load_n(&cpu_active, __ATOMIC_RELAXED);
+    if (!c)
         return;
+    /* Inherited perf descriptors would keep the parent's threads sampled. */
+    if (c->perf)
+        holmes__perf_cpu_atfork_child(c->perf);
     cpu_active = NULL;
     cpu_inflight = 0;
     cpu_running = 0;
@@ -612,6 +628,19 @@ static void cpu_atfork_register(void)
 }
 
 /* ---- the capture ---- */
+
+/*
+ * The perf path where the kernel allows it, and SIGPROF for the threads it
+ * cannot take. A service that owns SIGPROF runs a profiler of its own: the
+ * capture is declined then, perf or not (README, "Signals").
+ */
+static int paths_open(holmes__cpu_capture *c, int hz)
+{
+    int rc = holmes__sigprof_acquire();
+    if (rc == 0)
+        c->perf_why = holmes__perf_cpu_new(hz, c->table, &c->perf);
+    return rc;
+}
 
 int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
 {
@@ -627,7 +656,7 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     if (rc == 0)
         rc = holmes__unwind_prepare();
     if (rc == 0)
-        rc = holmes__sigprof_acquire();
+        rc = paths_open(c, hz);
     if (rc != 0) {
         if (c)
             capture_unmap(c);
@@ -642,6 +671,7 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     c->period_ns = 1000000000 / hz;
     c->start_wall_ns = holmes__wall_ns();
     c->start_mono_ns = holmes__now_ns();
+    c->last_scan_ns = c->last_maps_ns = c->start_mono_ns;
     __atomic_store_n(&cpu_active, c, __ATOMIC_SEQ_CST);
     c->birth_watch = (holmes__birth_watch){cpu_born, cpu_gone, c};
     c->birth = holmes__birth_watch_start(&c->birth_watch);
@@ -651,15 +681,35 @@ int holmes__cpu_capture_start(int hz, holmes__cpu_capture **out)
     return 0;
 }
 
+/*
+ * Reading /proc/self/task costs in proportion to the threads: at every poll
+ * for a few, and less often for many, down to every CPU_SCAN_NS.
+ */
+static bool threads_due(const holmes__cpu_capture *c, uint64_t now)
+{
+    uint64_t every =
+        (uint64_t)HOLMES_PERF_DRAIN_MS * 1000000 * (1 + c->nthreads / CPU_SCAN_THREADS_EACH_POLL);
+    return now - c->last_scan_ns >= (every < CPU_SCAN_NS ? every : CPU_SCAN_NS) * 9 / 10;
+}
+
 void holmes__cpu_capture_poll(holmes__cpu_capture *c)
 {
+    if (c->perf)
+        holmes__perf_cpu_drain(c->perf);
     /* New threads first: a short-lived one must be armed before it ends,
      * and a refresh of the unwind tables can take a while when modules come
      * and go. Code in a module that has no tables yet is still walked, by
      * frame pointers, until the next poll. */
-    threads_scan(c);
-    holmes__unwind_prepare();
-    maps_note(c);
+    uint64_t now = holmes__now_ns();
+    if (threads_due(c, now)) {
+        c->last_scan_ns = now;
+        threads_scan(c);
+    }
+    if (now - c->last_maps_ns >= CPU_SCAN_NS * 9 / 10) {
+        c->last_maps_ns = now;
+        holmes__unwind_prepare();
+        maps_note(c);
+    }
 }
 
 struct each_ctx {
@@ -683,7 +733,7 @@ int holmes__cpu_capture_each(const holmes__cpu_capture *c, holmes__cpu_sample_fn
 
 int holmes__cpu_capture_threads(const holmes__cpu_capture *c)
 {
-    return c->armed;
+    return c->armed + (c->perf ? holmes__perf_cpu_threads(c->perf) : 0);
 }
 
 /* ---- the profile ---- */
@@ -753,6 +803,30 @@ static int build_history(struct build_ctx *b, const holmes__history_snapshot *be
     return rc;
 }
 
+/*
+ * Threads on the signal path that block SIGPROF now: the kernel queues
+ * their timers' signals and they never take them, so they have no samples.
+ * The note names them (and why perf could not take them) for the event.
+ */
+static void blocked_note(const holmes__cpu_capture *c, char *out, size_t cap)
+{
+    size_t len = 0;
+    int n = 0;
+    out[0] = 0;
+    for (uint32_t i = 0; i < c->nthreads && len + 40 < cap; i++) {
+        const struct cpu_thread *t = &c->threads[i];
+        if (!t->armed || !holmes__thread_blocks_signal(getpid(), t->tid, SIGPROF))
+            continue;
+        if (n++ == 0)
+            len += (size_t)snprintf(out, cap,
+                                    "cpu: threads that block SIGPROF have no samples "
+                                    "(perf_event_open: %s):",
+                                    c->perf ? "not for these threads" : strerror(-c->perf_why));
+        len += (size_t)snprintf(out + len, cap - len, "%s %s (%d)", n > 1 ? "," : "", t->name,
+                                (int)t->tid);
+    }
+}
+
 static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__buf *out,
                          holmes__capture_stats *st)
 {
@@ -777,13 +851,16 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
     int rc = c->before ? build_history(&b, c->before) : 0;
     if (rc == 0)
         rc = holmes__cpu_capture_each(c, build_entry, &b);
-    uint64_t dropped = holmes__cpu_table_dropped(c->table);
-    char note[320];
+    uint64_t dropped =
+        holmes__cpu_table_dropped(c->table) + (c->perf ? holmes__perf_cpu_lost(c->perf) : 0);
+    int on_perf = c->perf ? holmes__perf_cpu_threads(c->perf) : 0;
+    char note[400];
     snprintf(note, sizeof(note),
-             "holmes cpu: %d Hz over %d threads, %llu samples, %llu dropped (storage full or "
-             "unwinding failed), %llu in the agent's own work on these threads (not shown), "
-             "%llu due at new threads' ends (on their start routine)",
-             c->hz, c->armed, (unsigned long long)b.samples, (unsigned long long)dropped,
+             "holmes cpu: %d Hz over %d threads (%d by perf_event, %d by SIGPROF), %llu samples, "
+             "%llu dropped (storage full or unwinding failed), %llu in the agent's own work on "
+             "these threads (not shown), %llu due at new threads' ends (on their start routine)",
+             c->hz, c->armed + on_perf, on_perf, c->armed, (unsigned long long)b.samples,
+             (unsigned long long)dropped,
              (unsigned long long)__atomic_load_n(&c->agent_samples, __ATOMIC_RELAXED),
              (unsigned long long)__atomic_load_n(&c->tail_samples, __ATOMIC_RELAXED));
     holmes__pprof_comment(p, note);
@@ -806,8 +883,11 @@ static int profile_build(holmes__cpu_capture *c, uint64_t duration_ns, holmes__b
     if (st) {
         st->samples = b.samples;
         st->dropped = dropped;
-        st->threads = c->armed;
-        st->peak_bytes = c->map_bytes + holmes__cpu_table_bytes(c->table) + pst.peak_bytes;
+        st->threads = c->armed + on_perf;
+        st->peak_bytes = c->map_bytes + holmes__cpu_table_bytes(c->table) + pst.peak_bytes +
+                         (c->perf ? holmes__perf_cpu_bytes(c->perf) : 0);
+        st->path = !c->perf ? "signal" : c->armed ? "perf+signal" : "perf";
+        blocked_note(c, st->note, sizeof(st->note));
     }
     return rc;
 }
@@ -846,6 +926,8 @@ int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__c
         return HOLMES_EBUSY;
     }
     timers_delete(c);
+    if (c->perf)
+        holmes__perf_cpu_stop(c->perf);
     uint64_t duration_ns = holmes__now_ns() - c->start_mono_ns;
     __atomic_store_n(&cpu_active, NULL, __ATOMIC_SEQ_CST);
     holmes__sigprof_release();
@@ -863,7 +945,8 @@ int holmes__cpu_capture_stop(holmes__cpu_capture *c, holmes__buf *out, holmes__c
     return rc;
 }
 
-/* New threads get their timer within 100 ms of starting. */
+/* Polled every HOLMES_PERF_DRAIN_MS: the perf rings are drained, and new
+ * threads get their event or timer within 50 to 100 ms of starting. */
 HOLMES_TIMED_VT(holmes__cpu_timed_vt, holmes__cpu_capture, HOLMES_CAPTURE_CPU, HOLMES_FILE_CPU_PB,
-                HOLMES_FILE_CPU_SVG, 100, holmes__cpu_capture_start, holmes__cpu_capture_poll,
-                holmes__cpu_capture_stop);
+                HOLMES_FILE_CPU_SVG, HOLMES_PERF_DRAIN_MS, holmes__cpu_capture_start,
+                holmes__cpu_capture_poll, holmes__cpu_capture_stop);

@@ -13,6 +13,7 @@
  * leads from the profile to the same thread in threads.txt; on a group it
  * would only show one arbitrary member.
  */
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include "agent/pprof/pprof.h"
 #include "agent/unwind/unwind.h"
 #include "agent/capture/capture.h"
+#include "agent/capture/perf_cpu.h"
 #include "agent/capture/signal_walk.h"
 
 #define THREADS_DEFAULT_TIMEOUT_MS 200
@@ -126,7 +128,8 @@ static void names_label(const group *g, char *out, size_t cap)
         while (i + same < g->count && strcmp(g->first[i]->name, g->first[i + same]->name) == 0)
             same++;
         if (shown < THREADS_LABEL_NAMES && len < cap) {
-            len += (size_t)snprintf(out + len, cap - len, "%s%s", shown ? ", " : "", g->first[i]->name);
+            len += (size_t)snprintf(out + len, cap - len, "%s%s", shown ? ", " : "",
+                                    g->first[i]->name);
             if (same > 1 && len < cap)
                 len += (size_t)snprintf(out + len, cap - len, " x%d", same);
             shown++;
@@ -223,11 +226,19 @@ static void write_thread_head(holmes__buf *txt, const holmes__walk_slot *s)
     holmes__buf_printf(txt, "Thread %d \"%s\" (%c):", (int)s->tid, s->name, s->run_state);
 }
 
+/* Ends a thread's line, marking a thread that blocks SIGPROF: a CPU profile
+ * on the signal path has no samples of it. */
+static void write_line_end(holmes__buf *txt, const holmes__walk_slot *s)
+{
+    bool blocks = holmes__thread_blocks_signal(getpid(), s->tid, SIGPROF);
+    holmes__buf_printf(txt, "%s\n", blocks ? " [blocks SIGPROF]" : "");
+}
+
 static void write_group(holmes__buf *txt, holmes__symbols *syms, const group *g)
 {
     const holmes__walk_slot *head = g->first[0];
     write_thread_head(txt, head);
-    holmes__buf_printf(txt, "\n");
+    write_line_end(txt, head);
     for (int i = 0; i < head->depth; i++)
         write_frame(txt, syms, i, head->pcs[i]);
     if (g->count > 1) {
@@ -274,7 +285,8 @@ static void write_text(threads_run *r, holmes__buf *txt)
     holmes__walk_slot **o = run_order(r);
     for (int i = r->nanswered; i < r->nthreads; i++) {
         write_thread_head(txt, o[i]);
-        holmes__buf_printf(txt, " no answer (%s)\n", silence_reason(o[i]->result));
+        holmes__buf_printf(txt, " no answer (%s)", silence_reason(o[i]->result));
+        write_line_end(txt, o[i]);
     }
 }
 
@@ -310,7 +322,8 @@ int holmes__threads_capture(unsigned timeout_ms, holmes__buf *pb_gz, holmes__buf
         rc = HOLMES_ENOMEM;
     if (st) {
         st->samples = (uint64_t)r.nanswered;
-        st->dropped = (uint64_t)(r.nthreads - r.nanswered) + (r.walk ? holmes__walk_overflow(r.walk) : 0);
+        st->dropped =
+            (uint64_t)(r.nthreads - r.nanswered) + (r.walk ? holmes__walk_overflow(r.walk) : 0);
         st->peak_bytes = peak + r.order.cap + r.groups.cap;
         st->threads = r.nthreads;
     }

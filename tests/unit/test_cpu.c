@@ -170,7 +170,8 @@ static void test_ratio_and_total(void)
     CHECK_EQ_INT(cpu_test_save(&out, path), 0);
 
     /* Counted by go tool pprof, per function. */
-    CHECK_EQ_INT(cpu_test_pprof("-sample_index=samples -nodecount=40", path, text, sizeof(text)), 0);
+    CHECK_EQ_INT(cpu_test_pprof("-sample_index=samples -nodecount=40", path, text, sizeof(text)),
+                 0);
     long long fa = cpu_test_flat(text, "burn_a"), fb = cpu_test_flat(text, "burn_b");
     double top_ratio = fb > 0 ? (double)fa / (double)fb : 0;
     fprintf(stderr, "pprof -top: burn_a %lld, burn_b %lld, ratio %.3f\n", fa, fb, top_ratio);
@@ -277,9 +278,36 @@ static void test_arguments(void)
     holmes__buf_free(&out);
 }
 
+/*
+ * A child forked during a capture on the perf path holds none of its event
+ * descriptors: one left open would keep the parent's threads sampled.
+ */
+static void test_fork_closes_events(void)
+{
+    holmes__cpu_capture *c;
+    CHECK_EQ_INT(holmes__cpu_capture_start(HZ, &c), 0);
+    if (!c)
+        return;
+    if (cpu_test_perf_fds() == 0) {
+        SKIP_PART("the capture is not on the perf path here (perf_event_open refused)");
+    } else {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(cpu_test_perf_fds() == 0 ? 0 : 1);
+        int status = -1;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    holmes__buf out = {0};
+    CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, NULL), 0);
+    CHECK_EQ_INT(cpu_test_perf_fds(), 0);
+    holmes__buf_free(&out);
+}
+
 int main(void)
 {
     test_arguments();
+    test_fork_closes_events();
     test_ratio_and_total();
     test_new_threads();
     CHECK_DONE();

@@ -6,6 +6,7 @@
 #ifndef HOLMES_TEST_CPU_PPROF_H
 #define HOLMES_TEST_CPU_PPROF_H
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,24 @@
 #include <unistd.h>
 
 #include "agent/base/base.h"
+
+/* Open perf_event descriptors in this process. */
+static inline int cpu_test_perf_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char path[300], target[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+        ssize_t len = readlink(path, target, sizeof(target) - 1);
+        if (len > 0 && (target[len] = 0, strstr(target, "perf_event")))
+            n++;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
 
 /* Writes the profile to a fresh temporary file; returns 0 or -1. */
 static inline int cpu_test_save(const holmes__buf *b, char path[64])

@@ -6,6 +6,7 @@
  * is needed.
  */
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include "agent/capture/cpu.h"
 #include "check.h"
@@ -23,6 +24,19 @@ static const char busy_loop[] = "import time\n"
                                 "            x += i * i\n"
                                 "    return x\n"
                                 "spin()\n";
+
+static int loop_done;
+
+/* Polls the capture as the agent's capture thread does (it drains the perf
+ * rings) while the interpreter runs on the main thread. */
+static void *poller(void *arg)
+{
+    while (!SHARED_LOAD(loop_done)) {
+        holmes__cpu_capture_poll(arg);
+        cpu_test_sleep_ms(10);
+    }
+    return NULL;
+}
 
 /* The cumulative value of `function` in `pprof -top` output, or -1. */
 static long long cum_of(const char *top, const char *function)
@@ -64,7 +78,11 @@ int main(void)
     CHECK_EQ_INT(holmes__cpu_capture_start(200, &c), 0);
     if (!c)
         CHECK_DONE();
+    pthread_t poll_thread;
+    CHECK_EQ_INT(pthread_create(&poll_thread, NULL, poller, c), 0);
     CHECK_EQ_INT(run(busy_loop), 0);
+    SHARED_STORE(loop_done, 1);
+    pthread_join(poll_thread, NULL);
     holmes__buf out = {0};
     holmes__capture_stats st;
     CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);

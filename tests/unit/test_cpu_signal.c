@@ -1,7 +1,8 @@
 /*
  * The CPU capture and SIGPROF: a host that owns SIGPROF keeps it; after a
  * capture SIGPROF is as it was and no timer is left; a SIGPROF still pending
- * when the capture stops does not kill the process.
+ * when the capture stops does not kill the process. perf_event_open is
+ * refused (seccomp) so that every capture here takes the SIGPROF path.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 
 #include "agent/capture/cpu.h"
 #include "check.h"
+#include "tests/refuse_perf.h"
 #include "test_cpu_pprof.h"
 
 static unsigned long sink; /* shared by the burning threads: accessed atomically */
@@ -235,6 +237,7 @@ static void test_fork(void)
 
 int main(void)
 {
+    CHECK_EQ_INT(holmes_test_refuse_perf(), 0);
     test_host_owns_sigprof();
     test_restores();
     test_late_signal();
