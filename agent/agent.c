@@ -13,6 +13,7 @@
 #include "agent/capture/history.h"
 #include "agent/capture_thread.h"
 #include "agent/dump_signal.h"
+#include "agent/follow.h"
 #include "agent/fork.h"
 #include "agent/watchdog.h"
 #include "reporters/reporter.h"
@@ -22,6 +23,9 @@ typedef struct running {
     holmes__delivery *delivery;
     holmes__capture_thread *captures;
     holmes__watchdog *watchdog;
+    /* What it was started with, for the agent a forked child starts (follow.c). */
+    holmes__config given;
+    char path[HOLMES_PATH_MAX]; /* "" when not started from a file */
 } running;
 
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -163,7 +167,10 @@ static int start_locked(const holmes__config *given, const char *path)
         stop_parts(r);
         return rc;
     }
+    r->given = *given;
+    snprintf(r->path, sizeof(r->path), "%s", path ? path : "");
     agent = r;
+    holmes__follow_disarm();
     holmes__fork_register();
     return 0;
 }
@@ -223,6 +230,7 @@ HOLMES_EXPORT int holmes_stop(void)
     HOLMES_AGENT_ENTER();
     pthread_mutex_lock(&agent_lock);
     running *r = agent;
+    holmes__follow_disarm();
     if (r) {
         agent = NULL;
         stop_parts(r);
@@ -252,20 +260,41 @@ HOLMES_EXPORT int holmes_dump_now(void)
     return r ? 0 : HOLMES_ENOTRUNNING;
 }
 
-/* The fork child is the one thread left, so it owns the dump signal. */
-static void restore_dump_signal(void)
+/* ---- a forked child's own agent (follow.c arms and starts it) ---- */
+
+/* The configuration a child follows: its parent's, abandoned in the child
+ * with the rest of the parent's agent and never freed. */
+static const running *followed;
+
+int holmes__agent_follow_start(int parent_pid)
 {
-    holmes__dump_signal_reset_in_child();
+    HOLMES_AGENT_ENTER();
+    pthread_mutex_lock(&agent_lock);
+    int rc = HOLMES_EALREADY;
+    if (!agent && followed) {
+        holmes__log_configure(followed->given.log, followed->given.log_level);
+        holmes__log(HOLMES_LOG_DEBUG, "forked child %d of %d: starting its own agent",
+                    (int)getpid(), parent_pid);
+        rc = start_locked(&followed->given, followed->path[0] ? followed->path : NULL);
+    }
+    pthread_mutex_unlock(&agent_lock);
+    HOLMES_AGENT_LEAVE();
+    if (rc == 0)
+        holmes__preload_follow_started();
+    return rc;
 }
 
 /* ---- fork: the handlers are registered and ordered by fork.c ---- */
 
 /*
- * In a forked child the agent's threads do not exist. The child keeps
- * working with the agent off: a child that execs starts afresh anyway, and
- * one that does not is usually a worker whose parent is watched already.
- * The parent's agent state is abandoned in the child, never freed, since
- * freeing would touch threads and locks that were not copied.
+ * In a forked child the agent's threads do not exist. The parent's agent
+ * state is abandoned in the child, never freed, since freeing would touch
+ * threads and locks that were not copied. With follow_fork (the default) the
+ * child is armed to start an agent of its own from the same configuration
+ * (follow.c says when); the dump signal keeps our handler meanwhile, ringing
+ * nothing, so a request that comes early is dropped rather than killing the
+ * worker. Without it the child keeps working with the agent off and the
+ * service's own disposition of the dump signal back.
  */
 void holmes__agent_fork_prepare(void)
 {
@@ -280,9 +309,18 @@ void holmes__agent_fork_parent(void)
 void holmes__agent_fork_child(void)
 {
     pthread_mutex_init(&agent_lock, NULL);
-    if (agent) {
-        restore_dump_signal();
-        holmes__heap_disable();
+    const running *parent = agent ? agent : atomic_load(&holmes__follow_armed) ? followed : NULL;
+    if (parent && parent->given.follow_fork) {
+        /* The parent's pid is the child's parent: getppid() is one system call. */
+        holmes__dump_signal_keep_in_child();
+        holmes__follow_arm((int)getppid());
+        followed = parent;
+    } else if (agent) {
+        holmes__dump_signal_reset_in_child();
+        holmes__follow_disarm();
     }
+    /* Also zeroes the forking thread's countdown: its next allocation polls. */
+    if (parent)
+        holmes__heap_disable();
     agent = NULL;
 }

@@ -81,6 +81,12 @@ void holmes__dump_signal_reset_in_child(void)
     restore();
 }
 
+void holmes__dump_signal_keep_in_child(void)
+{
+    atomic_store(&bell_now, NULL);
+    atomic_store(&in_flight, 0);
+}
+
 int holmes__dump_signal_current(void)
 {
     return installed;

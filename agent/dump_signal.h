@@ -24,6 +24,12 @@ void holmes__dump_signal_move(int sig, holmes__doorbell *bell);
  * waiting for handlers that were running in threads the child does not have.
  */
 void holmes__dump_signal_reset_in_child(void);
+/*
+ * In a forked child that will start an agent of its own: our handler stays
+ * installed, ringing nothing until that agent's watchdog moves it to its bell
+ * (the service's disposition stays saved for that agent's stop).
+ */
+void holmes__dump_signal_keep_in_child(void);
 /* The signal ours is installed on, or 0. */
 int holmes__dump_signal_current(void);
 

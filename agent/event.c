@@ -10,6 +10,7 @@
 
 #include "agent/base/json.h"
 #include "agent/capture/history.h"
+#include "agent/follow.h"
 
 const char *holmes__event_status_name(holmes__event_status s)
 {
@@ -121,6 +122,10 @@ void holmes__event_write(int pid, holmes__dump *d, const holmes__event_info *inf
     holmes__json_begin_object(&j, NULL);
     holmes__json_string(&j, "app", info->app);
     holmes__json_int(&j, "pid", pid);
+    /* A forked worker's own agent (README, "Forked workers"): whose child it is. */
+    int parent = holmes__follow_parent_pid();
+    if (parent)
+        holmes__json_int(&j, "parent_pid", parent);
     holmes__json_string(&j, "rule", d->rule);
     holmes__json_string(&j, "metric", d->metric);
     holmes__json_string(&j, "clause", d->clause);

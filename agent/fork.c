@@ -39,6 +39,12 @@ static void child(void)
 {
     holmes__loader_fork_child();
     holmes__log_fork_child();
+    holmes__last_error_fork_child();
+    holmes__unwind_fork_child();
+    holmes__signal_walk_fork_child();
+    holmes__heap_baseline_fork_child();
+    holmes__memory_baseline_fork_child();
+    holmes__mmap_baseline_fork_child();
     holmes__agent_fork_child();
 }
 

@@ -17,4 +17,16 @@ void holmes__agent_fork_child(void);
 /* base/log.c: the log's lock, which a child gets fresh. */
 void holmes__log_fork_child(void);
 
+/*
+ * Locks an agent thread may hold at a fork, which a child that starts an
+ * agent of its own (follow.c) needs again: each is made fresh in every
+ * child, and the baselines are forgotten (the child takes its own).
+ */
+void holmes__last_error_fork_child(void);
+void holmes__unwind_fork_child(void);
+void holmes__signal_walk_fork_child(void);
+void holmes__heap_baseline_fork_child(void);
+void holmes__memory_baseline_fork_child(void);
+void holmes__mmap_baseline_fork_child(void);
+
 #endif

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "agent/base/base.h"
+#include "agent/follow.h"
 #include "agent/program.h"
 #include "rules/config.h"
 
@@ -189,10 +190,8 @@ static void *stopper_main(void *arg)
     return NULL;
 }
 
-static void start_agent(const char *path)
+static void start_stopper(void)
 {
-    if (holmes_start_file(path) != 0)
-        return;
     pthread_t stopper;
     sem_init(&stop_request, 0, 0);
     sem_init(&stop_done, 0, 0);
@@ -202,6 +201,20 @@ static void start_agent(const char *path)
     }
     pthread_detach(stopper);
     preload_pid = getpid();
+}
+
+static void start_agent(const char *path)
+{
+    if (holmes_start_file(path) == 0)
+        start_stopper();
+}
+
+/* A forked worker of a preloaded service stops its own agent at exit, as
+ * its parent does; a program that linked libholmes stops its own. */
+void holmes__preload_follow_started(void)
+{
+    if (preload_pid != 0 && preload_pid != getpid())
+        start_stopper();
 }
 
 /* Starts the agent here if this is the service; false leaves the
@@ -245,7 +258,7 @@ __attribute__((constructor)) static void holmes_preload_init(void)
 
 __attribute__((destructor)) static void holmes_preload_fini(void)
 {
-    /* A forked child has no agent (and no stopper thread) of its own. */
+    /* A forked child without an agent of its own has no stopper thread. */
     if (preload_pid == 0 || preload_pid != getpid())
         return;
     preload_pid = 0;

@@ -21,6 +21,7 @@
 #include "agent/doorbell.h"
 #include "agent/dump_signal.h"
 #include "agent/event.h"
+#include "agent/follow.h"
 #include "agent/program.h"
 #include "agent/reload.h"
 #include "agent/sample/sample.h"
@@ -370,12 +371,14 @@ static void *watchdog_main(void *arg)
 static void describe(const holmes__watchdog *w, char *out, size_t cap)
 {
     const holmes__limits *lim = holmes__sampler_limits(w->sampler);
-    char program[256];
+    char program[256], forked[48] = "";
     holmes__program_name(program, sizeof(program));
+    if (holmes__follow_parent_pid())
+        snprintf(forked, sizeof(forked), ", forked from %d", holmes__follow_parent_pid());
     snprintf(out, cap,
-             "holmes %s started for %s (program %s, pid %d): %d rule(s), interval %llums, "
+             "holmes %s started for %s (program %s, pid %d%s): %d rule(s), interval %llums, "
              "window %d; cpu_cores %.2f (%s), mem_limit %llu bytes (%s)%s",
-             HOLMES_VERSION_STRING, w->cfg.name, program, w->env.pid, w->cfg.nrules,
+             HOLMES_VERSION_STRING, w->cfg.name, program, w->env.pid, forked, w->cfg.nrules,
              (unsigned long long)w->cfg.interval_ms, w->cfg.window, lim->cpu_cores, lim->cpu_source,
              (unsigned long long)lim->mem_limit, lim->mem_source,
              w->cfg.sample_bytes ? ", heap sampling on" : "");

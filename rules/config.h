@@ -77,6 +77,7 @@ typedef struct holmes__config {
     char log[HOLMES_PATH_MAX];
     holmes_log_level log_level;
     char program[256]; /* glob on the executable's name; "" = not a shell or launcher */
+    bool follow_fork; /* forked children that do not exec get an agent of their own */
     uint64_t history_ms; /* CPU history kept for every CPU dump; 0 = off */
     int history_hz;
     /* [heap] */

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/fork.h"
+
 __thread int holmes__in_agent __attribute__((tls_model("initial-exec")));
 
 uint64_t holmes__now_ns(void)
@@ -458,6 +460,11 @@ long holmes__read_file(const char *path, char *buf, size_t cap)
 /* ---- last error ---- */
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
 static char last_error[4096];
+
+void holmes__last_error_fork_child(void)
+{
+    pthread_mutex_init(&last_error_lock, NULL);
+}
 
 void holmes__set_last_error(const char *text)
 {

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "agent/fork.h"
 #include "agent/pprof/pprof.h"
 #include "agent/capture/capture.h"
 #include "agent/capture/heap_int.h"
@@ -158,6 +159,15 @@ int holmes__heap_take_baseline(void)
     have_baseline = true;
     pthread_mutex_unlock(&baseline_lock);
     return 0;
+}
+
+/* A forked child's agent takes a baseline of its own; the lock may have
+ * been held by a thread the child does not have (the old one is abandoned). */
+void holmes__heap_baseline_fork_child(void)
+{
+    pthread_mutex_init(&baseline_lock, NULL);
+    baseline = (holmes__heap_snapshot){0};
+    have_baseline = false;
 }
 
 int holmes__heap_baseline_profile(holmes__buf *out)

@@ -50,6 +50,7 @@
 #include <string.h>
 
 #include "agent/unwind/unwind.h"
+#include "agent/follow.h"
 #include "agent/capture/capture.h"
 #include "agent/capture/heap_int.h"
 
@@ -134,6 +135,12 @@ static int64_t draw(sampler_tls *t)
 HOLMES_HEAP_TEXT bool holmes__heap_decide(size_t n)
 {
     sampler_tls *t = &self;
+    /* A forked child waiting to start its agent (follow.c); sampling is off meanwhile. */
+    if (__builtin_expect(atomic_load_explicit(&holmes__follow_armed, memory_order_relaxed), 0) &&
+        !t->busy && holmes__follow_poll()) {
+        holmes__heap_countdown = HOLMES_FOLLOW_POLL_BYTES;
+        return false;
+    }
     uint32_t now = atomic_load_explicit(&epoch, memory_order_relaxed);
     if (t->gen != now) {
         /* A new thread, or the rate changed: this allocation starts a fresh process. */

@@ -31,6 +31,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "agent/fork.h"
 #include "agent/sample/sample.h"
 #include "agent/capture/heap_int.h"
 #include "agent/capture/mmap.h"
@@ -565,6 +566,14 @@ static pthread_mutex_t baseline_lock = PTHREAD_MUTEX_INITIALIZER;
 static holmes__memory_figures base_figures;
 static holmes__buf base_maps; /* base_map, by address */
 static bool have_baseline;
+
+/* As holmes__heap_baseline_fork_child, for the RSS breakdown. */
+void holmes__memory_baseline_fork_child(void)
+{
+    pthread_mutex_init(&baseline_lock, NULL);
+    base_maps = (holmes__buf){0};
+    have_baseline = false;
+}
 
 int holmes__memory_take_baseline(void)
 {

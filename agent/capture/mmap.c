@@ -39,6 +39,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "agent/fork.h"
 #include "agent/pprof/pprof.h"
 #include "agent/unwind/unwind.h"
 #include "agent/capture/heap_int.h"
@@ -592,6 +593,14 @@ int holmes__mmap_take_baseline(void)
     have_baseline = true;
     pthread_mutex_unlock(&baseline_lock);
     return 0;
+}
+
+/* As holmes__heap_baseline_fork_child, for the sampled mappings. */
+void holmes__mmap_baseline_fork_child(void)
+{
+    pthread_mutex_init(&baseline_lock, NULL);
+    baseline = (holmes__buf){0};
+    have_baseline = false;
 }
 
 int holmes__mmap_baseline_profile(holmes__buf *out)

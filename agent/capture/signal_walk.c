@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "agent/base/base.h"
+#include "agent/fork.h"
 
 enum { SLOT_IDLE = 0, SLOT_SENT, SLOT_RUNNING, SLOT_DONE };
 
@@ -94,6 +95,12 @@ static void walk_handler(int sig, siginfo_t *si, void *uc)
 }
 
 /* ---- choosing and returning the signal ---- */
+
+/* Held only for a few sigactions, but maybe by a thread a fork child does not have. */
+void holmes__signal_walk_fork_child(void)
+{
+    pthread_mutex_init(&open_lock, NULL);
+}
 
 static bool signal_is_free(int sig)
 {

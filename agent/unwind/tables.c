@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "agent/fork.h"
 #include "agent/base/loader.h"
 #include "agent/unwind/unwind.h"
 #include "agent/unwind/unwind_int.h"
@@ -731,6 +732,13 @@ static int prepare_and_unlock(bool all, bool reread_maps)
     HOLMES_AGENT_LEAVE();
     pthread_mutex_unlock(&prepare_lock);
     return rc ? rc : rc2;
+}
+
+/* The tables stay valid in a fork child (same mappings, copied memory); a
+ * refresh that was running there is not, and its thread is gone. */
+void holmes__unwind_fork_child(void)
+{
+    pthread_mutex_init(&prepare_lock, NULL);
 }
 
 int holmes__unwind_prepare(void)

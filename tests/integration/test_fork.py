@@ -1,7 +1,8 @@
 """fork() under the agent: a service (under `holmes run`) forks workers that
 keep running and allocating, and forks+execs /bin/true. The workers run and
-exit 0, the parent's agent keeps firing after the forks, and no child writes
-dumps under its own pid: the agent is off in a forked child until it execs."""
+exit 0, the parent's agent keeps firing after the forks, and with
+`follow_fork = false` no child writes dumps under its own pid: the agent is
+off in a forked child until it execs. (test_fork_follow.py: the default.)"""
 import os
 import re
 import sys
@@ -14,6 +15,7 @@ from ops_util import run_env  # noqa: E402
 INI = """
 [agent]
 name = fork-test
+follow_fork = false
 interval = 200ms
 window = 3
 warmup = 3
