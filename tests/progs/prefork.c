@@ -11,7 +11,18 @@
  * _exits, each well within the agent's grace. It prints "worker I PID" lines
  * as it forks, then "worker PID status S" as each ends, and exits 0 when
  * every worker did.
+ *
+ *   prefork storm SECONDS
+ *
+ * Forks a child every 50 ms for SECONDS while a thread of the master burns
+ * CPU (so its agent keeps capturing: forks land in every phase of its work).
+ * Each child serves requests for 400 ms, past the agent's grace, so it starts
+ * an agent of its own, then returns from main (exit() stops that agent).
+ * Prints "storm forks N ok M slow S" (slow: not gone within 3 s, killed) and
+ * exits 0 when every child exited 0 in time.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,10 +114,79 @@ static int reap(pid_t pid)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
+/* ---- storm ---- */
+
+#define STORM_CHILD_S 0.4
+#define STORM_LIMIT_S 3.0
+#define STORM_MAX 1024
+
+static volatile int storm_done;
+
+__attribute__((noinline)) static void *prefork_burn(void *arg)
+{
+    (void)arg;
+    while (!storm_done)
+        sink += (unsigned long)now_s();
+    return NULL;
+}
+
+static int storm_child(void)
+{
+    double end = now_s() + STORM_CHILD_S;
+    for (unsigned i = 0; now_s() < end; i++) {
+        prefork_handle_request(i);
+        usleep(5000);
+    }
+    return 0; /* through exit(): the destructor stops the child's agent */
+}
+
+/* Waits for a child up to the limit; kills it after. */
+static int reap_in_time(pid_t pid, double forked_at)
+{
+    int status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now_s() - forked_at > STORM_LIMIT_S) {
+            fprintf(stderr, "child %d not gone after %.0f s: killed\n", (int)pid, STORM_LIMIT_S);
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return 0;
+        }
+        usleep(10000);
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+static int storm(double seconds)
+{
+    static pid_t kids[STORM_MAX];
+    static double born[STORM_MAX];
+    pthread_t burner;
+    pthread_create(&burner, NULL, prefork_burn, NULL);
+    int n = 0, ok = 0;
+    double end = now_s() + seconds;
+    while (now_s() < end && n < STORM_MAX) {
+        born[n] = now_s();
+        kids[n] = fork();
+        if (kids[n] == 0)
+            exit(storm_child());
+        n++;
+        usleep(50000);
+    }
+    for (int i = 0; i < n; i++)
+        ok += reap_in_time(kids[i], born[i]);
+    storm_done = 1;
+    pthread_join(burner, NULL);
+    printf("storm forks %d ok %d slow %d\n", n, ok, n - ok);
+    return ok == n ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IONBF, 0); /* children must not inherit buffered lines */
+    if (argc == 3 && strcmp(argv[1], "storm") == 0)
+        return storm(atof(argv[2]));
     if (argc != 4) {
-        fprintf(stderr, "usage: prefork WORKERS LEAKER SECONDS\n");
+        fprintf(stderr, "usage: prefork WORKERS LEAKER SECONDS | storm SECONDS\n");
         return 2;
     }
     int n = atoi(argv[1]), leaker = atoi(argv[2]);
