@@ -1,0 +1,156 @@
+/*
+ * A forked child's own agent (README, "Forked workers"), driven through the
+ * sampler's slow path directly, as the malloc family reaches it, so that it
+ * also runs in the sanitizer builds (whose runtimes serve malloc there).
+ *
+ *   follow_fork = true:  a child on the slow path has no agent during the
+ *                        grace, then starts one on a thread of its own; its
+ *                        manual dump is written under its own pid with its
+ *                        parent's pid; it stops cleanly.
+ *   follow_fork = false: a child on the slow path never starts one.
+ *
+ * Each child reports through its exit status (a bit per failed step).
+ */
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/capture/heap_int.h"
+#include "check.h"
+#include "holmes/holmes.h"
+
+#define CHILD_TIMEOUT_S 30
+
+static char dir[128];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Allocation as the malloc family sees it: the slow path, every 1 ms. */
+static void slow_path_for(double seconds)
+{
+    double end = now_s() + seconds;
+    while (now_s() < end) {
+        holmes__heap_decide(64);
+        usleep(1000);
+    }
+}
+
+static bool running_within(double seconds)
+{
+    double end = now_s() + seconds;
+    while (!holmes_running() && now_s() < end)
+        usleep(10000);
+    return holmes_running();
+}
+
+/* The manual event of pid, naming parent as its parent_pid. */
+static bool event_of(int pid, int parent)
+{
+    char prefix[64], path[512], text[8192];
+    snprintf(prefix, sizeof(prefix), "follow.%d.manual.", pid);
+    DIR *d = opendir(dir);
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || len < 5 ||
+            strcmp(e->d_name + len - 5, ".json") != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
+        if (f)
+            fclose(f);
+        text[n] = 0;
+        const char *p = strstr(text, "\"parent_pid\"");
+        int value = 0;
+        found = p && sscanf(strchr(p, ':') + 1, " %d", &value) == 1 && value == parent;
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static bool event_within(int pid, int parent, double seconds)
+{
+    double end = now_s() + seconds;
+    while (!event_of(pid, parent) && now_s() < end)
+        usleep(20000);
+    return event_of(pid, parent);
+}
+
+static int child_follows(int parent)
+{
+    int failed = 0;
+    slow_path_for(0.1);
+    if (holmes_running())
+        failed |= 1; /* started within the grace */
+    slow_path_for(0.3);
+    if (!running_within(10))
+        failed |= 2;
+    else if (holmes_dump_now() != 0 || !event_within((int)getpid(), parent, 20))
+        failed |= 4;
+    if (holmes_stop() != 0)
+        failed |= 8;
+    return failed;
+}
+
+static int child_stays_off(void)
+{
+    slow_path_for(0.4);
+    usleep(500000);
+    return holmes_running() ? 16 : 0;
+}
+
+static int run_child(bool follow)
+{
+    int parent = (int)getpid();
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(follow ? child_follows(parent) : child_stays_off());
+    int status = -1;
+    double end = now_s() + CHILD_TIMEOUT_S;
+    while (waitpid(pid, &status, WNOHANG) == 0 && now_s() < end)
+        usleep(10000);
+    if (now_s() >= end) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fprintf(stderr, "child (follow_fork %d) hung: killed\n", follow);
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int start(bool follow)
+{
+    char ini[1024];
+    snprintf(ini, sizeof(ini),
+             "[agent]\nname = follow\ninterval = 100ms\nwindow = 2\nwarmup = 2\n"
+             "follow_fork = %s\nlog_level = warn\n[heap]\nsample_bytes = 64KiB\n"
+             "[rule.threads]\nabs = 100000\n[reporter.file]\ndir = %s\n",
+             follow ? "true" : "false", dir);
+    return holmes_start_string(ini);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/holmes-fork-follow-%d", (int)getpid());
+    CHECK_EQ_INT(start(true), 0);
+    CHECK_EQ_INT(run_child(true), 0);
+    CHECK_EQ_INT(holmes_stop(), 0);
+    CHECK_EQ_INT(start(false), 0);
+    CHECK_EQ_INT(run_child(false), 0);
+    CHECK_EQ_INT(holmes_stop(), 0);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    if (check_failures == 0 && system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    CHECK_DONE();
+}
