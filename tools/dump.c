@@ -130,6 +130,10 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "holmes dump: kill %d: %s\n", pid, strerror(errno));
         return 1;
     }
-    printf("holmes dump: sent SIG%s to %d\n", sigabbrev_np(sig), pid);
+    /* glibc has no abbreviation for the real-time signals. */
+    if (sigabbrev_np(sig))
+        printf("holmes dump: sent SIG%s to %d\n", sigabbrev_np(sig), pid);
+    else
+        printf("holmes dump: sent SIGRTMIN+%d to %d\n", sig - SIGRTMIN, pid);
     return 0;
 }
