@@ -230,7 +230,7 @@ HOLMES_EXPORT int holmes_stop(void)
     HOLMES_AGENT_ENTER();
     pthread_mutex_lock(&agent_lock);
     running *r = agent;
-    holmes__follow_disarm();
+    holmes__follow_stopped();
     if (r) {
         agent = NULL;
         stop_parts(r);

@@ -55,6 +55,12 @@ void holmes__follow_disarm(void)
     atomic_store(&holmes__follow_armed, false);
 }
 
+void holmes__follow_stopped(void)
+{
+    holmes__follow_disarm();
+    atomic_store(&parent_pid, 0);
+}
+
 int holmes__follow_parent_pid(void)
 {
     return atomic_load_explicit(&parent_pid, memory_order_relaxed);

@@ -16,8 +16,10 @@ extern _Atomic bool holmes__follow_armed __attribute__((visibility("hidden")));
 
 /* The fork() child handler: async-signal-safe, no allocation, no thread. */
 void holmes__follow_arm(int parent_pid);
-/* holmes_stop() and a direct start in an armed child: it follows no one. */
+/* A direct start in an armed child: it follows no one. */
 void holmes__follow_disarm(void);
+/* holmes_stop(): disarmed, and an agent started later is nobody's follower. */
+void holmes__follow_stopped(void);
 /*
  * The sampler's slow path, while armed, on a service thread: true while the
  * grace lasts (look again after HOLMES_FOLLOW_POLL_BYTES), false once the
