@@ -41,6 +41,8 @@ static uint64_t forked_at;
 static int armed_parent;
 /* The pid of the process this agent follows, 0 for an agent started directly. */
 static _Atomic int parent_pid;
+/* From the poll's hand-over until the starter thread is done. */
+static _Atomic bool starting;
 
 void holmes__follow_arm(int parent)
 {
@@ -72,6 +74,7 @@ static void *starter_main(void *arg)
     atomic_store(&parent_pid, parent);
     if (holmes__agent_follow_start(parent) != 0)
         atomic_store(&parent_pid, 0);
+    atomic_store(&starting, false);
     return NULL;
 }
 
@@ -79,13 +82,19 @@ static void start(void)
 {
     pthread_t t;
     HOLMES_AGENT_ENTER();
+    atomic_store(&starting, true);
     int rc = holmes__thread_create(starter_main, (void *)(intptr_t)armed_parent, "holmes-fork", &t);
     if (rc == 0)
         pthread_detach(t);
     else
-        holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
+        atomic_store(&starting, false), holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
                     holmes_strerror(rc));
     HOLMES_AGENT_LEAVE();
+}
+
+bool holmes__follow_starting(void)
+{
+    return atomic_load(&starting);
 }
 
 bool holmes__follow_poll(void)

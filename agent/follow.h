@@ -26,6 +26,8 @@ void holmes__follow_stopped(void);
  * start is handed to a thread of its own.
  */
 bool holmes__follow_poll(void);
+/* True while a forked child's agent is being started: exit() waits for it. */
+bool holmes__follow_starting(void);
 /* The pid the running agent's process was forked from, or 0: the events' parent_pid. */
 int holmes__follow_parent_pid(void);
 

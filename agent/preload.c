@@ -41,8 +41,9 @@
 /* How long exit() waits for the agent to stop before leaving it behind. */
 #define EXIT_STOP_S 3
 
-/* The process whose agent the constructor started, or 0. */
-static pid_t preload_pid;
+/* The process whose agent the constructor (or, in a forked child, follow.c's
+ * starter thread) started, or 0. */
+static _Atomic pid_t preload_pid;
 /* The stopper thread waits on stop_request and posts stop_done. */
 static sem_t stop_request, stop_done;
 
@@ -256,16 +257,31 @@ __attribute__((constructor)) static void holmes_preload_init(void)
     unsetenv("HOLMES_CONFIG");
 }
 
+/* A forked child that exits while its agent starts (follow.c) lets the start
+ * finish, so that agent is stopped as any other, never left half-made. */
+static void wait_for_follow_start(const struct timespec *deadline)
+{
+    struct timespec now, pause = {.tv_nsec = 1000000};
+    while (holmes__follow_starting()) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > deadline->tv_sec ||
+            (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec))
+            return;
+        nanosleep(&pause, NULL);
+    }
+}
+
 __attribute__((destructor)) static void holmes_preload_fini(void)
 {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += EXIT_STOP_S;
+    wait_for_follow_start(&deadline);
     /* A forked child without an agent of its own has no stopper thread. */
     if (preload_pid == 0 || preload_pid != getpid())
         return;
     preload_pid = 0;
     sem_post(&stop_request);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += EXIT_STOP_S;
     while (sem_clockwait(&stop_done, CLOCK_MONOTONIC, &deadline) != 0 && errno == EINTR) {
     }
 }
