@@ -84,11 +84,13 @@ static void start(void)
     HOLMES_AGENT_ENTER();
     atomic_store(&starting, true);
     int rc = holmes__thread_create(starter_main, (void *)(intptr_t)armed_parent, "holmes-fork", &t);
-    if (rc == 0)
+    if (rc == 0) {
         pthread_detach(t);
-    else
-        atomic_store(&starting, false), holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
+    } else {
+        atomic_store(&starting, false);
+        holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
                     holmes_strerror(rc));
+    }
     HOLMES_AGENT_LEAVE();
 }
 
