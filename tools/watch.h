@@ -88,7 +88,8 @@ bool holmes__watch_alive(const watch_proc *p);
 /* ---- watch_cpu.c ---- */
 /*
  * A CPU profile of p from outside through perf_event_open, for duration_ms
- * at hz; `why` says what was refused (on an error, or threads left out).
+ * at hz, its stacks unwound off-line. On an error `why` says what was
+ * refused; on success, how deep the stacks are and which threads were left out.
  */
 int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms, holmes__buf *out,
                               holmes__capture_stats *st, char *why, size_t why_cap);

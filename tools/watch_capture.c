@@ -339,10 +339,7 @@ static void capture_cpu(outside_job *j, const holmes__rule_cfg *rule)
     j->info->captures |= 1u << HOLMES_CAPTURE_CPU;
     j->info->stats[HOLMES_CAPTURE_CPU] = st;
     j->info->has_stats[HOLMES_CAPTURE_CPU] = true;
-    note(j->info,
-         "cpu: from outside, each sample is the thread's sampled instruction only (stacks "
-         "of another process are not unwound)%s%s",
-         why[0] ? "; " : "", why);
+    note(j->info, "cpu: from outside (perf_event_open), %s", why);
     if (!pb.failed)
         add_flamegraph(j, &pb);
     keep(j, "cpu", HOLMES_FILE_CPU_PB, 0, &pb);

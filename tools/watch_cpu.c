@@ -2,15 +2,18 @@
  * A CPU profile of another process, from outside: one perf cpu-clock event
  * per thread (agent/capture/perf_ring.c, the agent's own ring reader),
  * drained every few milliseconds for the rule's duration, new threads
- * picked up as they appear. Each sample is the thread's user-space
- * instruction (where it entered the kernel, for a sample in a system call),
- * symbolized with the process's own maps and files into the same pprof as
- * the agent writes. Its stacks are one frame deep: the agent's unwinder
- * reads tables of the modules mapped in its own process, not another's, and
- * the event's notes say so.
+ * picked up as they appear. Each sample carries the thread's user registers
+ * and a copy of the top of its user stack; they are unwound here, off-line,
+ * by the agent's own unwinder with tables compiled from the target's mapped
+ * ELF files (agent/unwind/remote.c), and symbolized with the process's own
+ * maps and files into the same pprof as the agent writes. A sample whose
+ * walk stops at the sampled instruction (code without unwind tables, such
+ * as the vDSO, and no frame pointer) stays one frame deep, and the event's
+ * notes count them.
  */
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +23,19 @@
 #include "agent/base/base.h"
 #include "agent/capture/perf_ring.h"
 #include "agent/pprof/pprof.h"
+#include "agent/unwind/unwind.h"
 #include "tools/watch.h"
 
 #define MAX_THREADS 1024
 #define DRAIN_MS 20
-#define STACK_BYTES                                                                                \
-    64 /* the kernel wants a stack size with STACK_USER; the frames are not read                   \
-        */
+/*
+ * The user stack copied per sample: deep enough for a server's worker from
+ * its leaf down to its event loop, within the 64 KiB a perf record may hold.
+ * 16 KiB was not: memcached's transmit keeps IOV_MAX iovecs (16 KiB) on its
+ * frame, and its samples in sendmsg stopped there. A walk that reaches the
+ * copy's end stops, its frames kept.
+ */
+#define STACK_BYTES 32768
 
 typedef struct cpu_run {
     const watch_proc *p;
@@ -38,6 +47,9 @@ typedef struct cpu_run {
     holmes__pprof *prof;
     int64_t period_ns;
     uint64_t samples;
+    holmes__unwind_tables *tables; /* NULL: samples stay one frame deep */
+    int tables_err;
+    uint64_t shallow; /* samples left at one frame */
 } cpu_run;
 
 static bool has_ring(const cpu_run *r, pid_t tid)
@@ -76,11 +88,23 @@ static void cover_threads(cpu_run *r)
 static void on_sample(void *arg, const holmes__perf_sample *s)
 {
     cpu_run *r = arg;
-    uintptr_t pc = (uintptr_t)(s->user_regs ? s->pc : s->ip);
+    uintptr_t pcs[HOLMES_MAX_FRAMES];
+    int depth = 0;
+    if (s->user_regs && r->tables) {
+        holmes__unwind_regs regs = {.pc = s->pc, .sp = s->sp, .fp = s->fp};
+        depth = holmes__unwind_copy_with(r->tables, &regs, s->stack, s->stack_len, pcs,
+                                         HOLMES_MAX_FRAMES);
+    }
+    if (depth < 1) {
+        pcs[0] = (uintptr_t)(s->user_regs ? s->pc : s->ip);
+        depth = 1;
+    }
     int64_t values[2] = {1, r->period_ns};
-    holmes__pprof_sample ps = {.pcs = &pc, .depth = 1, .leaf_exact = true, .values = values};
-    if (holmes__pprof_add(r->prof, &ps) == 0)
+    holmes__pprof_sample ps = {.pcs = pcs, .depth = depth, .leaf_exact = true, .values = values};
+    if (holmes__pprof_add(r->prof, &ps) == 0) {
         r->samples++;
+        r->shallow += depth == 1;
+    }
 }
 
 static void drain(cpu_run *r)
@@ -137,6 +161,35 @@ static void why_refused(const cpu_run *r, char *why, size_t cap)
              r->p->pid, strerror(-r->refused), text);
 }
 
+/* What the event's notes say of the stacks: how deep they are, and why some are not. */
+static void describe(const cpu_run *r, char *why, size_t cap)
+{
+    size_t at = 0;
+    if (!r->tables)
+        at = (size_t)snprintf(why, cap,
+                              "each sample is the thread's sampled instruction only, one frame "
+                              "deep (the target's unwind tables could not be built: %s)",
+                              holmes_strerror(r->tables_err));
+    else {
+        const holmes__unwind_tables_info *ti = holmes__unwind_tables_stats(r->tables);
+        at = (size_t)snprintf(why, cap,
+                              "stacks unwound off-line from each sample's user-stack copy (%zu of "
+                              "%zu mapped ELF files with unwind tables)",
+                              ti->compiled, ti->modules);
+        if (r->shallow && at < cap)
+            at += (size_t)snprintf(
+                why + at, cap - at,
+                "; %" PRIu64 " of %" PRIu64 " samples could not be unwound below the sampled "
+                "instruction (code without unwind tables, such as the vDSO or JIT code, and no "
+                "frame pointer) and are one frame deep",
+                r->shallow, r->samples);
+    }
+    if (at < cap && (r->refused || r->too_many))
+        snprintf(why + at, cap - at, "; %d thread(s) not sampled (%s)",
+                 r->too_many + (r->refused != 0),
+                 r->too_many ? "more than 1024 threads" : strerror(-r->refused));
+}
+
 int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms, holmes__buf *out,
                               holmes__capture_stats *st, char *why, size_t why_cap)
 {
@@ -152,6 +205,8 @@ int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms,
     };
     r->period_ns = 1000000000 / hz;
     r->prof = new_profile(hz, duration_ms * 1000000ull);
+    /* Before sampling: the walks need the tables while the stack copies last. */
+    r->tables_err = holmes__unwind_tables_of(p->pid, &r->tables);
     int rc = r->prof ? 0 : HOLMES_ENOMEM;
     uint64_t end = holmes__now_ns() + duration_ms * 1000000ull, next_look = 0;
     while (rc == 0 && holmes__now_ns() < end && holmes__watch_alive(p)) {
@@ -175,15 +230,18 @@ int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms,
     close_rings(r, st);
     if (rc == 0) {
         holmes__pprof_of_process(r->prof, p->pid);
-        holmes__pprof_comment(r->prof, "holmes watch: from outside (perf_event_open), the sampled "
-                                       "instruction of each thread only (one frame deep)");
+        holmes__pprof_comment(r->prof, r->tables ? "holmes watch: from outside (perf_event_open), "
+                                                   "user stacks unwound off-line"
+                                                 : "holmes watch: from outside (perf_event_open), "
+                                                   "the sampled instruction of each thread only "
+                                                   "(one frame deep)");
         holmes__pprof_stats ps = {0};
         rc = holmes__pprof_finish(r->prof, out, &ps);
         st->peak_bytes += ps.peak_bytes;
     }
-    if (rc == 0 && (r->refused || r->too_many))
-        snprintf(why, why_cap, "%d thread(s) not sampled (%s)", r->too_many + (r->refused != 0),
-                 r->too_many ? "more than 1024 threads" : strerror(-r->refused));
+    if (rc == 0)
+        describe(r, why, why_cap);
+    holmes__unwind_tables_free(r->tables);
     holmes__pprof_free(r->prof);
     free(r);
     return rc;

@@ -305,6 +305,17 @@ static void point_at_copy(holmes__cfi_image *img, const uint8_t *copy, size_t le
  * build-id, the vDSO, a file replaced or gone since it was loaded) it is
  * copied out of memory (read_from_memory). Either way the bytes are the same.
  */
+/* Reads the segment `ro` (the one holding .eh_frame) from the module's file into b->copy. */
+static bool read_segment(build *b, int fd, const ElfW(Phdr) *ro, holmes__cfi_image *img)
+{
+    b->copy.len = 0;
+    b->copy.failed = false;
+    if (!read_at(fd, ro->p_offset, ro->p_filesz, &b->copy))
+        return false;
+    point_at_copy(img, (const uint8_t *)b->copy.data, ro->p_filesz);
+    return true;
+}
+
 static bool read_from_file(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
                            const uint8_t *id, size_t id_len, uint64_t id_off)
 {
@@ -317,14 +328,8 @@ static bool read_from_file(build *b, const struct dl_phdr_info *info, holmes__cf
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
-    b->copy.len = 0;
-    b->copy.failed = false;
-    bool ok = false;
-    if (pread(fd, file_id, id_len, (off_t)id_off) == (ssize_t)id_len &&
-        memcmp(file_id, id, id_len) == 0 && read_at(fd, ro->p_offset, ro->p_filesz, &b->copy)) {
-        point_at_copy(img, (const uint8_t *)b->copy.data, ro->p_filesz);
-        ok = true;
-    }
+    bool ok = pread(fd, file_id, id_len, (off_t)id_off) == (ssize_t)id_len &&
+              memcmp(file_id, id, id_len) == 0 && read_segment(b, fd, ro, img);
     close(fd);
     return ok;
 }
@@ -360,6 +365,21 @@ static bool read_from_memory(build *b, holmes__cfi_image *img)
     return true;
 }
 
+/* Compiles the image (its bytes copied already) into m's rows at the end of b->rows. */
+static void compile_rows(build *b, const holmes__cfi_image *img, pending *m)
+{
+    if (holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed)
+        m->nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m->first,
+                                           b->rows.len / sizeof(uint64_t) - m->first);
+}
+
+/* Keeps m's rows (and drops whatever a failed compile left after them). */
+static void add_pending(build *b, const pending *m)
+{
+    b->rows.len = (m->first + m->nrows) * sizeof(uint64_t);
+    holmes__buf_append(&b->mods, m, sizeof *m);
+}
+
 static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
                            const snap_module *sm)
 {
@@ -387,12 +407,10 @@ static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cf
         if (!copied)
             copied = read_from_file(b, info, img, sm->id, sm->id_len, sm->id_off) ||
                      read_from_memory(b, img);
-        if (copied && holmes__cfi_compile(img, &b->rows) == 0 && !b->rows.failed)
-            m.nrows = holmes__cfi_finish_rows((uint64_t *)b->rows.data + m.first,
-                                              b->rows.len / sizeof(uint64_t) - m.first);
+        if (copied)
+            compile_rows(b, img, &m);
     }
-    b->rows.len = (m.first + m.nrows) * sizeof(uint64_t);
-    holmes__buf_append(&b->mods, &m, sizeof m);
+    add_pending(b, &m);
 }
 
 /* ---- the snapshot, under the loader guard ---- */
@@ -636,6 +654,81 @@ static int refresh_tables(bool all, bool *changed_out)
     if (rc != 0)
         unmap_object(g);
     return rc;
+}
+
+/* ---- tables of modules described from outside (another process's) ---- */
+
+struct holmes__unw_builder {
+    build b;
+};
+
+/*
+ * The code of a module being added, read from its file: cfi.c looks at the
+ * bytes of what may be a signal trampoline. Thread-local because watchers
+ * may build tables for several processes at once.
+ */
+static __thread int file_fd = -1;
+static __thread const struct dl_phdr_info *file_info;
+
+static bool read_file_code(uintptr_t addr, void *out, size_t len)
+{
+    for (int i = 0; file_info && i < file_info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &file_info->dlpi_phdr[i];
+        uintptr_t s = file_info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && addr >= s && len <= ph->p_filesz &&
+            addr - s <= ph->p_filesz - len)
+            return pread(file_fd, out, len, (off_t)(ph->p_offset + (addr - s))) == (ssize_t)len;
+    }
+    return false;
+}
+
+holmes__unw_builder *holmes__unw_builder_new(void)
+{
+    holmes__unw_builder *ub = calloc(1, sizeof *ub);
+    if (!ub)
+        return NULL;
+    scratch(&ub->b.rows);
+    scratch(&ub->b.mods);
+    scratch(&ub->b.copy);
+    return ub;
+}
+
+bool holmes__unw_builder_add(holmes__unw_builder *ub, const struct dl_phdr_info *info, int fd)
+{
+    build *b = &ub->b;
+    holmes__cfi_image img;
+    const ElfW(Phdr) *ro;
+    if (b->err || !image_of(info, &img) || !(ro = load_holding(info, img.ro_start)) ||
+        !read_segment(b, fd, ro, &img))
+        return false;
+    pending m = {.start = img.start, .end = img.end, .compiled = true,
+                 .first = b->rows.len / sizeof(uint64_t)};
+    file_fd = fd;
+    file_info = info;
+    img.read_code = read_file_code;
+    compile_rows(b, &img, &m);
+    file_info = NULL;
+    add_pending(b, &m);
+    if (b->rows.failed || b->mods.failed)
+        b->err = HOLMES_ENOMEM;
+    return !b->err && m.nrows > 0;
+}
+
+holmes__unw_gen *holmes__unw_builder_seal(holmes__unw_builder *ub)
+{
+    if (!ub)
+        return NULL;
+    holmes__unw_gen *g = ub->b.err ? NULL : seal(&ub->b);
+    holmes__buf_free(&ub->b.rows);
+    holmes__buf_free(&ub->b.mods);
+    holmes__buf_free(&ub->b.copy);
+    free(ub);
+    return g;
+}
+
+void holmes__unw_gen_free(holmes__unw_gen *g)
+{
+    unmap_object(g);
 }
 
 /* ---- the maps snapshot ---- */

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define HOLMES_MAX_FRAMES 128
 
@@ -91,5 +92,26 @@ typedef struct holmes__unwind_info {
 } holmes__unwind_info;
 /* Fills *out; returns 0, or HOLMES_ENOTRUNNING before the first prepare. */
 int holmes__unwind_stats(holmes__unwind_info *out);
+
+/*
+ * Tables of ANOTHER process's modules, for `holmes watch` (README, "Watching
+ * from outside"): built from /proc/PID/maps and each mapped ELF file (through
+ * /proc/PID/map_files, else /proc/PID/root + its path), with the compiler the
+ * agent uses for its own, and walked over perf samples' stack copies. Not
+ * signal-safe; nothing here touches the agent's own tables.
+ */
+typedef struct holmes__unwind_tables holmes__unwind_tables;
+typedef struct holmes__unwind_tables_info {
+    size_t modules;  /* ELF files mapped in the process */
+    size_t compiled; /* of them, those with unwind rows */
+    size_t rows;
+} holmes__unwind_tables_info;
+/* Returns 0 and *out, or the error reading its maps gave (the process gone, no permission), or HOLMES_ENOMEM. */
+int holmes__unwind_tables_of(pid_t pid, holmes__unwind_tables **out);
+const holmes__unwind_tables_info *holmes__unwind_tables_stats(const holmes__unwind_tables *t);
+void holmes__unwind_tables_free(holmes__unwind_tables *t);
+/* holmes__unwind_copy with those tables instead of the agent's own. */
+int holmes__unwind_copy_with(const holmes__unwind_tables *t, const holmes__unwind_regs *r,
+                             const void *stack, size_t len, uintptr_t *pcs, int max);
 
 #endif

@@ -20,7 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <link.h>
+
 #include "agent/base/base.h"
+#include "agent/unwind/unwind.h"
 
 /* How to find the caller's frame from a row (the low 3 bits of a rule). */
 enum {
@@ -212,5 +215,28 @@ void holmes__unw_sort(uint64_t *a, size_t n);
 /* Cheap identity of a module's unwind data (name, place, build-id or else search table). */
 uint64_t holmes__cfi_ident(const holmes__cfi_image *img, const char *name, const uint8_t *id,
                            size_t id_len);
+
+/*
+ * Tables for modules described from outside the loader: another process's,
+ * from its maps and files (agent/unwind/remote.c). Each module is added as
+ * dl_iterate_phdr would show it in its own process (load bias, program
+ * headers, name) with its file open at fd, from which the segment holding
+ * .eh_frame (and any trampoline's code) is read. The same compiler and
+ * compaction as the in-process tables; the result is never published, only
+ * walked by holmes__unwind_copy_with. Not signal-safe.
+ */
+typedef struct holmes__unw_builder holmes__unw_builder;
+holmes__unw_builder *holmes__unw_builder_new(void);
+/* Returns true when the module's rows were compiled; false leaves it out or without rows. */
+bool holmes__unw_builder_add(holmes__unw_builder *b, const struct dl_phdr_info *info, int fd);
+/* Frees the builder; returns the tables, or NULL when memory ran out. */
+holmes__unw_gen *holmes__unw_builder_seal(holmes__unw_builder *b);
+void holmes__unw_gen_free(holmes__unw_gen *g);
+
+/* Another process's tables, as unwind.h hands them out. */
+struct holmes__unwind_tables {
+    holmes__unw_gen *gen;
+    holmes__unwind_tables_info info;
+};
 
 #endif

@@ -253,27 +253,35 @@ UNW_NO_SANITIZE static bool step(walker *w, frame *f)
 
 /* ---- entry points ---- */
 
+/* The steps of a walk whose tables (and maps, unless it reads a copy) are set. */
+UNW_NO_SANITIZE static inline __attribute__((always_inline)) int
+walk_steps(walker *w, frame f, uintptr_t *pcs, int max, int skip)
+{
+    if (max > HOLMES_MAX_FRAMES)
+        max = HOLMES_MAX_FRAMES;
+    int n = 0;
+    if (skip <= 0)
+        pcs[n++] = f.pc;
+    if (w->copy || find_bounds(w, f.sp)) {
+        /* Steps are bounded too: skipped frames count against the same budget. */
+        for (int steps = 0; n < max && steps < 2 * HOLMES_MAX_FRAMES && step(w, &f); steps++) {
+            if (--skip <= 0)
+                pcs[n++] = f.pc;
+        }
+    }
+    return n;
+}
+
 UNW_NO_SANITIZE static int walk_from(walker w, frame f, uintptr_t *pcs, int max, int skip)
 {
     if (!pcs || max <= 0 || walking)
         return 0;
     walking = 1;
     atomic_signal_fence(memory_order_seq_cst);
-    if (max > HOLMES_MAX_FRAMES)
-        max = HOLMES_MAX_FRAMES;
     unsigned gi, mi;
     w.gen = holmes__unw_pin(&holmes__unw_gens, &gi);
     w.maps = holmes__unw_pin(&holmes__unw_maps_pub, &mi);
-    int n = 0;
-    if (skip <= 0)
-        pcs[n++] = f.pc;
-    if (w.copy || find_bounds(&w, f.sp)) {
-        /* Steps are bounded too: skipped frames count against the same budget. */
-        for (int steps = 0; n < max && steps < 2 * HOLMES_MAX_FRAMES && step(&w, &f); steps++) {
-            if (--skip <= 0)
-                pcs[n++] = f.pc;
-        }
-    }
+    int n = walk_steps(&w, f, pcs, max, skip);
     holmes__unw_unpin(&holmes__unw_maps_pub, mi);
     holmes__unw_unpin(&holmes__unw_gens, gi);
     atomic_signal_fence(memory_order_seq_cst);
@@ -286,16 +294,37 @@ static int walk(frame f, uintptr_t *pcs, int max, int skip)
     return walk_from((walker){0}, f, pcs, max, skip);
 }
 
+/* A walk over a copy of [r->sp, r->sp + len), or of nothing (the leaf alone). */
+static walker copy_walker(const holmes__unwind_regs *r, const void *stack, size_t len)
+{
+    walker w = {.lo = r->sp, .hi = r->sp + (len & ~(size_t)7), .copy = stack};
+    if (w.hi < w.lo || !stack)
+        w.hi = w.lo, w.copy = (const uint8_t *)"";
+    return w;
+}
+
 int holmes__unwind_copy(const holmes__unwind_regs *r, const void *stack, size_t len, uintptr_t *pcs,
                         int max)
 {
     if (!r || (!stack && len))
         return 0;
     frame f = {.pc = r->pc, .sp = r->sp, .fp = r->fp, .exact = true};
-    walker w = {.lo = r->sp, .hi = r->sp + (len & ~(size_t)7), .copy = stack};
-    if (w.hi < w.lo || !stack) /* no copy: the leaf alone */
-        w.hi = w.lo, w.copy = (const uint8_t *)"";
-    return walk_from(w, f, pcs, max, 0);
+    return walk_from(copy_walker(r, stack, len), f, pcs, max, 0);
+}
+
+/*
+ * Another process's tables are the caller's own, not published: nothing to
+ * pin, and its modules are all compiled, so the walk never asks for more.
+ */
+int holmes__unwind_copy_with(const holmes__unwind_tables *t, const holmes__unwind_regs *r,
+                             const void *stack, size_t len, uintptr_t *pcs, int max)
+{
+    if (!t || !r || (!stack && len) || !pcs || max <= 0)
+        return 0;
+    frame f = {.pc = r->pc, .sp = r->sp, .fp = r->fp, .exact = true};
+    walker w = copy_walker(r, stack, len);
+    w.gen = t->gen;
+    return walk_steps(&w, f, pcs, max, 0);
 }
 
 int holmes__unwind_signal(const void *ucontext, uintptr_t *pcs, int max)

@@ -3,7 +3,9 @@ judged for processes that run without holmes, from outside.
 
 - --name on Debian's memcached (no holmes inside) under a real client loop:
   a CPU event with a perf_event_open profile that go tool pprof opens with
-  memcached's frames (module+offset: it is stripped) and libc's, fds.txt
+  memcached's frames (module+offset: it is stripped) and libc's, its stacks
+  unwound off-line (deeper than the sampled instruction, down to libevent's
+  loop or memcached's own code), fds.txt
   listing its listening socket, threads.txt and memory.txt.
 - --pid on a linked program with a dump_signal: its own agent's dump, not
   an outside one.
@@ -129,7 +131,8 @@ def check_cpu_profile(event, path):
         skip("memcached's CPU profile: %s" % event.get("notes"))
         return
     check(event["status"] == "complete", "status %r: %s" % (event["status"], event.get("notes")))
-    check("sampled instruction only" in event.get("notes", ""), "notes: %r" % event.get("notes"))
+    check("stacks unwound off-line" in event.get("notes", ""), "notes: %r" % event.get("notes"))
+    check_unwound(path)
     raw = pprof(["-raw", path])
     locations = raw.split("Locations", 1)[-1].split("Mappings", 1)[0]
     mappings = dict(re.findall(r"(?m)^(\d+): \S+ (\S+)", raw.split("Mappings", 1)[-1]))
@@ -139,6 +142,36 @@ def check_cpu_profile(event, path):
           "memcached's own frames are missing:\n%s" % raw[-3000:])
     check(libc and re.search(r"M=%s [A-Za-z_]" % libc[0], locations),
           "libc's named frames are missing:\n%s" % raw[-3000:])
+
+
+def traces(path):
+    """`go tool pprof -traces`: each sample's frames, leaf first."""
+    out = []
+    for block in pprof(["-traces", path]).split("-----------+-------------------------------------------------------")[1:]:
+        frames = []
+        for line in block.strip().splitlines():
+            parts = line.split()
+            # The first line of a trace carries the sample's value before its leaf.
+            name = parts[-1] if parts else ""
+            if name and not name.startswith("---"):
+                frames.append(name)
+        if frames:
+            out.append(frames)
+    return out
+
+
+def check_unwound(path):
+    """Stacks from outside are unwound: a worker's samples reach below the leaf,
+    down to libevent's loop or memcached's own code (a one-frame profile fails)."""
+    stacks = traces(path)
+    deep = [f for f in stacks if len(f) > 1]
+    below = [f for f in deep if any(n == "event_base_loop" or n.startswith("[memcached+0x") or
+                                    n.startswith("[libevent") for n in f[1:])]
+    check(stacks and len(deep) * 2 >= len(stacks),
+          "most stacks are one frame deep (%d of %d deeper):\n%s"
+          % (len(deep), len(stacks), "\n".join(" <- ".join(f) for f in stacks[:10])))
+    check(below, "no stack reaches memcached's event loop below its leaf:\n%s"
+          % "\n".join(" <- ".join(f) for f in stacks[:20]))
 
 
 CLIENT = """
