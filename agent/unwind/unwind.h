@@ -106,7 +106,10 @@ typedef struct holmes__unwind_tables_info {
     size_t compiled; /* of them, those with unwind rows */
     size_t rows;
 } holmes__unwind_tables_info;
-/* Returns 0 and *out, or the error reading its maps gave (the process gone, no permission), or HOLMES_ENOMEM. */
+/*
+ * Returns 0 and *out, or the error reading its maps gave (the process gone,
+ * no permission), or HOLMES_ENOMEM.
+ */
 int holmes__unwind_tables_of(pid_t pid, holmes__unwind_tables **out);
 const holmes__unwind_tables_info *holmes__unwind_tables_stats(const holmes__unwind_tables *t);
 void holmes__unwind_tables_free(holmes__unwind_tables *t);
