@@ -536,7 +536,7 @@ static bool is_sigreturn(const holmes__cfi_image *img, uintptr_t lo, uintptr_t h
         return false;
     if (!img->read_code)
         memcpy(code, (const void *)lo, n);
-    else if (!img->read_code(lo, code, n))
+    else if (!img->read_code(img->code_ctx, lo, code, n))
         return false;
     return memmem(code, n, sigreturn_code, sizeof sigreturn_code) != NULL;
 }

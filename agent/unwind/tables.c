@@ -334,8 +334,9 @@ static bool read_from_file(build *b, const struct dl_phdr_info *info, holmes__cf
     return ok;
 }
 
-static bool read_mem(uintptr_t addr, void *out, size_t len)
+static bool read_mem(const void *ctx, uintptr_t addr, void *out, size_t len)
 {
+    (void)ctx;
     return mem_fd >= 0 && pread(mem_fd, out, len, (off_t)addr) == (ssize_t)len;
 }
 
@@ -354,7 +355,7 @@ static bool read_from_memory(build *b, holmes__cfi_image *img)
     char chunk[16384];
     for (size_t done = 0; done < len;) {
         size_t n = len - done < sizeof chunk ? len - done : sizeof chunk;
-        if (!read_mem(img->ro_start + done, chunk, n))
+        if (!read_mem(NULL, img->ro_start + done, chunk, n))
             return false;
         holmes__buf_append(&b->copy, chunk, n);
         done += n;
@@ -662,22 +663,21 @@ struct holmes__unw_builder {
     build b;
 };
 
-/*
- * The code of a module being added, read from its file: cfi.c looks at the
- * bytes of what may be a signal trampoline. Thread-local because watchers
- * may build tables for several processes at once.
- */
-static __thread int file_fd = -1;
-static __thread const struct dl_phdr_info *file_info;
+/* A module being added: cfi.c reads the code of what may be a signal trampoline from its file. */
+typedef struct file_code {
+    int fd;
+    const struct dl_phdr_info *info;
+} file_code;
 
-static bool read_file_code(uintptr_t addr, void *out, size_t len)
+static bool read_file_code(const void *ctx, uintptr_t addr, void *out, size_t len)
 {
-    for (int i = 0; file_info && i < file_info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &file_info->dlpi_phdr[i];
-        uintptr_t s = file_info->dlpi_addr + ph->p_vaddr;
+    const file_code *fc = ctx;
+    for (int i = 0; i < fc->info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &fc->info->dlpi_phdr[i];
+        uintptr_t s = fc->info->dlpi_addr + ph->p_vaddr;
         if (ph->p_type == PT_LOAD && addr >= s && len <= ph->p_filesz &&
             addr - s <= ph->p_filesz - len)
-            return pread(file_fd, out, len, (off_t)(ph->p_offset + (addr - s))) == (ssize_t)len;
+            return pread(fc->fd, out, len, (off_t)(ph->p_offset + (addr - s))) == (ssize_t)len;
     }
     return false;
 }
@@ -703,11 +703,10 @@ bool holmes__unw_builder_add(holmes__unw_builder *ub, const struct dl_phdr_info 
         return false;
     pending m = {.start = img.start, .end = img.end, .compiled = true,
                  .first = b->rows.len / sizeof(uint64_t)};
-    file_fd = fd;
-    file_info = info;
+    file_code fc = {.fd = fd, .info = info};
     img.read_code = read_file_code;
+    img.code_ctx = &fc;
     compile_rows(b, &img, &m);
-    file_info = NULL;
     add_pending(b, &m);
     if (b->rows.failed || b->mods.failed)
         b->err = HOLMES_ENOMEM;

@@ -187,7 +187,8 @@ typedef struct holmes__cfi_image {
      * cannot be read, the module having gone meanwhile); NULL reads the
      * mapping directly, which is only safe while the module cannot go.
      */
-    bool (*read_code)(uintptr_t addr, void *out, size_t len);
+    bool (*read_code)(const void *ctx, uintptr_t addr, void *out, size_t len);
+    const void *code_ctx; /* read_code's first argument */
 } holmes__cfi_image;
 
 /*
