@@ -29,6 +29,12 @@
 #define MAX_THREADS 1024
 #define DRAIN_MS 20
 /*
+ * The rings are sized for drains this late: with 32 KiB records a ring sized
+ * for DRAIN_MS alone held 80 ms of samples at 100 Hz, and a watcher held up
+ * longer than that on a loaded machine lost them. 512 KiB per thread at 100 Hz.
+ */
+#define RING_MS 50
+/*
  * The user stack copied per sample: deep enough for a server's worker from
  * its leaf down to its event loop, within the 64 KiB a perf record may hold.
  * 16 KiB was not: memcached's transmit keeps IOV_MAX iovecs (16 KiB) on its
@@ -200,7 +206,7 @@ int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms,
     r->opts = (holmes__perf_ring_opts){
         .hz = hz,
         .stack_bytes = STACK_BYTES,
-        .ring_pages = holmes__perf_ring_pages_for(hz, DRAIN_MS, STACK_BYTES),
+        .ring_pages = holmes__perf_ring_pages_for(hz, RING_MS, STACK_BYTES),
         .user_only = user_only(),
     };
     r->period_ns = 1000000000 / hz;
