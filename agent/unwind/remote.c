@@ -49,18 +49,27 @@ static bool parse_line(char *line, mapping *m)
     return true;
 }
 
+/*
+ * Device files are never opened (opening one may act on the device), nor is
+ * anything that is not a regular file by the time it is open (the path may
+ * name something else now: O_NONBLOCK keeps a FIFO from hanging the open).
+ */
 static int open_mapped(pid_t pid, const mapping *m)
 {
     char path[4096 + 64];
+    if (strncmp(m->path, "/dev/", 5) == 0)
+        return -1;
     snprintf(path, sizeof path, "/proc/%d/map_files/%" PRIxPTR "-%" PRIxPTR, (int)pid, m->start,
              m->end);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    int fd = open(path, flags);
     if (fd < 0) {
         snprintf(path, sizeof path, "/proc/%d/root%s", (int)pid, m->path);
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        fd = open(path, flags);
     }
     struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) != 0 || (uint64_t)st.st_ino != m->inode)) {
+    if (fd >= 0 &&
+        (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_ino != m->inode)) {
         close(fd);
         fd = -1;
     }
