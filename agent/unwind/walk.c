@@ -253,9 +253,13 @@ UNW_NO_SANITIZE static bool step(walker *w, frame *f)
 
 /* ---- entry points ---- */
 
-/* The steps of a walk whose tables (and maps, unless it reads a copy) are set. */
-UNW_NO_SANITIZE static inline __attribute__((always_inline)) int
-walk_steps(walker *w, frame f, uintptr_t *pcs, int max, int skip)
+/*
+ * The steps of a walk whose tables (and maps, unless it reads a copy) are
+ * set. One function for both kinds of walk, so that the steps stay inlined
+ * in it: a call per walk, none per step.
+ */
+UNW_NO_SANITIZE __attribute__((noinline)) static int walk_steps(walker *w, frame f, uintptr_t *pcs,
+                                                                int max, int skip)
 {
     if (max > HOLMES_MAX_FRAMES)
         max = HOLMES_MAX_FRAMES;
