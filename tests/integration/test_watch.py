@@ -261,8 +261,9 @@ def test_nginx_by_pgid(w):
         check(wt.stderr().count("following pid") == 3,
               "not master + 2 workers: %s" % wt.stderr()[-1500:])
         # The load lasts until a worker's event is written: its CPU capture
-        # runs for the rule's duration after the firing.
-        ab = subprocess.Popen(["ab", "-q", "-k", "-n", "5000000", "-c", "8", "-t", "60",
+        # runs for the rule's duration after the firing. ab's -t sets -n to
+        # 50000 (done in a second or two), so -n comes after it.
+        ab = subprocess.Popen(["ab", "-q", "-k", "-t", "60", "-n", "5000000", "-c", "8",
                                "http://127.0.0.1:%d/" % port], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
         try:
