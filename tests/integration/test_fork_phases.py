@@ -6,14 +6,16 @@ answers no signal keeps it waiting its whole timeout, with the signal sent to
 every other thread) and during an upload (from the moment its file is in the
 spool until the receiver, which holds the first request for 4 s, has
 taken it). Each child loads a new library, allocates and exits 0. Forks while the
-unwind tables are being built are tests/unit/test_fork_tables.c's."""
+unwind tables are being built are tests/unit/test_fork_tables.c's. Under a
+sanitizer, a child found waiting inside the sanitizer runtime itself is
+a reported skipped part (see test_fork_storm.py); any other hang fails."""
 import os
 import re
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, finish, prog, run, tool  # noqa: E402
+from holmes_test import SANITIZE, Workdir, check, finish, prog, run, skip_part, tool  # noqa: E402
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,9 +65,18 @@ def phase(what):
             rx.kill()
             rx.wait()
     during = re.search(r"^during (\d+)", out, re.M)
-    m = re.search(r"^forks (\d+) ok (\d+) late (\d+) hung (\d+)", out, re.M)
+    m = re.search(r"^forks (\d+) ok (\d+) late (\d+) hung (\d+) in_runtime (\d+)", out, re.M)
     print("%s: %s; %s" % (what, during and during.group(0), m and m.group(0)))
-    check(rc == 0 and during and int(during.group(1)) >= 1 and m and m.group(1) == m.group(2),
+    # As in test_fork_storm: under a sanitizer, a child waiting forever
+    # inside the sanitizer runtime (which does not lock its allocator around
+    # fork) is reported, not failed; any other failure or hang fails.
+    forks, ok, hung, in_runtime = (int(m.group(i)) for i in (1, 2, 4, 5)) if m else (0, 0, 0, 0)
+    excused = in_runtime if SANITIZE else 0
+    if excused:
+        skip_part("%s: %d of %d children waited forever on a lock inside the %s runtime, which "
+                  "does not lock its allocator around fork" % (what, excused, forks, SANITIZE))
+    check((rc == 0 or hung == excused > 0) and during and int(during.group(1)) >= 1 and m
+          and ok + excused == forks and hung == excused,
           "%s: children forked during the phase failed (rc %s): %s\n%s" % (
               what, rc, out[-500:], err[-2000:]))
     if what == "upload":
