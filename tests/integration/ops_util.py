@@ -4,6 +4,7 @@ not built with it, sanitizer runtimes first, and services that are always
 cleaned up."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,46 @@ def compile_c(workdir, name, source):
     if p.returncode != 0:
         raise RuntimeError("gcc %s: %s" % (name, p.stderr))
     return exe
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+NGINX_CONF = """
+daemon off;
+master_process @MASTER@;
+@WORKERS@error_log stderr warn;
+pid @DIR@/nginx.pid;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path @DIR@/body;
+  proxy_temp_path @DIR@/proxy;
+  fastcgi_temp_path @DIR@/fastcgi;
+  uwsgi_temp_path @DIR@/uwsgi;
+  scgi_temp_path @DIR@/scgi;
+@HTTP@  server { listen 127.0.0.1:@PORT@; @SERVER@ }
+}
+"""
+
+
+def write_nginx_conf(prefix, port, workers=None, http="", server='location / { return 200 "ok\\n"; }'):
+    """Writes PREFIX/nginx.conf for Debian's nginx run as `nginx -p PREFIX -c CONF`: in the
+    foreground, errors to stderr, every temporary path under PREFIX, one server on
+    127.0.0.1:PORT. workers=None runs without a master; `http` adds lines to the http block.
+    Returns the file's path."""
+    conf = os.path.join(prefix, "nginx.conf")
+    text = (NGINX_CONF.replace("@MASTER@", "off" if workers is None else "on")
+            .replace("@WORKERS@", "" if workers is None else "worker_processes %d;\n" % workers)
+            .replace("@HTTP@", "".join("  %s\n" % line for line in http.splitlines() if line))
+            .replace("@SERVER@", server).replace("@DIR@", prefix).replace("@PORT@", str(port)))
+    with open(conf, "w") as f:
+        f.write(text)
+    return conf
 
 
 def wait_until(pred, timeout=20, step=0.1):

@@ -20,14 +20,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, finish, pprof, pprof_top  # noqa: E402
-from ops_util import Service, heap_interposed, preload_env, wait_until  # noqa: E402
+from ops_util import Service, free_port, heap_interposed, preload_env, wait_until  # noqa: E402
 
 LIB = "/usr/lib/x86_64-linux-gnu"
 INI = """
@@ -54,12 +53,6 @@ def ini(w, name, rate, rule_abs=99):
     """A heap rule at rule_abs % of mem_limit (99: never, so only the manual dump writes)."""
     text = INI.replace("@NAME@", name).replace("@RATE@", rate).replace("@ABS@", str(rule_abs))
     return w.write_ini(text, name + ".ini")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def total_inuse(profile):

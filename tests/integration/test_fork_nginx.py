@@ -10,11 +10,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, finish  # noqa: E402
-from ops_util import Service, preload_env, wait_until  # noqa: E402
+from ops_util import Service, free_port, preload_env, wait_until, write_nginx_conf  # noqa: E402
 
 STARTS = 20
 REQUESTS = 1000
@@ -30,30 +29,6 @@ abs = 90
 [reporter.file]
 dir = @DUMPS@
 """
-
-NGINX_CONF = """
-daemon off;
-master_process on;
-worker_processes @WORKERS@;
-error_log stderr warn;
-pid @DIR@/nginx.pid;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path @DIR@/body;
-  proxy_temp_path @DIR@/proxy;
-  fastcgi_temp_path @DIR@/fastcgi;
-  uwsgi_temp_path @DIR@/uwsgi;
-  scgi_temp_path @DIR@/scgi;
-  server { listen 127.0.0.1:@PORT@; location / { return 200 "ok\\n"; } }
-}
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def accepting(port):
@@ -74,10 +49,7 @@ def one_start(w, nginx, ini, n, count):
     prefix = os.path.join(w.path, "nginx%d" % n)
     os.makedirs(prefix, exist_ok=True)
     port = free_port()
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.replace("@DIR@", prefix).replace("@PORT@", str(port))
-                .replace("@WORKERS@", str(count)))
+    conf = write_nginx_conf(prefix, port, workers=count)
     s = Service([nginx, "-p", prefix, "-c", conf], env=preload_env(ini),
                 stderr_path=os.path.join(prefix, "stderr.log"))
     try:

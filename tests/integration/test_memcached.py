@@ -23,7 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, finish, pprof_top, run, tool  # noqa: E402
-from ops_util import Service, heap_interposed, run_env, skip, wait_until  # noqa: E402
+from ops_util import (Service, free_port, heap_interposed, run_env, skip, wait_until,  # noqa: E402
+                      write_nginx_conf)
 
 INI = """
 [agent]
@@ -43,31 +44,6 @@ cooldown = 1m
 [reporter.file]
 dir = @DUMPS@
 """
-
-NGINX_CONF = """
-daemon off;
-master_process off;
-error_log stderr warn;
-pid @DIR@/nginx.pid;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path @DIR@/body;
-  proxy_temp_path @DIR@/proxy;
-  fastcgi_temp_path @DIR@/fastcgi;
-  uwsgi_temp_path @DIR@/uwsgi;
-  scgi_temp_path @DIR@/scgi;
-  large_client_header_buffers 4 2m;
-  client_header_timeout 30s;
-  server { listen 127.0.0.1:@PORT@; location / { return 200 "ok\\n"; } }
-}
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def connect(port, timeout=10):
@@ -184,9 +160,8 @@ def test_nginx(w):
     port = free_port()
     prefix = os.path.join(w.path, "nginx")
     os.makedirs(os.path.join(prefix, "logs"))
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.replace("@DIR@", prefix).replace("@PORT@", str(port)))
+    conf = write_nginx_conf(prefix, port,
+                            http="large_client_header_buffers 4 2m;\nclient_header_timeout 30s;")
     ini = w.write_ini(INI.replace("@NAME@", "nginx"), "nginx.ini")
     s = Service([tool(), "run", "-c", ini, "--", nginx, "-p", prefix, "-c", conf],
                 env=run_env(), stderr_path=os.path.join(w.path, "nginx.log"))

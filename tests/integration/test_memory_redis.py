@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import SANITIZE, Workdir, check, finish, skip_test  # noqa: E402
 from memory_util import check_against_rollup, near, rollup_after_capture, wait_event  # noqa: E402
-from ops_util import Service, preload_env  # noqa: E402
+from ops_util import Service, free_port, preload_env  # noqa: E402
 
 INI = """
 [agent]
@@ -38,12 +37,6 @@ sample_bytes = 64KiB
 [reporter.file]
 dir = @DUMPS@
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def info_memory(port):

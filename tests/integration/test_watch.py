@@ -15,19 +15,15 @@ judged for processes that run without holmes, from outside.
   (4), a target that exits during a capture (5, event partial, no file of a
   capture it outlived), bad arguments (2), a bad INI file (1).
 """
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, example, finish, pprof, pprof_top, run, tool  # noqa: E402
-from ops_util import Service, run_env, skip, wait_until  # noqa: E402
-from test_fork_nginx import NGINX_CONF, free_port  # noqa: E402
+from ops_util import Service, free_port, run_env, skip, wait_until, write_nginx_conf  # noqa: E402
 
 WATCH_INI = """
 [agent]
@@ -242,10 +238,7 @@ def test_nginx_by_pgid(w):
     port = free_port()
     prefix = os.path.join(w.path, "nginx")
     os.makedirs(os.path.join(prefix, "logs"))
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.replace("@DIR@", prefix).replace("@PORT@", str(port))
-                .replace("@WORKERS@", "2"))
+    conf = write_nginx_conf(prefix, port, workers=2)
     ng = Service([nginx, "-p", prefix, "-c", conf], stderr_path=os.path.join(w.path, "nginx.log"))
     ini = w.write_ini(WATCH_INI.replace("@CPU@", "15").replace("[reporter", "duration = 2s\n[reporter"),
                       "nginx.ini")
