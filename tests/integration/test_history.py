@@ -202,8 +202,10 @@ def test_fork_and_history_capture():
     if events and profiles:
         check(events[0].get("captures") == ["history"], "captures: %s" % events[0].get("captures"))
         check(phase_ms(profiles[0], "after", "burst_hot") == 0, "capture = history has an after")
-        check(not ATTRIBUTION or phase_ms(profiles[0], "before", "burst_hot") > 0,
-              "capture = history does not hold the burst")
+        if ATTRIBUTION and not check(phase_ms(profiles[0], "before", "burst_hot") > 0,
+                                     "capture = history does not hold the burst"):
+            print("event: %s\nburst: %s\nprofile:\n%s" % (
+                events[0], values, pprof(["-raw", profiles[0]])[:3000]))
     else:
         wall_s = (int(values.get("end", 0)) - int(values.get("start", 0))) / 1e9
         check(wall_s > 1.0, "capture = history: no dump (%s): %s" % (wh.files(), err[-1500:]))
