@@ -204,8 +204,8 @@ def test_fork_and_history_capture():
         check(phase_ms(profiles[0], "after", "burst_hot") == 0, "capture = history has an after")
         if ATTRIBUTION and not check(phase_ms(profiles[0], "before", "burst_hot") > 0,
                                      "capture = history does not hold the burst"):
-            print("event: %s\nburst: %s\nprofile:\n%s" % (
-                events[0], values, pprof(["-raw", profiles[0]])[:3000]))
+            print("event: %s\nburst: %s\nstderr: %s\nprofile:\n%s" % (
+                events[0], values, err[-1500:], pprof(["-raw", profiles[0]])[:3000]))
     else:
         wall_s = (int(values.get("end", 0)) - int(values.get("start", 0))) / 1e9
         check(wall_s > 1.0, "capture = history: no dump (%s): %s" % (wh.files(), err[-1500:]))
