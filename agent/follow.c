@@ -72,8 +72,14 @@ static void *starter_main(void *arg)
 {
     int parent = (int)(intptr_t)arg;
     atomic_store(&parent_pid, parent);
-    if (holmes__agent_follow_start(parent) != 0)
+    int rc = holmes__agent_follow_start(parent);
+    if (rc != 0) {
         atomic_store(&parent_pid, 0);
+        /* Already running: the child started its own agent meanwhile. */
+        if (rc != HOLMES_EALREADY)
+            holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s",
+                        (int)getpid(), holmes_strerror(rc));
+    }
     atomic_store(&starting, false);
     return NULL;
 }
