@@ -176,6 +176,21 @@ def write_nginx_conf(prefix, port, workers=None, http="", server='location / { r
     return conf
 
 
+def children(pid):
+    """{pid: command line} of each child of pid, as ps shows them (nginx retitles its own)."""
+    p = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                       text=True)
+    return {int(l.split()[0]): l.split(None, 1)[1] for l in p.stdout.splitlines() if l.strip()}
+
+
+def nginx_workers(master, want):
+    """The pids of master's children titled as nginx workers once all `want` of them are, else
+    None: a loaded machine lets one worker retitle itself well after the other, a hung one
+    never does."""
+    pids = [p for p, t in children(master).items() if "worker process" in t]
+    return pids if len(pids) >= want else None
+
+
 def wait_until(pred, timeout=20, step=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, finish  # noqa: E402
-from ops_util import Service, free_port, preload_env, wait_until, write_nginx_conf  # noqa: E402
+from ops_util import (Service, children, free_port, nginx_workers, preload_env,  # noqa: E402
+                      wait_until, write_nginx_conf)
 
 STARTS = 20
 REQUESTS = 1000
@@ -39,12 +40,6 @@ def accepting(port):
         return False
 
 
-def workers(pid):
-    """The titles of the master's children ("nginx: worker process" once they got there)."""
-    p = subprocess.run(["ps", "-o", "args=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [line.strip() for line in p.stdout.splitlines() if line.strip()]
-
-
 def one_start(w, nginx, ini, n, count):
     prefix = os.path.join(w.path, "nginx%d" % n)
     os.makedirs(prefix, exist_ok=True)
@@ -63,13 +58,10 @@ def one_start(w, nginx, ini, n, count):
         failed = re.search(r"Failed requests:\s+(\d+)", p.stdout)
         check(done and int(done.group(1)) == REQUESTS and failed and failed.group(1) == "0",
               "start %d (%d workers): ab: %s %s\nworkers: %s" % (
-                  n, count, p.stdout[-600:], p.stderr[-300:], workers(s.pid)))
-        # A hung worker never retitles itself; a slow one (a loaded machine) does.
-        titled = lambda: [t for t in workers(s.pid) if "worker process" in t]
-        titles = wait_until(lambda: titled() if len(titled()) >= count else None, timeout=30)
-        titles = titles or titled()
-        check(len(titles) == count,
-              "start %d: workers stuck before becoming workers: %s" % (n, workers(s.pid)))
+                  n, count, p.stdout[-600:], p.stderr[-300:], children(s.pid)))
+        pids = wait_until(lambda: nginx_workers(s.pid, count), timeout=30)
+        check(pids and len(pids) == count,
+              "start %d: workers stuck before becoming workers: %s" % (n, children(s.pid)))
     finally:
         s.kill()
 

@@ -17,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, finish, pprof, run, skip_part,  # noqa: E402
                          skip_test, tool)
-from ops_util import Service, free_port, preload_env, wait_until, write_nginx_conf  # noqa: E402
+from ops_util import (Service, children, free_port, nginx_workers, preload_env,  # noqa: E402
+                      wait_until, write_nginx_conf)
 
 WORKERS = 2
 LOAD_S = 10
@@ -57,18 +58,6 @@ def accepting(port):
         return True
     except OSError:
         return False
-
-
-def children(pid):
-    p = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
-                       text=True)
-    return {int(l.split()[0]): l.split(None, 1)[1] for l in p.stdout.splitlines() if l.strip()}
-
-
-def worker_pids(master, want):
-    """The master's children titled as workers, once all `want` of them are."""
-    pids = [p for p, t in children(master).items() if "worker process" in t]
-    return pids if len(pids) >= want else None
 
 
 def write_text(path, size):
@@ -165,8 +154,7 @@ def main():
         if not check(wait_until(lambda: accepting(port), timeout=20, step=0.05),
                      "nginx did not listen: %s" % s.stderr()[-800:]):
             return finish()
-        # A loaded machine lets one worker retitle itself well after the other.
-        workers = wait_until(lambda: worker_pids(s.pid, WORKERS), timeout=30)
+        workers = wait_until(lambda: nginx_workers(s.pid, WORKERS), timeout=30)
         check(workers and len(workers) == WORKERS, "workers: %s" % children(s.pid))
         p = load(port)
         check(re.search(r"Requests/sec", p.stdout), "wrk: %s %s" % (p.stdout, p.stderr))

@@ -23,7 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import Workdir, check, example, finish, pprof, pprof_top, run, tool  # noqa: E402
-from ops_util import Service, free_port, run_env, skip, wait_until, write_nginx_conf  # noqa: E402
+from ops_util import (Service, free_port, nginx_workers, run_env, skip, wait_until,  # noqa: E402
+                      write_nginx_conf)
 
 WATCH_INI = """
 [agent]
@@ -222,14 +223,6 @@ def test_pid_with_agent_inside(w):
 
 # ---- --pgid on nginx master + workers ----
 
-def workers(master):
-    try:
-        with open("/proc/%d/task/%d/children" % (master, master)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
 def test_nginx_by_pgid(w):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(nginx) or not shutil.which("ab"):
@@ -244,7 +237,7 @@ def test_nginx_by_pgid(w):
                       "nginx.ini")
     wt = None
     try:
-        kids = wait_until(lambda: len(workers(ng.pid)) == 2 and workers(ng.pid), timeout=15)
+        kids = wait_until(lambda: nginx_workers(ng.pid, 2), timeout=15)
         check(kids, "nginx started no workers: %s" % ng.stderr())
         if not kids:
             return
