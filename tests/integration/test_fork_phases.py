@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, prog, run, skip_part, tool  # noqa: E402
+from holmes_test import Workdir, check, excuse_runtime_hangs, finish, prog, run, tool  # noqa: E402
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,14 +67,8 @@ def phase(what):
     during = re.search(r"^during (\d+)", out, re.M)
     m = re.search(r"^forks (\d+) ok (\d+) late (\d+) hung (\d+) in_runtime (\d+)", out, re.M)
     print("%s: %s; %s" % (what, during and during.group(0), m and m.group(0)))
-    # As in test_fork_storm: under a sanitizer, a child waiting forever
-    # inside the sanitizer runtime (which does not lock its allocator around
-    # fork) is reported, not failed; any other failure or hang fails.
     forks, ok, hung, in_runtime = (int(m.group(i)) for i in (1, 2, 4, 5)) if m else (0, 0, 0, 0)
-    excused = in_runtime if SANITIZE else 0
-    if excused:
-        skip_part("%s: %d of %d children waited forever on a lock inside the %s runtime, which "
-                  "does not lock its allocator around fork" % (what, excused, forks, SANITIZE))
+    excused = excuse_runtime_hangs(forks, in_runtime, what)
     check((rc == 0 or hung == excused > 0) and during and int(during.group(1)) >= 1 and m
           and ok + excused == forks and hung == excused,
           "%s: children forked during the phase failed (rc %s): %s\n%s" % (

@@ -20,7 +20,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import SANITIZE, Workdir, check, finish, prog, run, skip_part, tool  # noqa: E402
+from holmes_test import (SANITIZE, Workdir, check, excuse_runtime_hangs, finish, prog, run,  # noqa: E402
+                         tool)
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,15 +114,7 @@ def main():
             forks, ok, late, hung, in_runtime, m.group(6)))
         check(forks >= (100 if SANITIZE else SECONDS * RATE // 4),
               "only %d forks in %d s" % (forks, SECONDS))
-        # GCC 12's libasan and libtsan take no lock of their allocator around
-        # fork: a child that allocates while another thread of the parent
-        # (the service's or the agent's) held one waits forever in the
-        # runtime, agent or not. Such a child is reported, not failed; a
-        # child waiting anywhere else (the loader, libc, the agent) fails.
-        excused = in_runtime if SANITIZE else 0
-        if excused:
-            skip_part("%d of %d children waited forever on a lock inside the %s runtime, "
-                      "which does not lock its allocator around fork" % (excused, forks, SANITIZE))
+        excused = excuse_runtime_hangs(forks, in_runtime)
         check(ok + excused == forks and hung == excused and (SANITIZE or late == 0),
               "children failed, late or hung: %s\n%s" % (m.group(0), err[-2000:]))
     check(rc == 0 or (SANITIZE and m and hung == excused), "fork_storm exited %s" % rc)
