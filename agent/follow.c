@@ -68,6 +68,12 @@ int holmes__follow_parent_pid(void)
     return atomic_load_explicit(&parent_pid, memory_order_relaxed);
 }
 
+static void log_no_agent(int rc)
+{
+    holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
+                holmes_strerror(rc));
+}
+
 static void *starter_main(void *arg)
 {
     int parent = (int)(intptr_t)arg;
@@ -77,8 +83,7 @@ static void *starter_main(void *arg)
         atomic_store(&parent_pid, 0);
         /* Already running: the child started its own agent meanwhile. */
         if (rc != HOLMES_EALREADY)
-            holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s",
-                        (int)getpid(), holmes_strerror(rc));
+            log_no_agent(rc);
     }
     atomic_store(&starting, false);
     return NULL;
@@ -94,8 +99,7 @@ static void start(void)
         pthread_detach(t);
     } else {
         atomic_store(&starting, false);
-        holmes__log(HOLMES_LOG_WARN, "forked child %d runs without an agent: %s", (int)getpid(),
-                    holmes_strerror(rc));
+        log_no_agent(rc);
     }
     HOLMES_AGENT_LEAVE();
 }

@@ -126,9 +126,10 @@ def test_spool_bound():
             spool_bytes(spool), bound, n))
         svc.wait_progress(svc.progress() + 12)  # past the 1 s cooldown
     kept = [item_origin(spool, n) for n in spool_items(spool)]
-    check(kept and kept == names[len(names) - len(kept):] and len(kept) < len(names),
+    dropped = names[:len(names) - len(kept)]
+    check(kept and dropped and kept == names[len(dropped):],
           "bound: spool holds %s, expected the newest of %s and not all" % (kept, names))
-    for old in names[:len(names) - len(kept)]:
+    for old in dropped:
         check(re.search(r"warn: pyroscope: spool over %d bytes: dropped oldest upload \S+ \(%s\)" %
                         (bound, re.escape(old)), svc.stderr()),
               "bound: drop of %s not logged: %s" % (old, svc.stderr()[-2000:]))
