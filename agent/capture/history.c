@@ -85,17 +85,24 @@ static holmes__history *hist_running;
 
 /* ---- the handler's side (async-signal-safe) ---- */
 
-/* The current second's table, counted in; NULL when it changed meanwhile. */
-static struct bucket *bucket_enter(holmes__history *h, struct bucket **entered)
+/*
+ * The current second's table, counted in. The rotation clears a bucket only
+ * once no handler is inside it and it is not current: re-checking after
+ * counting in closes the gap between the two loads, and a rotation in that
+ * gap sends the sample to the new current second instead. Rotations are a
+ * second apart, so the second try holds (the loop only guards a handler
+ * stopped between its loads, by a debugger, across several rotations).
+ */
+static struct bucket *bucket_enter(holmes__history *h)
 {
-    int b = __atomic_load_n(&h->current, __ATOMIC_SEQ_CST);
-    struct bucket *bk = &h->buckets[b];
-    __atomic_fetch_add(&bk->inflight, 1, __ATOMIC_SEQ_CST);
-    *entered = bk;
-    /* The rotation clears a bucket only once no handler is inside it and
-     * it is not current: re-checking after counting in closes the gap
-     * between the two loads. */
-    return __atomic_load_n(&h->current, __ATOMIC_SEQ_CST) == b ? bk : NULL;
+    for (;;) {
+        int b = __atomic_load_n(&h->current, __ATOMIC_SEQ_CST);
+        struct bucket *bk = &h->buckets[b];
+        __atomic_fetch_add(&bk->inflight, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&h->current, __ATOMIC_SEQ_CST) == b)
+            return bk;
+        __atomic_fetch_sub(&bk->inflight, 1, __ATOMIC_SEQ_CST);
+    }
 }
 
 static void bucket_leave(struct bucket *entered)
@@ -109,16 +116,14 @@ void holmes__history_on_sigprof(uint32_t thread, uint64_t count, void *uc)
     holmes__history *h = __atomic_load_n(&hist_active, __ATOMIC_SEQ_CST);
     if (h && thread < (uint32_t)HOLMES_HISTORY_MAX_THREADS) {
         __atomic_fetch_add(&h->threads[thread].fired, count, __ATOMIC_RELAXED);
-        struct bucket *entered, *bk = bucket_enter(h, &entered);
-        if (bk) {
-            uintptr_t pcs[HOLMES_MAX_FRAMES];
-            int depth = holmes__unwind_signal(uc, pcs, HOLMES_MAX_FRAMES);
-            if (depth > 0)
-                holmes__cpu_table_add(bk->table, thread, pcs, depth, count);
-            else
-                holmes__cpu_table_drop(bk->table, count);
-        }
-        bucket_leave(entered);
+        struct bucket *bk = bucket_enter(h);
+        uintptr_t pcs[HOLMES_MAX_FRAMES];
+        int depth = holmes__unwind_signal(uc, pcs, HOLMES_MAX_FRAMES);
+        if (depth > 0)
+            holmes__cpu_table_add(bk->table, thread, pcs, depth, count);
+        else
+            holmes__cpu_table_drop(bk->table, count);
+        bucket_leave(bk);
     }
     __atomic_fetch_sub(&hist_inflight, 1, __ATOMIC_SEQ_CST);
 }
@@ -377,11 +382,10 @@ static void history_gone(void *ctx, pid_t tid, uint64_t idx)
         uint64_t fired = __atomic_load_n(&t->fired, __ATOMIC_RELAXED);
         uint64_t due = holmes__cpu_tail_due(t->cpu0_ns, t->first_ns, h->period_ns, fired);
         if (due && t->start) {
-            struct bucket *entered, *bk = bucket_enter(h, &entered);
+            struct bucket *bk = bucket_enter(h);
             uintptr_t pc = (uintptr_t)t->start;
-            if (bk)
-                holmes__cpu_table_add(bk->table, (uint32_t)idx, &pc, 1, due);
-            bucket_leave(entered);
+            holmes__cpu_table_add(bk->table, (uint32_t)idx, &pc, 1, due);
+            bucket_leave(bk);
         }
         t->state = fired || due ? T_GONE : T_FREE;
         t->gone_ns = holmes__now_ns();
