@@ -27,6 +27,8 @@
 
 #include <holmes/holmes.h>
 
+#include "proc_timers.h"
+
 #define UNIT_NS 4000000ull
 
 static __thread volatile double sink;
@@ -102,20 +104,6 @@ __attribute__((noinline)) static void *steady_main(void *arg)
         steady_work();
         sem_post(&steady_done);
     }
-}
-
-/* POSIX timers of the process now: a timer left behind by an ended thread stays listed. */
-static int timers_now(void)
-{
-    FILE *f = fopen("/proc/self/timers", "r");
-    if (!f)
-        return -1;
-    char line[256];
-    int n = 0;
-    while (fgets(line, sizeof(line), f))
-        n += strncmp(line, "ID:", 3) == 0;
-    fclose(f);
-    return n;
 }
 
 static void serve_one(int kind)

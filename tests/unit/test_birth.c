@@ -21,6 +21,7 @@
 #include "agent/capture/cpu.h"
 #include "agent/capture/history.h"
 #include "check.h"
+#include "progs/proc_timers.h"
 
 #define UNIT_NS 4000000ll
 
@@ -207,19 +208,6 @@ __attribute__((noinline)) static void *steady_main(void *arg)
         __atomic_fetch_add(&steady_ns, burn(UNIT_NS), __ATOMIC_RELAXED);
         sem_post(&steady_done);
     }
-}
-
-static int timers_now(void)
-{
-    FILE *f = fopen("/proc/self/timers", "r");
-    if (!f)
-        return -1;
-    char line[256];
-    int n = 0;
-    while (fgets(line, sizeof(line), f))
-        n += strncmp(line, "ID:", 3) == 0;
-    fclose(f);
-    return n;
 }
 
 struct tally {
