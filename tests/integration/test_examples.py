@@ -52,7 +52,8 @@ def test_cpu_spike():
     rc, out, err = run([example("cpu_spike"), ini, "3", "2"], cwd=w.path)
     start = spike_start(out)
     events = w.events()
-    check(len(events) == 1, "cpu_spike: expected one event, got %d (%s)" % (len(events), err[-1500:]))
+    check(len(events) == 1, "cpu_spike: expected one event, got %d (stdout: %s; stderr: %s)" % (
+        len(events), out[-800:], err[-1500:]))
     if events and start:
         path, ev = events[0]
         # The child's pid is in the file name; the event must agree.
