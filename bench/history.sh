@@ -10,7 +10,9 @@
 # one run to the next (other tenants, frequency), a hundred times the
 # difference sought, while two programs running together see the same
 # machine. So each repetition gives one ratio, on/off, and the figure is the
-# median of those ratios (the first to start alternates).
+# median of those ratios (the first to start alternates), with their mean
+# and two standard errors of it. A last line repeats the sqlite3 pairs with
+# heap sampling on in both, which leaves the history's steady cost alone.
 #
 #   bench/history.sh [--reps N]
 # Environment: HOLMES_BUILD (default: build-bench beside the sources).
@@ -34,13 +36,18 @@ eval "$(sed -n '/^sql_script() {/,/^}/p' "$SRC/bench/run.sh")"
 sql_script "$SQL_ROWS" >"$OUT/big.sql"
 sql_script "$CG_SQL_ROWS" >"$OUT/small.sql"
 
-# Heap sampling off in both, so the only difference is the history.
+# Heap sampling off in both, so the only difference is the history. The
+# heap- pair has heap sampling on in both: its first samples compile the
+# unwind tables of the modules they meet, so the history's first samples
+# find them compiled and what differs is its steady cost alone.
 for mode in off on; do
     sed -e 's/^sample_bytes = .*/sample_bytes = 0/' "$SRC/bench/typical.ini" >"$OUT/$mode.ini"
+    cp "$SRC/bench/typical.ini" "$OUT/heap-$mode.ini"
 done
-sed -i 's/^log_level = warn/log_level = warn\nhistory = 0s/' "$OUT/off.ini"
+sed -i 's/^log_level = warn/log_level = warn\nhistory = 0s/' "$OUT/off.ini" "$OUT/heap-off.ini"
 
-agent() { echo env HOLMES_INHERIT=1 LD_PRELOAD="$LIBHOLMES" HOLMES_CONFIG="$OUT/$1.ini"; }
+CFG= # the pair of configurations: "" (off.ini, on.ini) or heap-
+agent() { echo env HOLMES_INHERIT=1 LD_PRELOAD="$LIBHOLMES" HOLMES_CONFIG="$OUT/$CFG$1.ini"; }
 # Runs one program in both modes at once; prints "OFF_CPU ON_CPU OFF_RSS ON_RSS"
 # (seconds of user + system, peak KiB). FIRST is the mode started first.
 measure_pair() {
@@ -84,10 +91,17 @@ history_share() {
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 pct() { awk "BEGIN { printf \"%+.2f%%\", ($1 / $2 - 1) * 100 }"; }
+# "MEAN% +-2SE%" of ratios: the mean change and two standard errors of it.
+mean_2se() {
+    printf '%s\n' "$@" | awk '{ x[NR] = $1; s += $1 } END { m = s / NR; for (i = 1; i <= NR; i++) v += (x[i] - m) ^ 2
+        se = NR > 1 ? sqrt(v / (NR - 1) / NR) : 0; printf "%+.2f%% +-%.2f%%", (m - 1) * 100, 2 * se * 100 }'
+}
 
-bench() {
-    local name=$1 cg_empty=$2 cg_full=$3
-    shift 3
+# REPS pairs of one program; prints the CPU line and leaves the peak RSS
+# medians in RSS_OFF and RSS_ON.
+cpu_pairs() {
+    local name=$1
+    shift
     local cpu_off=() cpu_on=() rss_off=() rss_on=() ratios=() r first c_off c_on k_off k_on
     for ((r = 0; r < REPS; r++)); do
         first=$( ((r % 2)) && echo on || echo off)
@@ -97,20 +111,34 @@ bench() {
     done
     local ratio=$(median "${ratios[@]}")
     local lo=$(printf '%s\n' "${ratios[@]}" | sort -g | head -1) hi=$(printf '%s\n' "${ratios[@]}" | sort -g | tail -1)
-    local ro=$(median "${rss_off[@]}") rn=$(median "${rss_on[@]}")
+    RSS_OFF=$(median "${rss_off[@]}") RSS_ON=$(median "${rss_on[@]}")
+    printf '%-10s CPU on/off %s (%s; mean %s; ratios of the %d pairs %s..%s; runs: off %s / on %s)\n' \
+        "$name" "$ratio" "$(pct "$ratio" 1)" "$(mean_2se "${ratios[@]}")" "$REPS" "$lo" "$hi" \
+        "${cpu_off[*]}" "${cpu_on[*]}"
+}
+
+bench() {
+    local name=$1 cg_empty=$2 cg_full=$3
+    shift 3
+    cpu_pairs "$name" "$@"
     rm -rf "$OUT"/cg-on-*
     local io=$(workload_instructions off "$cg_empty" "$cg_full")
     local in=$(workload_instructions on "$cg_empty" "$cg_full")
     local own total
     read -r own total < <(history_share)
-    printf '%-10s CPU on/off %s (%s; ratios of the %d pairs %s..%s; runs: off %s / on %s)\n' "$name" \
-        "$ratio" "$(pct "$ratio" 1)" "$REPS" "$lo" "$hi" "${cpu_off[*]}" "${cpu_on[*]}"
     printf '%-10s instructions %s -> %s (%s); the history itself: %s of %s (%s)\n' "$name" "$io" "$in" \
         "$(pct "$in" "$io")" "$own" "$total" "$(awk "BEGIN { printf \"%.3f%%\", $own * 100 / $total }")"
-    printf '%-10s peak RSS %s KiB -> %s KiB (%+d KiB)\n' "$name" "$ro" "$rn" "$((rn - ro))"
+    printf '%-10s peak RSS %s KiB -> %s KiB (%+d KiB)\n' "$name" "$RSS_OFF" "$RSS_ON" "$((RSS_ON - RSS_OFF))"
 }
 
 echo "CPU history: off (history = 0s) vs on (10s at 19 Hz), $REPS pairs run side by side; log in $LOG"
+# The two single-threaded sqlite3 runs of a pair share one CPU: on two CPUs
+# each would see its own (they differ as much as two runs in a row do).
 bench sqlite3 "sqlite3 :memory: ''" "sqlite3 :memory: '.read $OUT/small.sql'" \
-    sqlite3 :memory: ".read $OUT/big.sql"
+    taskset -c 0 sqlite3 :memory: ".read $OUT/big.sql"
 bench spin16 "$SPIN 0" "$SPIN $CG_SPIN_M" "$SPIN" "$SPIN_M"
+# The sqlite3 pairs above differ by the history's steady cost and by the
+# unwind tables its first samples make the agent compile (libsqlite3's and
+# libc's, tens of milliseconds once): with heap sampling on in both, the
+# tables are compiled either way.
+CFG=heap- cpu_pairs sqlite3-hs taskset -c 0 sqlite3 :memory: ".read $OUT/big.sql"
