@@ -909,6 +909,8 @@ int holmes__memory_capture_of(const char *root, int pid, holmes__buf *txt,
         s->has_baseline = true;
     }
     int rc = measure(&w);
+    /* The baseline may be replaced by another thread once the lock is let go. */
+    size_t base_cap = base_maps.cap;
     pthread_mutex_unlock(&baseline_lock);
     if (rc == 0) {
         qsort(s->top, (size_t)s->ntop, sizeof(s->top[0]), by_growth);
@@ -921,7 +923,7 @@ int holmes__memory_capture_of(const char *root, int pid, holmes__buf *txt,
     if (st) {
         memset(st, 0, sizeof(*st));
         st->samples = s->now.nmappings;
-        st->peak_bytes = READ_CHUNK + 1 + txt->cap + base_maps.cap;
+        st->peak_bytes = READ_CHUNK + 1 + txt->cap + base_cap;
     }
     holmes__log(HOLMES_LOG_DEBUG, "memory capture: %llu mappings in %llu ms",
                 (unsigned long long)s->now.nmappings,
