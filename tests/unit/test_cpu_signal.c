@@ -108,7 +108,8 @@ static void capture_restores(void (*before)(int))
     if (!c)
         return;
     CHECK(sigprof_timers() >= 1); /* the check below can fail */
-    burn_ms(100);
+    /* 60 periods for 10 samples: on a busy machine late expiries merge. */
+    burn_ms(300);
     holmes__buf out = {0};
     holmes__capture_stats st;
     CHECK_EQ_INT(holmes__cpu_capture_stop(c, &out, &st), 0);
