@@ -393,7 +393,7 @@ static holmes__job *next_job(holmes__capture_thread *t, uint64_t deadline_ns, bo
     if ((t->nqueued == 0 || !room) && !t->stop && deadline_ns > holmes__now_ns()) {
         struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
                               .tv_nsec = (long)(deadline_ns % 1000000000ull)};
-        pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+        holmes__agent_cond_wait(&t->cond, &t->lock, &ts);
     }
     holmes__job *job = NULL;
     if (t->nqueued > 0 && room) {

@@ -85,7 +85,7 @@ static void drop_queued(rep *r)
 static holmes__dump *next_dump(rep *r)
 {
     while (r->count == 0 && !r->stop)
-        pthread_cond_wait(&r->cond, &r->lock);
+        holmes__agent_cond_wait(&r->cond, &r->lock, NULL);
     if (r->stop)
         return NULL;
     holmes__dump *d = r->ring[r->head];

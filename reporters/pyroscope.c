@@ -735,7 +735,7 @@ static void wait_for_work(pyro *p)
     holmes__deadline_after(&ts, 5000);
     pthread_mutex_lock(&p->lock);
     while (!p->kicked && !p->stop) {
-        if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
+        if (holmes__agent_cond_wait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
             break;
     }
     p->kicked = false;
@@ -749,7 +749,7 @@ static void wait_backoff(pyro *p, unsigned ms)
     holmes__deadline_after(&ts, ms);
     pthread_mutex_lock(&p->lock);
     while (!p->stop) {
-        if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
+        if (holmes__agent_cond_wait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
             break;
     }
     pthread_mutex_unlock(&p->lock);

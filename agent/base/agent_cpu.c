@@ -3,8 +3,18 @@
  * service: building unwind tables for a large binary (seconds under a
  * sanitizer), encoding a profile or compressing an upload must not read as
  * the CPU storm it would then fire a rule about.
+ *
+ * The watchdog reads this every tick, and a thread's CPU clock is a system
+ * call (the vDSO serves no CPU clock). Most agent threads wait most of the
+ * time (the capture thread, the reporters, the history's once a second), so
+ * each counts its waits: a phase that is odd while the thread runs and even
+ * while it waits in holmes__agent_cond_wait(). A thread whose phase is even
+ * and the same as at the last reading has not run since then, and that
+ * reading stands. The phase is read before the clock: a thread that wakes
+ * between them changes it, and the next tick reads the clock again.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -15,6 +25,10 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static clockid_t clocks[MAX_AGENT_THREADS];
 static bool used[MAX_AGENT_THREADS];
+static _Atomic uint32_t phase[MAX_AGENT_THREADS]; /* odd: running */
+static uint32_t read_phase[MAX_AGENT_THREADS];    /* the phase at the last reading */
+static uint64_t read_ns[MAX_AGENT_THREADS];       /* the last reading */
+static __thread int own_slot = -1;
 static uint64_t retired_ns; /* threads that have exited */
 static uint64_t service_ns; /* the last service CPU time handed out */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -56,10 +70,13 @@ int holmes__agent_cpu_enter(void)
         if (!used[i]) {
             used[i] = true;
             clocks[i] = clk;
+            atomic_store(&phase[i], 1);
+            read_phase[i] = 0; /* never equal to a running phase: read at once */
             slot = i;
         }
     }
     pthread_mutex_unlock(&lock);
+    own_slot = slot;
     return slot;
 }
 
@@ -67,6 +84,7 @@ void holmes__agent_cpu_leave(int slot)
 {
     if (slot < 0)
         return;
+    own_slot = -1;
     uint64_t spent = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     pthread_mutex_lock(&lock);
     if (used[slot]) {
@@ -81,11 +99,29 @@ uint64_t holmes__agent_cpu_ns(void)
     pthread_mutex_lock(&lock);
     uint64_t total = retired_ns;
     for (int i = 0; i < MAX_AGENT_THREADS; i++) {
-        if (used[i])
-            total += clock_ns(clocks[i]);
+        if (!used[i])
+            continue;
+        uint32_t now = atomic_load(&phase[i]);
+        if ((now & 1) || now != read_phase[i]) {
+            read_ns[i] = clock_ns(clocks[i]);
+            read_phase[i] = now;
+        }
+        total += read_ns[i];
     }
     pthread_mutex_unlock(&lock);
     return total;
+}
+
+int holmes__agent_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex,
+                            const struct timespec *deadline)
+{
+    int slot = own_slot;
+    if (slot >= 0)
+        atomic_fetch_add(&phase[slot], 1);
+    int rc = deadline ? pthread_cond_timedwait(cond, mutex, deadline) : pthread_cond_wait(cond, mutex);
+    if (slot >= 0)
+        atomic_fetch_add(&phase[slot], 1);
+    return rc;
 }
 
 /*

@@ -6,6 +6,7 @@
 #define HOLMES_BASE_H
 
 #include <stdarg.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,6 +67,14 @@ int holmes__thread_create(void *(*fn)(void *), void *arg, const char *name, void
 uint64_t holmes__agent_cpu_ns(void);
 int holmes__agent_cpu_enter(void);
 void holmes__agent_cpu_leave(int slot);
+/*
+ * pthread_cond_wait, or pthread_cond_timedwait when `deadline` is given, on
+ * an agent thread: while it waits, holmes__agent_cpu_ns() keeps its last
+ * reading of the thread's clock rather than asking the kernel again every
+ * tick. Any thread may call it (outside an agent thread it only waits).
+ */
+int holmes__agent_cond_wait(pthread_cond_t *cond, pthread_mutex_t *lock,
+                            const struct timespec *deadline);
 /* The process's CPU time less the agent's threads, monotonic (agent_cpu.c). */
 uint64_t holmes__agent_cpu_service_ns(uint64_t agent_ns, uint64_t process_ns);
 

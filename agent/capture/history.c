@@ -429,7 +429,7 @@ static bool wait_or_stop(holmes__history *h, uint64_t deadline_ns)
     struct timespec ts = {(time_t)(deadline_ns / SECOND_NS), (long)(deadline_ns % SECOND_NS)};
     pthread_mutex_lock(&h->wait_lock);
     if (!h->stop)
-        pthread_cond_timedwait(&h->wait_cond, &h->wait_lock, &ts);
+        holmes__agent_cond_wait(&h->wait_cond, &h->wait_lock, &ts);
     bool stop = h->stop;
     pthread_mutex_unlock(&h->wait_lock);
     return stop;

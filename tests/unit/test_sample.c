@@ -429,6 +429,79 @@ static void test_agent_cpu_excluded(void)
     holmes__proc_reader_free(r);
 }
 
+/* An agent thread that burns `ms` of CPU each time it is told to, and
+ * waits in holmes__agent_cond_wait() in between. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int asked, done, ms;
+    bool stop;
+} waiter = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, false};
+
+static void *waiting_burner(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&waiter.lock);
+    while (!waiter.stop) {
+        if (waiter.done < waiter.asked) {
+            int ms = waiter.ms;
+            pthread_mutex_unlock(&waiter.lock);
+            agent_burner(&ms);
+            pthread_mutex_lock(&waiter.lock);
+            waiter.done++;
+            pthread_cond_broadcast(&waiter.cond);
+        } else {
+            holmes__agent_cond_wait(&waiter.cond, &waiter.lock, NULL);
+        }
+    }
+    pthread_mutex_unlock(&waiter.lock);
+    return NULL;
+}
+
+static bool burn_done(int round)
+{
+    pthread_mutex_lock(&waiter.lock);
+    bool done = waiter.done >= round;
+    pthread_mutex_unlock(&waiter.lock);
+    return done;
+}
+
+/*
+ * A waiting agent thread's clock is not read again until it has run
+ * (agent_cpu.c). Once woken it is read while it runs, not only after its
+ * next wait, and what it burns after each wake is all counted.
+ */
+static void test_agent_cpu_after_waits(void)
+{
+    pthread_t t;
+    CHECK_EQ_INT(holmes__thread_create(waiting_burner, NULL, "holmes-test", &t), 0);
+    for (int round = 1; round <= 3; round++) {
+        uint64_t before = holmes__agent_cpu_ns();
+        pthread_mutex_lock(&waiter.lock);
+        waiter.ms = 300;
+        waiter.asked = round;
+        pthread_cond_broadcast(&waiter.cond);
+        pthread_mutex_unlock(&waiter.lock);
+        bool seen_running = false;
+        while (!burn_done(round)) {
+            uint64_t grown = holmes__agent_cpu_ns() - before;
+            seen_running |= grown >= 20000000ull && !burn_done(round);
+            usleep(2000);
+        }
+        uint64_t spent = holmes__agent_cpu_ns() - before;
+        if (!seen_running || spent < 300000000ull)
+            fprintf(stderr, "round %d: grew %sduring the burn; %.1f ms over a 300 ms burn\n",
+                    round, seen_running ? "" : "not ", spent / 1e6);
+        CHECK(seen_running);
+        CHECK(spent >= 300000000ull);
+    }
+    pthread_mutex_lock(&waiter.lock);
+    waiter.stop = true;
+    pthread_cond_broadcast(&waiter.cond);
+    pthread_mutex_unlock(&waiter.lock);
+    pthread_join(t, NULL);
+}
+
 /* ---- kept files and the descriptor count ---- */
 
 /* A kept file reads what is there now: rewritten in place, missing at
@@ -632,6 +705,7 @@ int main(void)
     test_cpu_percent();
     test_real_process();
     test_agent_cpu_excluded();
+    test_agent_cpu_after_waits();
     test_kept_file();
     test_fd_count_by_size();
     test_fd_count_fallback();
