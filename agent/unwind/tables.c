@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "agent/fork.h"
+#include "agent/base/hash.h"
 #include "agent/base/loader.h"
 #include "agent/unwind/unwind.h"
 #include "agent/unwind/unwind_int.h"
@@ -519,41 +520,94 @@ static void sort_modules(holmes__unw_module *m, size_t n)
 }
 
 /*
- * The distinct rules of every row, sorted, into *dict (uint64_t each, the
- * scratch of the sort); 0 is always first. Returns their number, at most
- * UNW_MAX_RULES: should a process ever have more, the largest ones are left
- * out and their rows read as "no CFI", which falls back to frame pointers.
+ * The distinct rules of a build and each one's index in the sorted
+ * dictionary: open addressing over nonzero rules (the rule in the high half
+ * of a slot, its index in the low), in mapped memory like the rest of a
+ * refresh's scratch. Millions of rows share a few thousand rules, so finding
+ * them distinct by hashing and sorting only those costs a fraction of
+ * sorting every row's rule and then searching the dictionary for each row:
+ * those two were half of a small process's whole table build.
  */
-static size_t make_dict(const uint64_t *rows, size_t n, holmes__buf *dict)
+typedef struct rule_set {
+    uint64_t *slots;
+    size_t cap, count; /* cap: a power of two */
+} rule_set;
+
+static size_t rule_slot(const rule_set *set, uint32_t rule)
 {
-    uint64_t none = 0;
-    holmes__buf_append(dict, &none, sizeof none);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t rule = (uint32_t)rows[i];
-        holmes__buf_append(dict, &rule, sizeof rule);
-    }
-    if (dict->failed)
-        return 0;
-    uint64_t *d = (uint64_t *)dict->data;
-    holmes__unw_sort(d, n + 1);
-    size_t out = 0;
-    for (size_t i = 0; i <= n && out < UNW_MAX_RULES; i++)
-        if (out == 0 || d[i] != d[out - 1])
-            d[out++] = d[i];
-    return out;
+    size_t i = holmes__hash_fold(rule) & (set->cap - 1);
+    while (set->slots[i] != 0 && set->slots[i] >> 32 != rule)
+        i = (i + 1) & (set->cap - 1);
+    return i;
 }
 
-static uint32_t rule_index(const uint32_t *rules, size_t nrules, uint32_t rule)
+/* At most half full; false when out of memory. */
+static bool rule_set_grow(rule_set *set)
 {
-    size_t lo = 0, hi = nrules;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (rules[mid] < rule)
-            lo = mid + 1;
-        else
-            hi = mid;
+    rule_set bigger = {.cap = set->cap ? set->cap * 2 : 4096, .count = set->count};
+    bigger.slots = map_zeroed(bigger.cap * sizeof(uint64_t));
+    if (!bigger.slots)
+        return false;
+    for (size_t i = 0; i < set->cap; i++)
+        if (set->slots[i] != 0)
+            bigger.slots[rule_slot(&bigger, (uint32_t)(set->slots[i] >> 32))] = set->slots[i];
+    if (set->slots)
+        munmap(set->slots, set->cap * sizeof(uint64_t));
+    *set = bigger;
+    return true;
+}
+
+/* Adds a nonzero rule; 1 if it is new, 0 if known, -1 out of memory. */
+static int rule_set_add(rule_set *set, uint32_t rule)
+{
+    if (2 * (set->count + 1) > set->cap && !rule_set_grow(set))
+        return -1;
+    size_t i = rule_slot(set, rule);
+    if (set->slots[i] != 0)
+        return 0;
+    set->slots[i] = (uint64_t)rule << 32;
+    set->count++;
+    return 1;
+}
+
+/* The rule's index in the dictionary: 0 ("no CFI") for one left out of it. */
+static uint32_t rule_index(const rule_set *set, uint32_t rule)
+{
+    return rule != 0 ? (uint32_t)set->slots[rule_slot(set, rule)] : 0;
+}
+
+static void rule_set_free(rule_set *set)
+{
+    if (set->slots)
+        munmap(set->slots, set->cap * sizeof(uint64_t));
+}
+
+/*
+ * The distinct rules of every row, sorted, into *dict (uint64_t each), and
+ * each one's index into *set; 0 is always first. Returns their number, at
+ * most UNW_MAX_RULES: should a process ever have more, the largest ones are
+ * left out and their rows read as "no CFI", which falls back to frame
+ * pointers. Returns 0 when out of memory.
+ */
+static size_t make_dict(const uint64_t *rows, size_t n, holmes__buf *dict, rule_set *set)
+{
+    uint64_t rule = 0;
+    holmes__buf_append(dict, &rule, sizeof rule);
+    int added = 0;
+    for (size_t i = 0; i < n && added >= 0; i++) {
+        rule = (uint32_t)rows[i];
+        if (rule != 0 && (added = rule_set_add(set, (uint32_t)rule)) == 1)
+            holmes__buf_append(dict, &rule, sizeof rule);
     }
-    return lo < nrules && rules[lo] == rule ? (uint32_t)lo : 0;
+    if (dict->failed || added < 0)
+        return 0;
+    const size_t all = dict->len / sizeof(uint64_t);
+    uint64_t *d = (uint64_t *)dict->data;
+    holmes__unw_sort(d + 1, all - 1);
+    size_t out = all < UNW_MAX_RULES ? all : UNW_MAX_RULES;
+    for (size_t i = 1; i < out; i++)
+        set->slots[rule_slot(set, (uint32_t)d[i])] |= i;
+    return out;
 }
 
 static size_t blocks_of(const pending *p)
@@ -562,7 +616,7 @@ static size_t blocks_of(const pending *p)
 }
 
 /* Writes one module's block index and compact rows at *at; returns what follows. */
-static uint32_t *compact(holmes__unw_gen *g, holmes__unw_module *m, const pending *p,
+static uint32_t *compact(holmes__unw_module *m, const pending *p, const rule_set *set,
                          const uint64_t *wide, uint32_t *at)
 {
     *m = (holmes__unw_module){.start = p->start, .end = p->end, .ident = p->ident,
@@ -572,8 +626,7 @@ static uint32_t *compact(holmes__unw_gen *g, holmes__unw_module *m, const pendin
     size_t r = 0;
     for (size_t blk = 0; blk <= m->nblocks; blk++) {
         for (; r < p->nrows && wide[r] >> (32 + UNW_BLOCK_SHIFT) < blk; r++)
-            rows[r] = holmes__unw_row(wide[r] >> 32,
-                                      rule_index(g->rules, g->nrules, (uint32_t)wide[r]));
+            rows[r] = holmes__unw_row(wide[r] >> 32, rule_index(set, (uint32_t)wide[r]));
         blocks[blk] = (uint32_t)r;
     }
     m->blocks = blocks;
@@ -589,7 +642,8 @@ static holmes__unw_gen *seal(const build *b)
     size_t nmods = b->mods.len / sizeof(pending), nrows = b->rows.len / sizeof(uint64_t);
     holmes__buf dict;
     scratch(&dict);
-    size_t nrules = make_dict(wide, nrows, &dict), words = nrules + nrows;
+    rule_set set = {0};
+    size_t nrules = make_dict(wide, nrows, &dict, &set), words = nrules + nrows;
     for (size_t i = 0; i < nmods; i++)
         words += blocks_of(&mods[i]) + 1;
     size_t head = sizeof(holmes__unw_gen) + nmods * sizeof(holmes__unw_module);
@@ -603,9 +657,10 @@ static holmes__unw_gen *seal(const build *b)
             rules[i] = (uint32_t)((const uint64_t *)dict.data)[i];
         g->rules = rules;
         for (size_t i = 0; i < nmods; i++)
-            at = compact(g, &g->mods[i], &mods[i], wide + mods[i].first, at);
+            at = compact(&g->mods[i], &mods[i], &set, wide + mods[i].first, at);
         sort_modules(g->mods, nmods);
     }
+    rule_set_free(&set);
     holmes__buf_free(&dict);
     return g;
 }
