@@ -2,7 +2,7 @@
 # Services with their own allocator (README: "Services with their own
 # allocator"): what libholmes costs on top of jemalloc, tcmalloc and glibc.
 #
-#   bench/allocators.sh [--quick] [--before LIBHOLMES]
+#   bench/allocators.sh [--quick] [--before LIBHOLMES] [--redis-only]
 #
 # 1. The malloc micro benchmark (bench/plain_heap_micro: 2 threads of
 #    free + malloc(16..4096)) under callgrind, instructions of its churn
@@ -11,23 +11,27 @@
 #    measured with another libholmes.so (e.g. main's), to show the glibc
 #    path did not regress.
 # 2. Debian's redis-server (jemalloc) under redis-benchmark SET and GET with
-#    2 KB values on 127.0.0.1, without and with libholmes preloaded,
-#    interleaved (none, holmes, none, holmes, ...): the throughput ratio, the
-#    server's CPU time ratio for the same requests, and
-#    INFO memory's allocator_allocated / used_memory after each holmes run
-#    (jemalloc still the allocator).
+#    2 KB values on 127.0.0.1, without and with libholmes preloaded, side by
+#    side: each round starts both servers on CPU 0 and both benchmarks at
+#    once on CPU 1, so the two see the same machine (on this shared VM,
+#    rounds one after the other moved throughput by 30-50%). Per round the
+#    throughput ratio holmes/none and the servers' CPU time ratio for the
+#    same requests; their medians over the rounds; and INFO memory's
+#    allocator_allocated / used_memory of the holmes server (jemalloc still
+#    the allocator).
 # Environment: HOLMES_BUILD (default build-bench, built when missing),
 # BENCH_OUT (default: a fresh directory in /tmp).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${HOLMES_BUILD:-$SRC/build-bench}
-QUICK=0 BEFORE=
+QUICK=0 BEFORE= MICRO=1
 while (($#)); do
     case $1 in
     --quick) QUICK=1 ;;
     --before) BEFORE=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--before LIBHOLMES]" >&2; exit 2 ;;
+    --redis-only) MICRO=0 ;;
+    *) echo "usage: $0 [--quick] [--before LIBHOLMES] [--redis-only]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -67,8 +71,8 @@ churn_instructions() {
     cat "$dir"/cg.* | awk '/^totals:/ { s += $2 } END { print s }'
 }
 
-say "== 1. heap micro under callgrind: 2 x $CG_OPS free+malloc, instructions of the churn phase"
-for alloc in glibc jemalloc tcmalloc; do
+((MICRO)) && say "== 1. heap micro under callgrind: 2 x $CG_OPS free+malloc, instructions of the churn phase"
+for alloc in $( ((MICRO)) && echo glibc jemalloc tcmalloc); do
     case $alloc in
     glibc) lib= ;;
     jemalloc) lib=$JEMALLOC ;;
@@ -85,54 +89,75 @@ for alloc in glibc jemalloc tcmalloc; do
 done
 
 # ---- 2. redis ----
-port=$((20000 + RANDOM % 20000))
+need taskset
+base_port=$((20000 + RANDOM % 20000))
 rps() { awk -F'"' '/"(SET|GET)"/ { print $4 }' | tr '\n' ' '; }
 
-redis_round() {
-    local mode=$1 pid info
-    if [[ $mode == holmes ]]; then
-        LD_PRELOAD=$LIBHOLMES HOLMES_CONFIG=$CONFIG redis-server --port "$port" --bind 127.0.0.1 \
-            --save "" --appendonly no >>"$LOG" 2>&1 &
-    else
-        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >>"$LOG" 2>&1 &
-    fi
-    pid=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    local r
-    r=$(redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REDIS_N" -d 2048 -r 100000 \
-        -c 16 --csv 2>>"$LOG" | rps)
-    info=$(redis-cli -p "$port" info memory | tr -d '\r')
-    # The server's CPU ticks (user + system): the cost per request, which the
-    # machine's other load moves far less than throughput.
-    local ticks
-    ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    local used held
-    used=$(awk -F: '$1 == "used_memory" { print $2 }' <<<"$info")
-    held=$(awk -F: '$1 == "allocator_allocated" { print $2 }' <<<"$info")
-    echo "$mode $r $used $held $ticks"
+declare -A server_pid server_port
+
+# Starts a server for $1 (none or holmes) on the next port, pinned to CPU 0.
+redis_start() {
+    local mode=$1 preload=()
+    [[ $mode == holmes ]] && preload=(LD_PRELOAD="$LIBHOLMES" HOLMES_CONFIG="$CONFIG")
+    server_port[$mode]=$base_port
+    base_port=$((base_port + 1))
+    env "${preload[@]}" taskset -c 0 redis-server --port "${server_port[$mode]}" --bind 127.0.0.1 \
+        --save "" --appendonly no >>"$LOG" 2>&1 &
+    server_pid[$mode]=$!
 }
 
-say "== 2. redis-server (jemalloc), redis-benchmark SET/GET 2 KB values, -n $REDIS_N, interleaved"
+# "mode SET-rps GET-rps used_memory allocator_allocated cpu-ticks" of $1's server.
+redis_result() {
+    local mode=$1 info used held ticks
+    info=$(redis-cli -p "${server_port[$mode]}" info memory | tr -d '\r')
+    # The server's CPU ticks (user + system): the cost of the same requests.
+    ticks=$(awk '{ print $14 + $15 }' "/proc/${server_pid[$mode]}/stat")
+    used=$(awk -F: '$1 == "used_memory" { print $2 }' <<<"$info")
+    held=$(awk -F: '$1 == "allocator_allocated" { print $2 }' <<<"$info")
+    echo "$mode $(rps <"$OUT/bench.$mode.txt") $used $held $ticks"
+}
+
+# One round: both servers, then both benchmarks at once; $1 starts first.
+redis_pair() {
+    local first=$1 second mode clients=()
+    second=$([[ $first == none ]] && echo holmes || echo none)
+    for mode in "$first" "$second"; do redis_start "$mode"; done
+    for mode in none holmes; do
+        for _ in $(seq 100); do
+            redis-cli -p "${server_port[$mode]}" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    for mode in "$first" "$second"; do
+        taskset -c 1 redis-benchmark -h 127.0.0.1 -p "${server_port[$mode]}" -t set,get \
+            -n "$REDIS_N" -d 2048 -r 100000 -c 16 --csv >"$OUT/bench.$mode.txt" 2>>"$LOG" &
+        clients+=($!)
+    done
+    wait "${clients[@]}"
+    for mode in none holmes; do
+        redis_result "$mode" >>"$OUT/redis.txt"
+        kill "${server_pid[$mode]}"
+        wait "${server_pid[$mode]}" 2>/dev/null || true
+    done
+}
+
+say "== 2. redis-server (jemalloc), redis-benchmark SET/GET 2 KB values, -n $REDIS_N, side by side"
 : >"$OUT/redis.txt"
 for ((i = 0; i < REPS; i++)); do
-    for mode in none holmes; do
-        line=$(redis_round "$mode")
-        say "$line"
-        echo "$line" >>"$OUT/redis.txt"
-    done
+    redis_pair "$( ((i % 2)) && echo holmes || echo none)"
+    tail -n 2 "$OUT/redis.txt" | tee -a "$LOG"
 done
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for col in 2:SET 3:GET; do
+# Column c of the holmes line over the none line, round by round.
+pair_ratios() {
+    awk -v c="$1" '$1 == "none" { n = $c } $1 == "holmes" { printf "%.4f\n", $c / n }' "$OUT/redis.txt"
+}
+for col in 2:SET 3:GET 6:CPU; do
     c=${col%%:*} name=${col##*:}
-    n=$(awk -v c="$c" '$1 == "none" { print $c }' "$OUT/redis.txt" | median)
-    h=$(awk -v c="$c" '$1 == "holmes" { print $c }' "$OUT/redis.txt" | median)
-    say "redis $name: median rps none $n, holmes $h, ratio $(ratio "$h" "$n")"
+    what=$([[ $name == CPU ]] && echo "server CPU ticks" || echo "$name rps")
+    say "redis $what holmes/none: median of the rounds $(pair_ratios "$c" | median)" \
+        "(rounds: $(pair_ratios "$c" | tr '\n' ' '))"
 done
-n=$(awk '$1 == "none" { print $6 }' "$OUT/redis.txt" | median)
-h=$(awk '$1 == "holmes" { print $6 }' "$OUT/redis.txt" | median)
-say "redis server CPU ticks for the run: median none $n, holmes $h, ratio $(ratio "$h" "$n")"
 awk '$1 == "holmes" { printf "redis with holmes: jemalloc holds %.1f%% of used_memory\n", $5 * 100 / $4 }' \
     "$OUT/redis.txt" | tee -a "$LOG"
 say "log: $LOG"
