@@ -18,6 +18,7 @@ judged for processes that run without holmes, from outside.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -41,11 +42,32 @@ cooldown = 1m
 dir = @DUMPS@
 """
 
+def views_dir(w):
+    """Where the watcher makes its private folder (TMPDIR): inside the test's workdir."""
+    path = os.path.join(w.path, "tmp")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def watch(w, ini, args, log, env=None):
     full = dict(run_env())
     full.update(env or {})
+    full["TMPDIR"] = views_dir(w)
     return Service([tool(), "watch", "-c", ini] + args, env=full,
                    stderr_path=os.path.join(w.path, log))
+
+
+def stop(w, wt):
+    """Stops the watcher as a user would (SIGTERM): it exits and leaves no
+    folder behind, its view of each process removed."""
+    if wt.p.poll() is None:
+        wt.p.send_signal(signal.SIGTERM)
+    rc, _, _ = wt.finish(timeout=30)
+    left = os.listdir(views_dir(w))
+    check(not left, "the watcher left %s in TMPDIR (exit status %r): %s" % (left, rc,
+                                                                        wt.stderr()[-1000:]))
+    for name in left:
+        shutil.rmtree(os.path.join(views_dir(w), name), ignore_errors=True)
 
 
 def events_of(w, pid):
@@ -115,7 +137,7 @@ def test_memcached_by_name(w):
                                                if not f.endswith(".json")),
               "the event's files are not the ones written: %s" % event["files"])
     finally:
-        wt.kill()
+        stop(w, wt)
         mc.kill()
 
 
@@ -216,7 +238,7 @@ def test_pid_with_agent_inside(w):
         check("holmes inside" in wt.stderr(), wt.stderr()[-1500:])
         check(not w.files("*"), "the watcher wrote an outside dump too: %s" % w.files("*"))
     finally:
-        wt.kill()
+        stop(w, wt)
         spike.kill()
         inner.cleanup()
 
@@ -274,7 +296,7 @@ def test_nginx_by_pgid(w):
                       event)
     finally:
         if wt:
-            wt.kill()
+            stop(w, wt)
         ng.kill()
 
 
@@ -366,7 +388,7 @@ def test_exit_during_capture(w):
             check(sorted(written) == sorted(listed), "%s vs %s" % (written, listed))
             check(len(event["files"]) < 3, "every capture was kept: %s" % event["files"])
     finally:
-        wt.kill()
+        stop(w, wt)
         target.kill()
 
 
@@ -411,7 +433,7 @@ def test_cgroup(w):
                             timeout=10)
             check(ok, "--cgroup %s did not log the exit: %s" % (arg, wt.stderr()[-1500:]))
         finally:
-            wt.kill()
+            stop(w, wt)
     rc, _, err = run([tool(), "watch", "-c", ini, "--cgroup", "/no/such/cgroup", "--for", "1s"],
                      check_rc=False)
     check(rc == 0 and "no process matches yet" in err, "an empty cgroup: %d %r" % (rc, err))
