@@ -89,8 +89,10 @@ def main():
             # sleeping side: entering and leaving nanosleep, taking the wall
             # capture's signals, and the kernel's tick-granular CPU timers
             # noticing an expiry only when the thread next runs (often when
-            # a signal wakes it from the sleep).
-            check(cpu_sleep < 10.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
+            # a signal wakes it from the sleep). That part grows with the
+            # machine's load: 17% was seen beside two builds and a busy loop
+            # (below 10% beside one busy loop), against the 80% of a billed sleep.
+            check(cpu_sleep < 40.0, "the CPU profile shows the sleep (%.1f%%)" % cpu_sleep)
             check(cpu_burn > 50, "the CPU profile misses the computing (%.1f%%)" % cpu_burn)
     w.cleanup()
     finish()
