@@ -25,12 +25,12 @@ set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${HOLMES_BUILD:-$SRC/build-bench}
-QUICK=0 BEFORE= MICRO=1
+QUICK=0 BEFORE= ALLOCS="glibc jemalloc tcmalloc"
 while (($#)); do
     case $1 in
     --quick) QUICK=1 ;;
     --before) BEFORE=$2; shift ;;
-    --redis-only) MICRO=0 ;;
+    --redis-only) ALLOCS= ;;
     *) echo "usage: $0 [--quick] [--before LIBHOLMES] [--redis-only]" >&2; exit 2 ;;
     esac
     shift
@@ -71,8 +71,10 @@ churn_instructions() {
     cat "$dir"/cg.* | awk '/^totals:/ { s += $2 } END { print s }'
 }
 
-((MICRO)) && say "== 1. heap micro under callgrind: 2 x $CG_OPS free+malloc, instructions of the churn phase"
-for alloc in $( ((MICRO)) && echo glibc jemalloc tcmalloc); do
+if [[ -n $ALLOCS ]]; then
+    say "== 1. heap micro under callgrind: 2 x $CG_OPS free+malloc, instructions of the churn phase"
+fi
+for alloc in $ALLOCS; do
     case $alloc in
     glibc) lib= ;;
     jemalloc) lib=$JEMALLOC ;;

@@ -118,7 +118,8 @@ int holmes__agent_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex,
     int slot = own_slot;
     if (slot >= 0)
         atomic_fetch_add(&phase[slot], 1);
-    int rc = deadline ? pthread_cond_timedwait(cond, mutex, deadline) : pthread_cond_wait(cond, mutex);
+    int rc =
+        deadline ? pthread_cond_timedwait(cond, mutex, deadline) : pthread_cond_wait(cond, mutex);
     if (slot >= 0)
         atomic_fetch_add(&phase[slot], 1);
     return rc;

@@ -541,6 +541,12 @@ static size_t rule_slot(const rule_set *set, uint32_t rule)
     return i;
 }
 
+static void rule_set_free(rule_set *set)
+{
+    if (set->slots)
+        munmap(set->slots, set->cap * sizeof(uint64_t));
+}
+
 /* At most half full; false when out of memory. */
 static bool rule_set_grow(rule_set *set)
 {
@@ -551,8 +557,7 @@ static bool rule_set_grow(rule_set *set)
     for (size_t i = 0; i < set->cap; i++)
         if (set->slots[i] != 0)
             bigger.slots[rule_slot(&bigger, (uint32_t)(set->slots[i] >> 32))] = set->slots[i];
-    if (set->slots)
-        munmap(set->slots, set->cap * sizeof(uint64_t));
+    rule_set_free(set);
     *set = bigger;
     return true;
 }
@@ -574,12 +579,6 @@ static int rule_set_add(rule_set *set, uint32_t rule)
 static uint32_t rule_index(const rule_set *set, uint32_t rule)
 {
     return rule != 0 ? (uint32_t)set->slots[rule_slot(set, rule)] : 0;
-}
-
-static void rule_set_free(rule_set *set)
-{
-    if (set->slots)
-        munmap(set->slots, set->cap * sizeof(uint64_t));
 }
 
 /*

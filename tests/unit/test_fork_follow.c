@@ -113,8 +113,7 @@ static int child_follows(int parent)
         fprintf(stderr, "child %d: no agent after 10 s (armed %d, starting %d)\n", (int)getpid(),
                 (int)atomic_load(&holmes__follow_armed), (int)holmes__follow_starting());
         failed |= 2;
-    }
-    else if (holmes_dump_now() != 0 || !event_within((int)getpid(), parent, 20))
+    } else if (holmes_dump_now() != 0 || !event_within((int)getpid(), parent, 20))
         failed |= 4;
     if (holmes_stop() != 0)
         failed |= 8;

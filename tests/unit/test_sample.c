@@ -490,8 +490,8 @@ static void test_agent_cpu_after_waits(void)
         }
         uint64_t spent = holmes__agent_cpu_ns() - before;
         if (!seen_running || spent < 300000000ull)
-            fprintf(stderr, "round %d: grew %sduring the burn; %.1f ms over a 300 ms burn\n",
-                    round, seen_running ? "" : "not ", spent / 1e6);
+            fprintf(stderr, "round %d: grew %sduring the burn; %.1f ms over a 300 ms burn\n", round,
+                    seen_running ? "" : "not ", spent / 1e6);
         CHECK(seen_running);
         CHECK(spent >= 300000000ull);
     }
