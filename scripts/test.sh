@@ -47,9 +47,10 @@ skip_reasons() {
     "$1/Testing/Temporary/LastTest.log" 2>/dev/null | sort -u
 }
 
-# The first lines that say why, so the end of a CI log is enough to start from.
+# The first lines that say why, so the end of a CI log is enough to start from
+# (the Python tests print "CHECK FAILED", the C unit tests "file:line: CHECK failed").
 failure_lines() {
-  grep -E 'CHECK FAILED|FAILED:|SUMMARY: |ERROR: |Assertion|Error|error:|Timeout' "$1" |
+  grep -E 'CHECK FAILED|CHECK failed|FAILED:|SUMMARY: |ERROR: |Assertion|Error|error:|Timeout' "$1" |
     grep -vE '^ *[0-9]+/[0-9]+ Test|^Errors while running CTest' | cut -c1-300 | head -12
 }
 
