@@ -90,6 +90,9 @@ typedef struct parser {
     int header_line[NSLOTS];
     /* A key of this section was wrong: whole-section checks would only echo it. */
     bool failed[NSLOTS];
+    /* Where ${VAR} is looked up: "NAME=value" strings, NULL-terminated, or
+     * NULL for this process's environment. */
+    const char *const *env;
     errbuf err;
 } parser;
 
@@ -251,8 +254,20 @@ static bool var_name_ok(const char *s, size_t len)
     return true;
 }
 
+const char *holmes__env_lookup(const char *const *env, const char *name)
+{
+    if (!env)
+        return getenv(name);
+    size_t len = strlen(name);
+    for (; *env; env++)
+        if (strncmp(*env, name, len) == 0 && (*env)[len] == '=')
+            return *env + len + 1;
+    return NULL;
+}
+
 /* Expands ${VAR} from the environment; a '$' not followed by '{' stays. */
-static bool expand_env(const char *in, char *out, size_t cap, char *why, size_t why_cap)
+static bool expand_env(const char *in, const char *const *env, char *out, size_t cap, char *why,
+                       size_t why_cap)
 {
     size_t n = 0;
     for (const char *s = in; *s;) {
@@ -268,7 +283,7 @@ static bool expand_env(const char *in, char *out, size_t cap, char *why, size_t 
             }
             memcpy(name, s + 2, len);
             name[len] = 0;
-            piece = getenv(name);
+            piece = holmes__env_lookup(env, name);
             if (!piece) {
                 snprintf(why, why_cap, "environment variable %s is not set (in '%s')", name, in);
                 return false;
@@ -359,7 +374,7 @@ static void set_pair(parser *p, const char *name, const char *value)
         return;
     char expanded[EXPANDED_MAX], why[WHY_MAX];
     void *base = p->sec == HOLMES_SEC_RULE ? (void *)&p->c->rules[p->rule] : (void *)p->c;
-    if (!expand_env(value, expanded, sizeof(expanded), why, sizeof(why)) ||
+    if (!expand_env(value, p->env, expanded, sizeof(expanded), why, sizeof(why)) ||
         !holmes__key_store(k, base, expanded, why, sizeof(why))) {
         p->failed[section_slot(p)] = true;
         holmes__key_redact(k, value, why, sizeof(why)); /* expand_env quotes the value as written */
@@ -465,17 +480,19 @@ static void take_line(parser *p, const char *s, size_t len)
         key_line(p, s, len);
 }
 
-static void parser_init(parser *p, holmes__config *c, const char *origin, char *errors, size_t cap)
+static void parser_init(parser *p, holmes__config *c, const char *origin, const char *const *env,
+                        char *errors, size_t cap)
 {
     memset(p, 0, offsetof(parser, err));
     p->c = c;
     p->origin = origin;
     p->sec = -1;
+    p->env = env;
     errbuf_init(&p->err, errors, cap, false);
 }
 
-int holmes__config_parse(holmes__config *c, const char *text, const char *origin, char *errors,
-                         size_t errors_cap)
+static int parse_text(holmes__config *c, const char *text, const char *origin,
+                      const char *const *env, char *errors, size_t errors_cap)
 {
     parser *p = malloc(sizeof(*p));
     if (!p) {
@@ -485,7 +502,7 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
     }
     if (origin != c->origin)
         snprintf(c->origin, sizeof(c->origin), "%s", origin ? origin : "<string>");
-    parser_init(p, c, c->origin, errors, errors_cap);
+    parser_init(p, c, c->origin, env, errors, errors_cap);
     for (const char *s = text ? text : ""; *s;) {
         const char *eol = strchr(s, '\n');
         size_t len = eol ? (size_t)(eol - s) : strlen(s);
@@ -497,6 +514,12 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
     int n = p->err.n;
     free(p);
     return n;
+}
+
+int holmes__config_parse(holmes__config *c, const char *text, const char *origin, char *errors,
+                         size_t errors_cap)
+{
+    return parse_text(c, text, origin, NULL, errors, errors_cap);
 }
 
 /* ---- files ---- */
@@ -531,9 +554,9 @@ static int count_lines(const char *s, size_t len)
 
 /* Parses a file already read; a NUL byte would silently end the text, so it is an error. */
 static int parse_text_file(holmes__config *c, const char *path, const char *text, size_t len,
-                           char *errors, size_t cap)
+                           const char *const *env, char *errors, size_t cap)
 {
-    int n = holmes__config_parse(c, text, path, errors, cap);
+    int n = parse_text(c, text, path, env, errors, cap);
     size_t real = strlen(text);
     if (real < len) {
         errbuf e;
@@ -544,7 +567,8 @@ static int parse_text_file(holmes__config *c, const char *path, const char *text
     return n;
 }
 
-static int parse_file_rc(holmes__config *c, const char *path, char *errors, size_t cap, int *rc)
+static int parse_file_rc(holmes__config *c, const char *path, const char *const *env, char *errors,
+                         size_t cap, int *rc)
 {
     char *text = NULL;
     size_t len = 0;
@@ -556,15 +580,21 @@ static int parse_file_rc(holmes__config *c, const char *path, char *errors, size
                    *rc == -EFBIG ? "larger than 1MiB" : strerror(-*rc));
         return 1;
     }
-    int n = parse_text_file(c, path, text, len, errors, cap);
+    int n = parse_text_file(c, path, text, len, env, errors, cap);
     free(text);
     return n;
 }
 
 int holmes__config_parse_file(holmes__config *c, const char *path, char *errors, size_t errors_cap)
 {
+    return holmes__config_parse_file_env(c, path, NULL, errors, errors_cap);
+}
+
+int holmes__config_parse_file_env(holmes__config *c, const char *path, const char *const *env,
+                                  char *errors, size_t errors_cap)
+{
     int rc;
-    return parse_file_rc(c, path, errors, errors_cap, &rc);
+    return parse_file_rc(c, path, env, errors, errors_cap, &rc);
 }
 
 /* ---- whole-configuration checks and derived defaults ---- */
@@ -767,7 +797,7 @@ HOLMES_EXPORT int holmes_config_load_file(holmes_config *cfg, const char *path)
     if (!l)
         return HOLMES_ENOMEM;
     int rc;
-    int n = parse_file_rc(&l->copy, path, l->errors, sizeof(l->errors), &rc);
+    int n = parse_file_rc(&l->copy, path, NULL, l->errors, sizeof(l->errors), &rc);
     return finish_load(cfg, l, n, rc == -ENOENT ? HOLMES_ENOENT : rc ? HOLMES_EIO : HOLMES_ECONFIG);
 }
 
@@ -808,7 +838,7 @@ HOLMES_EXPORT int holmes_config_set(holmes_config *cfg, const char *section, con
     char *trimmed = malloc(LONG_VALUE_MAX);
     int n = 1;
     if (p && trimmed) {
-        parser_init(p, &l->copy, "<api>", l->errors, sizeof(l->errors));
+        parser_init(p, &l->copy, "<api>", NULL, l->errors, sizeof(l->errors));
         trim_copy(value, trimmed, LONG_VALUE_MAX);
         enter_section(p, section, strlen(section));
         set_pair(p, key, trimmed);

@@ -122,6 +122,13 @@ int holmes__config_parse(holmes__config *c, const char *text, const char *origin
 /* Parses a file; a missing or unreadable file is one error naming it. */
 int holmes__config_parse_file(holmes__config *c, const char *path, char *errors,
                               size_t errors_cap);
+/* The same, with ${VAR} looked up in `env` ("NAME=value" strings,
+ * NULL-terminated) instead of this process's environment: `holmes dump` and
+ * `holmes watch` read a service's file as its agent does, with its environment. */
+int holmes__config_parse_file_env(holmes__config *c, const char *path, const char *const *env,
+                                  char *errors, size_t errors_cap);
+/* NAME's value in `env` (as above; NULL: this process's environment), or NULL. */
+const char *holmes__env_lookup(const char *const *env, const char *name);
 /*
  * Checks what single keys cannot: a rule's metric is known, at least one
  * clause is on, forecast and wake suit the metric, pyroscope has a url.

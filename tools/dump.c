@@ -14,6 +14,9 @@
 #include "tools/tool.h"
 #include "tools/watch.h"
 
+/* More than the kernel lets exec pass (ARG_MAX, shared with the arguments). */
+#define ENVIRON_MAX (1u << 20)
+
 /* "RTMIN+2", "RTMAX-1": real-time signals are named relative to their range. */
 static int realtime_signal(const char *name)
 {
@@ -55,44 +58,92 @@ int holmes__tool_has_libholmes(int pid)
     return found;
 }
 
-/* Finds HOLMES_CONFIG in the target's environment. */
-int holmes__tool_agent_config(int pid, char *out, size_t cap)
+/* The target's environment: "NAME=value" strings and the NULL-terminated
+ * array over them, in one malloc'd block; NULL when it cannot be read. */
+static char **read_environ(int pid)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/environ", pid);
     FILE *f = fopen(path, "re");
     if (!f)
-        return -1;
-    static char env[1 << 20];
-    size_t n = fread(env, 1, sizeof(env) - 1, f);
+        return NULL;
+    char *text = malloc(ENVIRON_MAX + 1);
+    size_t len = text ? fread(text, 1, ENVIRON_MAX, f) : 0;
     fclose(f);
-    env[n] = 0;
-    for (size_t i = 0; i < n; i += strlen(env + i) + 1) {
-        if (!strncmp(env + i, "HOLMES_CONFIG=", 14)) {
-            snprintf(out, cap, "%s", env + i + 14);
-            return 0;
-        }
+    if (!text)
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += text[i] == 0;
+    char **env = malloc((n + 2) * sizeof(char *) + len + 1);
+    if (env) {
+        char *copy = memcpy(env + n + 2, text, len);
+        copy[len] = 0;
+        size_t k = 0;
+        for (size_t i = 0; i < len; i += strlen(copy + i) + 1)
+            env[k++] = copy + i;
+        env[k] = NULL;
     }
-    return -1;
+    free(text);
+    return env;
 }
 
-/* The dump_signal the target's config names, or 0. */
-int holmes__tool_configured_signal(int pid)
+void holmes__tool_target_path(int pid, const char *path, char *out, size_t cap)
 {
-    char ini[4096], line[4096];
-    if (holmes__tool_agent_config(pid, ini, sizeof(ini)) != 0)
-        return 0;
-    FILE *f = fopen(ini, "re");
-    if (!f)
-        return 0;
-    int sig = 0;
-    while (fgets(line, sizeof(line), f)) {
-        char key[64], value[64];
-        if (sscanf(line, " %63[a-z_] = %63[A-Za-z0-9+-]", key, value) == 2 &&
-            !strcmp(key, "dump_signal"))
-            sig = strcmp(value, "none") ? signal_by_name(value) : 0;
+    int n = path[0] == '/' ? snprintf(out, cap, "%s", path)
+                           : snprintf(out, cap, "/proc/%d/cwd/%s", pid, path);
+    if (n < 0 || (size_t)n >= cap)
+        out[0] = 0;
+}
+
+int holmes__tool_agent_config(int pid, holmes__config *c, char *path, size_t path_cap, char *errors,
+                              size_t errors_cap)
+{
+    holmes__config_defaults(c);
+    path[0] = errors[0] = 0;
+    char **env = read_environ(pid);
+    if (!env) {
+        snprintf(errors, errors_cap, "cannot read /proc/%d/environ: %s", pid, strerror(errno));
+        return HOLMES_EIO;
     }
-    fclose(f);
+    const char *const *cenv = (const char *const *)env;
+    const char *ini = holmes__env_lookup(cenv, "HOLMES_CONFIG");
+    int rc = HOLMES_ENOENT;
+    if (ini && ini[0]) {
+        holmes__tool_target_path(pid, ini, path, path_cap);
+        int nerr = holmes__config_parse_file_env(c, path, cenv, errors, errors_cap);
+        rc = nerr == 0 ? 0 : HOLMES_ECONFIG;
+    }
+    free(env);
+    return rc;
+}
+
+/* The dump_signal of the agent's configuration, or 0 after saying why there is none. */
+static int configured_signal(int pid)
+{
+    holmes__config *c = malloc(sizeof(*c));
+    char path[HOLMES_PATH_MAX], errors[4096];
+    if (!c) {
+        fprintf(stderr, "holmes dump: out of memory\n");
+        return 0;
+    }
+    int rc = holmes__tool_agent_config(pid, c, path, sizeof(path), errors, sizeof(errors));
+    int sig = rc == 0 ? c->dump_signal : 0;
+    free(c);
+    if (rc == HOLMES_ENOENT)
+        fprintf(stderr,
+                "holmes dump: process %d has no HOLMES_CONFIG in its environment (an agent "
+                "started from code?); pass -s SIGNAL\n",
+                pid);
+    else if (rc == HOLMES_EIO)
+        fprintf(stderr, "holmes dump: %s; pass -s SIGNAL\n", errors);
+    else if (rc != 0)
+        fprintf(stderr, "holmes dump: the agent's configuration does not parse:\n%s", errors);
+    else if (!sig)
+        fprintf(stderr,
+                "holmes dump: %s sets no dump_signal; set dump_signal in [agent] or pass -s "
+                "SIGNAL\n",
+                path);
     return sig;
 }
 
@@ -120,12 +171,11 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "holmes dump: process %d does not have libholmes loaded\n", pid);
         return 1;
     }
-    int sig = sigopt ? signal_by_name(sigopt) : holmes__tool_configured_signal(pid);
-    if (!sig) {
-        fprintf(stderr, "holmes dump: %s; set dump_signal in [agent] or pass -s SIGNAL\n",
-                sigopt ? "unknown signal" : "the agent's config sets no dump_signal");
+    int sig = sigopt ? signal_by_name(sigopt) : configured_signal(pid);
+    if (sigopt && !sig)
+        fprintf(stderr, "holmes dump: unknown signal '%s'\n", sigopt);
+    if (!sig)
         return 1;
-    }
     if (kill(pid, sig) != 0) {
         fprintf(stderr, "holmes dump: kill %d: %s\n", pid, strerror(errno));
         return 1;

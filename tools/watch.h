@@ -106,7 +106,17 @@ void holmes__watch_poll_inside(watch_proc *p);
 
 /* ---- tools/dump.c, shared with `holmes dump` ---- */
 int holmes__tool_has_libholmes(int pid);
-int holmes__tool_agent_config(int pid, char *out, size_t cap);
-int holmes__tool_configured_signal(int pid);
+/*
+ * The configuration a running agent read, as it read it: the HOLMES_CONFIG
+ * of its environment (written to `path` as this process opens it: a
+ * relative one through /proc/PID/cwd) parsed with that environment for
+ * ${VAR}. Returns 0; HOLMES_ENOENT when the process has no HOLMES_CONFIG
+ * (an agent started from code); HOLMES_EIO when its environment cannot be
+ * read, HOLMES_ECONFIG when the file does not parse, with why in `errors`.
+ */
+int holmes__tool_agent_config(int pid, holmes__config *c, char *path, size_t path_cap,
+                              char *errors, size_t errors_cap);
+/* A path as process pid would open it: a relative one from its working directory. */
+void holmes__tool_target_path(int pid, const char *path, char *out, size_t cap);
 
 #endif

@@ -31,41 +31,31 @@
 
 /* ---- an agent inside ---- */
 
-/* Where the agent's file reporter writes, as this process sees it. */
-static void inside_dir(int pid, const char *ini, char *out, size_t cap)
-{
-    holmes__config *c = malloc(sizeof(*c));
-    char errors[256];
-    const char *dir = "./holmes-dumps";
-    if (c) {
-        holmes__config_defaults(c);
-        if (holmes__config_parse_file(c, ini, errors, sizeof(errors)) == 0 && c->file_dir[0])
-            dir = c->file_dir;
-    }
-    int n = dir[0] == '/' ? snprintf(out, cap, "%s", dir)
-                          /* relative to the service's working directory */
-                          : snprintf(out, cap, "/proc/%d/cwd/%s", pid, dir);
-    if (n >= (int)cap)
-        out[0] = '\0'; /* too long to follow: the request is only logged */
-    free(c);
-}
-
 void holmes__watch_find_inside(watch_proc *p)
 {
-    char ini[HOLMES_PATH_MAX];
     memset(&p->inside, 0, sizeof(p->inside));
     if (holmes__tool_has_libholmes(p->pid) <= 0)
         return;
-    p->inside.signal = holmes__tool_configured_signal(p->pid);
-    if (!p->inside.signal) {
+    holmes__config *c = malloc(sizeof(*c));
+    char path[HOLMES_PATH_MAX], errors[512] = "out of memory";
+    int rc = c ? holmes__tool_agent_config(p->pid, c, path, sizeof(path), errors, sizeof(errors))
+               : HOLMES_ENOMEM;
+    p->inside.signal = rc == 0 ? c->dump_signal : 0;
+    if (p->inside.signal) {
+        /* Where the agent's file reporter writes, as this process sees it. */
+        holmes__tool_target_path(p->pid, c->file_dir, p->inside.dir, sizeof(p->inside.dir));
+    } else {
+        bool unread = rc != 0 && rc != HOLMES_ENOENT;
+        errors[strcspn(errors, "\n")] = 0; /* the first error is enough for the log */
         holmes__log(HOLMES_LOG_INFO,
-                    "watch: pid %d (%s) has holmes loaded but no dump_signal: evidence comes "
-                    "from outside",
-                    p->pid, p->comm);
-        return;
+                    "watch: pid %d (%s) has holmes loaded but %s%s: evidence comes from outside",
+                    p->pid, p->comm,
+                    rc == 0               ? "no dump_signal"
+                    : rc == HOLMES_ENOENT ? "no HOLMES_CONFIG to read its dump_signal from"
+                                          : "its configuration cannot be read: ",
+                    unread ? errors : "");
     }
-    if (holmes__tool_agent_config(p->pid, ini, sizeof(ini)) == 0)
-        inside_dir(p->pid, ini, p->inside.dir, sizeof(p->inside.dir));
+    free(c);
 }
 
 static uint64_t longest_capture_ns(const holmes__config *cfg)

@@ -1,7 +1,8 @@
 """Thread and descriptor evidence, and manual dumps: the thread storm's dump
 counts every blocked function in both files, the descriptor leak's lists each
 descriptor with its path or addresses, and the dump signal, `holmes dump PID`
-and holmes_dump_now() each leave a full set of files."""
+and holmes_dump_now() each leave a full set of files; `holmes dump` reads the
+service's configuration as its agent did, or says why it cannot."""
 import os
 import re
 import signal
@@ -139,6 +140,39 @@ def test_holmes_dump():
     w.cleanup()
 
 
+def test_holmes_dump_reads_as_the_agent():
+    """`holmes dump` reads the service's file as its agent did: a relative
+    HOLMES_CONFIG from the service's working directory, ${VAR} from the
+    service's environment, wherever the tool itself runs."""
+    w = Workdir()
+    w.write_ini(HEAD.format(agent="dump_signal = ${HOLMES_TEST_DUMP_SIGNAL}\n") +
+                "[rule.cpu]\nabs = 101\n")
+    env = dict(os.environ, HOLMES_CONFIG="holmes.ini", HOLMES_TEST_DUMP_SIGNAL="SIGUSR2")
+    p = subprocess.Popen([example("cpu_spike"), "holmes.ini", "9", "0"], cwd=w.path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    rc, out, err = run([tool(), "dump", str(p.pid)], cwd="/", check_rc=False)
+    check(rc == 0 and "sent SIGUSR2" in out, "holmes dump from /: %d %s %s" % (rc, out, err))
+    finish_service(p, "holmes dump, relative config")
+    check_full_set(w, "holmes dump, relative config")
+    w.cleanup()
+
+
+def test_holmes_dump_says_why_not():
+    w = Workdir()
+    ini = w.write_ini(HEAD.format(agent="") + "[rule.cpu]\nabs = 101\n")
+    p = start_service(w, ini)
+    rc, out, err = run([tool(), "dump", str(p.pid)], check_rc=False)
+    check(rc == 1 and "holmes.ini sets no dump_signal" in err and "sent" not in out,
+          "holmes dump without a dump_signal: %d %s %s" % (rc, out, err))
+    rc, out, err = run([tool(), "dump", str(p.pid), "-s", "SIGNOPE"], check_rc=False)
+    check(rc == 1 and "unknown signal 'SIGNOPE'" in err, "holmes dump -s SIGNOPE: %d %s" % (rc, err))
+    p.kill()
+    p.communicate(timeout=60)
+    check(not w.files("*.manual.*"), "a dump without a dump_signal: %s" % w.files())
+    w.cleanup()
+
+
 def test_dump_now():
     w = Workdir()
     ini = w.write_ini(HEAD.format(agent="") + "[rule.mem]\nabs = 101\n[heap]\nsample_bytes = 512KiB\n")
@@ -152,5 +186,7 @@ if __name__ == "__main__":
     test_fd_leak()
     test_dump_signal()
     test_holmes_dump()
+    test_holmes_dump_reads_as_the_agent()
+    test_holmes_dump_says_why_not()
     test_dump_now()
     finish()

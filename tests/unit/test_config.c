@@ -5,6 +5,7 @@
 #include "check.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include "agent/base/base.h"
 #include "rules/config.h"
@@ -231,6 +232,32 @@ static void test_env(void)
     expect_error("[agent]\nname = ${HOLMES_T_POD\n", "bad ${NAME} reference");
 }
 
+/* Another process's environment, as `holmes dump` reads a service's file:
+ * only that environment counts, this process's does not. */
+static void test_env_of_another_process(void)
+{
+    char path[] = "/tmp/test_config_env.XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    static const char text[] = "[agent]\nname = ${HOLMES_T_POD}\ndump_signal = ${HOLMES_T_SIG}\n";
+    CHECK(write(fd, text, sizeof(text) - 1) == (ssize_t)(sizeof(text) - 1));
+    close(fd);
+    const char *const env[] = {"HOLMES_T_PODX=no", "HOLMES_T_POD=theirs", "HOLMES_T_SIG=USR1",
+                               NULL};
+    setenv("HOLMES_T_POD", "ours", 1);
+    holmes__config_defaults(&cfg);
+    CHECK_EQ_INT(holmes__config_parse_file_env(&cfg, path, env, errors, sizeof(errors)), 0);
+    CHECK_STR(cfg.name, "theirs");
+    CHECK_EQ_INT(cfg.dump_signal, SIGUSR1);
+    const char *const bare[] = {"HOLMES_T_POD=theirs", NULL};
+    holmes__config_defaults(&cfg);
+    errors[0] = 0;
+    CHECK_EQ_INT(holmes__config_parse_file_env(&cfg, path, bare, errors, sizeof(errors)), 1);
+    CHECK(strstr(errors, ":3: [agent] dump_signal: environment variable HOLMES_T_SIG is not set") !=
+          NULL);
+    unlink(path);
+}
+
 static void test_syntax(void)
 {
     /* Inline comments after a blank, indented keys, ':' separators, blank lines. */
@@ -414,6 +441,7 @@ int main(void)
     test_numbers_bools_enums();
     test_signals();
     test_env();
+    test_env_of_another_process();
     test_syntax();
     test_rule_checks();
     test_pyroscope();
