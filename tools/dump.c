@@ -1,15 +1,18 @@
 /*
  * `holmes dump PID [-s SIGNAL]`: sends the agent's dump_signal to a running
  * service. The signal is read from the service's own HOLMES_CONFIG (found in
- * /proc/PID/environ) unless -s names it, and the process must have
- * libholmes loaded: a stray SIGUSR2 could otherwise kill it.
+ * /proc/PID/environ) unless -s names it, and the process must run an agent
+ * that catches it: a stray SIGUSR2 could otherwise kill it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/base/base.h"
 #include "holmes/holmes.h"
 #include "tools/tool.h"
 #include "tools/watch.h"
@@ -44,18 +47,46 @@ static int signal_by_name(const char *name)
     return (*end == 0 && n > 0 && n < NSIG) ? (int)n : 0;
 }
 
-int holmes__tool_has_libholmes(int pid)
+void holmes__tool_signal_name(int sig, char *out, size_t cap)
 {
-    char path[64], line[4096];
-    snprintf(path, sizeof(path), "/proc/%d/maps", pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
+    /* glibc has no abbreviation for the real-time signals. */
+    if (sigabbrev_np(sig))
+        snprintf(out, cap, "SIG%s", sigabbrev_np(sig));
+    else
+        snprintf(out, cap, "SIGRTMIN+%d", sig - SIGRTMIN);
+}
+
+/* The agent's watchdog thread is named "holmes" (holmes__thread_create):
+ * present only while an agent runs, whether libholmes.so is preloaded or
+ * linked, or libholmes.a is linked in. */
+int holmes__tool_has_agent(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (!d)
         return -1;
     int found = 0;
-    while (!found && fgets(line, sizeof(line), f))
-        found = strstr(line, "libholmes") != NULL;
-    fclose(f);
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        char comm_path[sizeof(path) + sizeof(e->d_name) + 8], comm[32];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
+        found = holmes__read_file(comm_path, comm, sizeof(comm)) > 0 && !strcmp(comm, "holmes\n");
+    }
+    closedir(d);
     return found;
+}
+
+bool holmes__tool_catches(int pid, int sig)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    const char *line =
+        holmes__read_file(path, text, sizeof(text)) > 0 ? strstr(text, "\nSigCgt:") : NULL;
+    unsigned long long mask = line ? strtoull(line + 8, NULL, 16) : 0;
+    return sig > 0 && sig <= 64 && (mask >> (sig - 1) & 1);
 }
 
 /* The target's environment: "NAME=value" strings and the NULL-terminated
@@ -161,14 +192,15 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "usage: holmes dump PID [-s SIGNAL]\n");
         return 2;
     }
-    int loaded = holmes__tool_has_libholmes(pid);
-    if (loaded < 0) {
+    int agent = holmes__tool_has_agent(pid);
+    if (agent < 0) {
         fprintf(stderr, "holmes dump: no process %d (or no permission): %s\n", pid,
                 strerror(errno));
         return 1;
     }
-    if (!loaded) {
-        fprintf(stderr, "holmes dump: process %d does not have libholmes loaded\n", pid);
+    if (!agent) {
+        fprintf(stderr, "holmes dump: process %d runs no holmes agent (no thread named holmes)\n",
+                pid);
         return 1;
     }
     int sig = sigopt ? signal_by_name(sigopt) : configured_signal(pid);
@@ -176,14 +208,20 @@ int holmes_cmd_dump(int argc, char **argv)
         fprintf(stderr, "holmes dump: unknown signal '%s'\n", sigopt);
     if (!sig)
         return 1;
+    char name[16];
+    holmes__tool_signal_name(sig, name, sizeof(name));
+    if (!holmes__tool_catches(pid, sig)) {
+        fprintf(stderr,
+                "holmes dump: process %d does not catch %s, so its agent's dump_signal is another "
+                "signal or none; sending it would %s\n",
+                pid, name,
+                sig == SIGCHLD || sig == SIGURG || sig == SIGWINCH ? "do nothing" : "kill it");
+        return 1;
+    }
     if (kill(pid, sig) != 0) {
         fprintf(stderr, "holmes dump: kill %d: %s\n", pid, strerror(errno));
         return 1;
     }
-    /* glibc has no abbreviation for the real-time signals. */
-    if (sigabbrev_np(sig))
-        printf("holmes dump: sent SIG%s to %d\n", sigabbrev_np(sig), pid);
-    else
-        printf("holmes dump: sent SIGRTMIN+%d to %d\n", sig - SIGRTMIN, pid);
+    printf("holmes dump: sent %s to %d\n", name, pid);
     return 0;
 }

@@ -99,13 +99,19 @@ int holmes__watch_cpu_profile(const watch_proc *p, int hz, uint64_t duration_ms,
 void holmes__watch_fire(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
                         holmes__clause clause, double value, double average,
                         const holmes__window *win);
-/* Finds an agent inside p (libholmes mapped, a dump_signal in its config). */
+/* Finds an agent inside p (its thread running, a dump_signal in its config). */
 void holmes__watch_find_inside(watch_proc *p);
 /* Follows the dump requests of agents inside: logs each delivered event. */
 void holmes__watch_poll_inside(watch_proc *p);
 
 /* ---- tools/dump.c, shared with `holmes dump` ---- */
-int holmes__tool_has_libholmes(int pid);
+/* 1 while an agent runs in pid, 0 when none does, -1 when pid cannot be read. */
+int holmes__tool_has_agent(int pid);
+/* Whether pid has a handler for sig (SigCgt in its status): a signal it does
+ * not catch would kill it, or do nothing. */
+bool holmes__tool_catches(int pid, int sig);
+/* "SIGUSR2", "SIGRTMIN+3". */
+void holmes__tool_signal_name(int sig, char *out, size_t cap);
 /*
  * The configuration a running agent read, as it read it: the HOLMES_CONFIG
  * of its environment (written to `path` as this process opens it: a

@@ -34,21 +34,30 @@
 void holmes__watch_find_inside(watch_proc *p)
 {
     memset(&p->inside, 0, sizeof(p->inside));
-    if (holmes__tool_has_libholmes(p->pid) <= 0)
+    if (holmes__tool_has_agent(p->pid) <= 0)
         return;
     holmes__config *c = malloc(sizeof(*c));
     char path[HOLMES_PATH_MAX], errors[512] = "out of memory";
     int rc = c ? holmes__tool_agent_config(p->pid, c, path, sizeof(path), errors, sizeof(errors))
                : HOLMES_ENOMEM;
     p->inside.signal = rc == 0 ? c->dump_signal : 0;
-    if (p->inside.signal) {
+    if (p->inside.signal && !holmes__tool_catches(p->pid, p->inside.signal)) {
+        /* The agent declined it, or runs a configuration reloaded since: never kill the service. */
+        char name[16];
+        holmes__tool_signal_name(p->inside.signal, name, sizeof(name));
+        holmes__log(HOLMES_LOG_INFO,
+                    "watch: pid %d (%s) does not catch its configured dump_signal (%s): "
+                    "evidence comes from outside",
+                    p->pid, p->comm, name);
+        p->inside.signal = 0;
+    } else if (p->inside.signal) {
         /* Where the agent's file reporter writes, as this process sees it. */
         holmes__tool_target_path(p->pid, c->file_dir, p->inside.dir, sizeof(p->inside.dir));
     } else {
         bool unread = rc != 0 && rc != HOLMES_ENOENT;
         errors[strcspn(errors, "\n")] = 0; /* the first error is enough for the log */
         holmes__log(HOLMES_LOG_INFO,
-                    "watch: pid %d (%s) has holmes loaded but %s%s: evidence comes from outside",
+                    "watch: pid %d (%s) runs a holmes agent but %s%s: evidence comes from outside",
                     p->pid, p->comm,
                     rc == 0               ? "no dump_signal"
                     : rc == HOLMES_ENOENT ? "no HOLMES_CONFIG to read its dump_signal from"
@@ -81,8 +90,10 @@ static void ask_inside(watch *w, watch_proc *p, const char *why)
     }
     p->inside.asked_wall_ns = holmes__wall_ns();
     p->inside.deadline_ns = holmes__now_ns() + longest_capture_ns(&w->cfg) + INSIDE_GRACE_NS;
-    holmes__log(HOLMES_LOG_INFO, "watch: %s; asked pid %d's holmes agent for its dump (SIG%s)", why,
-                p->pid, sigabbrev_np(p->inside.signal));
+    char name[16];
+    holmes__tool_signal_name(p->inside.signal, name, sizeof(name));
+    holmes__log(HOLMES_LOG_INFO, "watch: %s; asked pid %d's holmes agent for its dump (%s)", why,
+                p->pid, name);
 }
 
 /* A finished event of the agent's manual dump, written since the request. */
@@ -408,6 +419,13 @@ void holmes__watch_fire(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
                         holmes__clause clause, double value, double average,
                         const holmes__window *win)
 {
+    /* An agent starts a moment after its process (or later): look again. */
+    if (!p->inside.signal) {
+        holmes__watch_find_inside(p);
+        if (p->inside.signal)
+            holmes__log(HOLMES_LOG_INFO, "watch: pid %d (%s): holmes inside, started since", p->pid,
+                        p->comm);
+    }
     if (!p->inside.signal) {
         fire_outside(w, p, rule, clause, value, average, win);
         return;

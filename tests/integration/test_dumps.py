@@ -13,6 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, example, finish, pprof_top, run,  # noqa: E402
                          skip_part, tool)
+from ops_util import preload_env  # noqa: E402
 
 HEAD = "[agent]\ninterval = 250ms\nwindow = 4\n{agent}[reporter.file]\ndir = @DUMPS@\n"
 
@@ -167,10 +168,27 @@ def test_holmes_dump_says_why_not():
           "holmes dump without a dump_signal: %d %s %s" % (rc, out, err))
     rc, out, err = run([tool(), "dump", str(p.pid), "-s", "SIGNOPE"], check_rc=False)
     check(rc == 1 and "unknown signal 'SIGNOPE'" in err, "holmes dump -s SIGNOPE: %d %s" % (rc, err))
+    # Its agent catches no signal: one sent anyway would kill the service.
+    rc, out, err = run([tool(), "dump", str(p.pid), "-s", "SIGUSR1"], check_rc=False)
+    check(rc == 1 and "does not catch SIGUSR1" in err and p.poll() is None,
+          "holmes dump -s SIGUSR1 without a dump_signal: %d %s %s" % (rc, err, p.poll()))
     p.kill()
     p.communicate(timeout=60)
     check(not w.files("*.manual.*"), "a dump without a dump_signal: %s" % w.files())
     w.cleanup()
+
+
+def test_holmes_dump_needs_a_running_agent():
+    """libholmes.so preloaded without HOLMES_CONFIG: the agent is off and
+    catches nothing, so `holmes dump -s` must not send the signal."""
+    p = subprocess.Popen(["sleep", "30"], env=preload_env(None),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    rc, out, err = run([tool(), "dump", str(p.pid), "-s", "SIGUSR2"], check_rc=False)
+    check(rc == 1 and "runs no holmes agent" in err and p.poll() is None,
+          "holmes dump of an agent that is off: %d %s %s" % (rc, err, p.poll()))
+    p.kill()
+    p.communicate(timeout=60)
 
 
 def test_dump_now():
@@ -188,5 +206,6 @@ if __name__ == "__main__":
     test_holmes_dump()
     test_holmes_dump_reads_as_the_agent()
     test_holmes_dump_says_why_not()
+    test_holmes_dump_needs_a_running_agent()
     test_dump_now()
     finish()
