@@ -58,7 +58,8 @@ void holmes__tool_signal_name(int sig, char *out, size_t cap)
 
 /* The agent's watchdog thread is named "holmes" (holmes__thread_create):
  * present only while an agent runs, whether libholmes.so is preloaded or
- * linked, or libholmes.a is linked in. */
+ * linked, or libholmes.a is linked in. It is never the main thread, which
+ * is "holmes" in the `holmes` tool itself. */
 int holmes__tool_has_agent(int pid)
 {
     char path[64];
@@ -70,7 +71,7 @@ int holmes__tool_has_agent(int pid)
     struct dirent *e;
     while (!found && (e = readdir(d))) {
         char comm_path[sizeof(path) + sizeof(e->d_name) + 8], comm[32];
-        if (e->d_name[0] == '.')
+        if (e->d_name[0] == '.' || atoi(e->d_name) == pid)
             continue;
         snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
         found = holmes__read_file(comm_path, comm, sizeof(comm)) > 0 && !strcmp(comm, "holmes\n");
