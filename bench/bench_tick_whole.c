@@ -34,6 +34,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "agent/capture/capture.h"
@@ -214,14 +215,29 @@ static double maps_refresh_us(int n)
 }
 
 /*
+ * The system calls of a small tick besides its poll(), as strace shows them
+ * with every metric on: fstat of /proc/self/task (threads) and of
+ * /proc/self/fd (descriptors), pread of statm, the process clock, the
+ * watchdog's own clock and the clocks of the agent threads that ran (about
+ * two), pread of both PSI files, of memory.failcnt and memory.oom_control
+ * (cgroup v1).
+ */
+#define TICK_SYSCALLS 11
+
+/*
  * Threads that tick beside the watchdog, on the same 100 ms period and over
  * the same stretch: one only wakes (what any periodic thread pays to be
  * scheduled, with caches cold after 100 ms of other work), one wakes and
- * reads /proc/self/stat once. The watchdog's tick is judged against them,
- * not against a loop of reads that keeps every cache warm.
+ * reads /proc/self/stat once, one wakes and makes as many of the cheapest
+ * system call (getppid) as a tick makes calls: the floor of any tick that
+ * reads what the tick reads through the kernel. The watchdog's tick is
+ * judged against them, not against a loop of reads that keeps every cache
+ * warm.
  */
+typedef enum beside_work { WAKE_ONLY, READ_STAT, CHEAPEST_CALLS } beside_work;
+
 typedef struct beside {
-    bool read_stat;
+    beside_work work;
     atomic_bool stop;
     atomic_long wakes;
     pthread_t thread;
@@ -234,8 +250,10 @@ static void *beside_main(void *arg)
     pthread_getcpuclockid(pthread_self(), &b->clock);
     while (!atomic_load(&b->stop)) {
         poll(NULL, 0, INTERVAL_MS);
-        if (b->read_stat)
+        if (b->work == READ_STAT)
             read_proc_stat();
+        for (int i = 0; b->work == CHEAPEST_CALLS && i < TICK_SYSCALLS; i++)
+            sink += syscall(SYS_getppid);
         atomic_fetch_add(&b->wakes, 1);
     }
     return NULL;
@@ -247,7 +265,7 @@ typedef struct shape {
     int threads;
     long fds;
     double tick_us, ticks, stat_us, sampler_us, maps_us;
-    double wake_us, stat_tick_us; /* per period, of the threads beside */
+    double wake_us, stat_tick_us, calls_tick_us; /* per period, of the threads beside */
     long threads_seen, fds_seen;
 } shape;
 
@@ -283,21 +301,24 @@ static void measure(shape *sh, double seconds)
     /* Let the watchdog see the new shape (its memory-map refresh after a
      * thread-count change) before its steady ticks are counted. */
     usleep(1500 * 1000);
-    beside wake = {.read_stat = false}, stat = {.read_stat = true};
+    beside wake = {.work = WAKE_ONLY}, stat = {.work = READ_STAT}, calls = {.work = CHEAPEST_CALLS};
     pthread_create(&wake.thread, NULL, beside_main, &wake);
     pthread_create(&stat.thread, NULL, beside_main, &stat);
+    pthread_create(&calls.thread, NULL, beside_main, &calls);
     usleep(3 * INTERVAL_MS * 1000);
     clockid_t clk = thread_clock(wd);
-    beside_mark wake0 = mark(&wake), stat0 = mark(&stat);
+    beside_mark wake0 = mark(&wake), stat0 = mark(&stat), calls0 = mark(&calls);
     uint64_t c0 = bench_clock_ns(clk), w0 = bench_wall_ns();
     usleep((useconds_t)(seconds * 1e6));
     uint64_t c1 = bench_clock_ns(clk), w1 = bench_wall_ns();
     sh->wake_us = per_wake_us(wake0, mark(&wake));
     sh->stat_tick_us = per_wake_us(stat0, mark(&stat));
-    atomic_store(&wake.stop, true);
-    atomic_store(&stat.stop, true);
-    pthread_join(wake.thread, NULL);
-    pthread_join(stat.thread, NULL);
+    sh->calls_tick_us = per_wake_us(calls0, mark(&calls));
+    beside *all[] = {&wake, &stat, &calls};
+    for (int i = 0; i < 3; i++)
+        atomic_store(&all[i]->stop, true);
+    for (int i = 0; i < 3; i++)
+        pthread_join(all[i]->thread, NULL);
     sh->ticks = (double)(w1 - w0) / (INTERVAL_MS * 1e6);
     sh->tick_us = (double)(c1 - c0) / 1e3 / sh->ticks;
     sh->stat_us = stat_read_us(2000);
@@ -314,10 +335,11 @@ static void print_shape(const shape *sh, const shape *base)
     printf("%-8s threads %5ld fds %6ld mem_source %-6s: tick %8.2f us cpu over %.0f ticks (%.3fx "
            "small); "
            "beside it per 100 ms: wake only %.2f us, wake + stat read %.2f us "
-           "(tick/that %.2fx)\n",
+           "(tick/that %.2fx), wake + %d getppid %.2f us (tick/that %.2fx)\n",
            sh->name, sh->threads_seen, sh->fds_seen, sh->mem_source, sh->tick_us, sh->ticks,
            sh->tick_us / base->tick_us, sh->wake_us, sh->stat_tick_us,
-           sh->tick_us / sh->stat_tick_us);
+           sh->tick_us / sh->stat_tick_us, TICK_SYSCALLS, sh->calls_tick_us,
+           sh->tick_us / sh->calls_tick_us);
     printf("%-8s   in a loop (warm caches): stat read %.2f us (%.3fx small), sampler_read %.2f "
            "us (%.3fx small), maps refresh %.2f us (%.3fx small; the watchdog runs it when a "
            "thread was born)\n",
