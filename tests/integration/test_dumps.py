@@ -11,8 +11,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import (SANITIZE, Workdir, check, example, finish, pprof_top, run,  # noqa: E402
-                         skip_part, tool)
+from holmes_test import (SANITIZE, Workdir, check, example, finish, pprof_top, prog,  # noqa: E402
+                         run, skip_part, tool)
 from ops_util import preload_env  # noqa: E402
 
 HEAD = "[agent]\ninterval = 250ms\nwindow = 4\n{agent}[reporter.file]\ndir = @DUMPS@\n"
@@ -144,12 +144,13 @@ def test_holmes_dump():
 def test_holmes_dump_reads_as_the_agent():
     """`holmes dump` reads the service's file as its agent did: a relative
     HOLMES_CONFIG from the service's working directory, ${VAR} from the
-    service's environment, wherever the tool itself runs."""
+    service's environment, wherever the tool itself runs. The service has
+    libholmes.a linked in, so no libholmes.so in its maps says it has an agent."""
     w = Workdir()
     w.write_ini(HEAD.format(agent="dump_signal = ${HOLMES_TEST_DUMP_SIGNAL}\n") +
                 "[rule.cpu]\nabs = 101\n")
     env = dict(os.environ, HOLMES_CONFIG="holmes.ini", HOLMES_TEST_DUMP_SIGNAL="SIGUSR2")
-    p = subprocess.Popen([example("cpu_spike"), "holmes.ini", "9", "0"], cwd=w.path, env=env,
+    p = subprocess.Popen([prog("cpu_spike_static"), "holmes.ini", "9", "0"], cwd=w.path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     rc, out, err = run([tool(), "dump", str(p.pid)], cwd="/", check_rc=False)
