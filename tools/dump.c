@@ -14,38 +14,12 @@
 
 #include "agent/base/base.h"
 #include "holmes/holmes.h"
+#include "rules/keys.h"
 #include "tools/tool.h"
 #include "tools/watch.h"
 
 /* More than the kernel lets exec pass (ARG_MAX, shared with the arguments). */
 #define ENVIRON_MAX (1u << 20)
-
-/* "RTMIN+2", "RTMAX-1": real-time signals are named relative to their range. */
-static int realtime_signal(const char *name)
-{
-    int base = !strncmp(name, "RTMIN", 5) ? SIGRTMIN : !strncmp(name, "RTMAX", 5) ? SIGRTMAX : 0;
-    if (!base)
-        return 0;
-    int offset = name[5] ? atoi(name + 5) : 0;
-    int sig = base + offset;
-    return sig >= SIGRTMIN && sig <= SIGRTMAX ? sig : 0;
-}
-
-static int signal_by_name(const char *name)
-{
-    if (!strncmp(name, "SIG", 3))
-        name += 3;
-    if (realtime_signal(name))
-        return realtime_signal(name);
-    for (int s = 1; s < NSIG; s++) {
-        const char *abbrev = sigabbrev_np(s);
-        if (abbrev && !strcmp(abbrev, name))
-            return s;
-    }
-    char *end;
-    long n = strtol(name, &end, 10);
-    return (*end == 0 && n > 0 && n < NSIG) ? (int)n : 0;
-}
 
 void holmes__tool_signal_name(int sig, char *out, size_t cap)
 {
@@ -150,6 +124,19 @@ int holmes__tool_agent_config(int pid, holmes__config *c, char *path, size_t pat
     return rc;
 }
 
+/* -s SIGNAL: the names dump_signal takes (rules/values.c), or 0 after saying why not. */
+static int named_signal(const char *name)
+{
+    int sig = 0;
+    char why[256];
+    if (!holmes__parse_signal(name, &sig, why, sizeof(why)))
+        fprintf(stderr, "holmes dump: -s: %s\n", why);
+    else if (!sig)
+        fprintf(stderr,
+                "holmes dump: -s none: name the signal to send (the agent's dump_signal)\n");
+    return sig;
+}
+
 /* The dump_signal of the agent's configuration, or 0 after saying why there is none. */
 static int configured_signal(int pid)
 {
@@ -204,9 +191,7 @@ int holmes_cmd_dump(int argc, char **argv)
                 pid);
         return 1;
     }
-    int sig = sigopt ? signal_by_name(sigopt) : configured_signal(pid);
-    if (sigopt && !sig)
-        fprintf(stderr, "holmes dump: unknown signal '%s'\n", sigopt);
+    int sig = sigopt ? named_signal(sigopt) : configured_signal(pid);
     if (!sig)
         return 1;
     char name[16];
