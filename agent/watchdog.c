@@ -273,6 +273,8 @@ static void tick(holmes__watchdog *w, int woken)
      * shows the numbers that fired it; `prev` is the tick before. */
     holmes__sample prev = w->last;
     bool heap_on = holmes__heap_enabled();
+    if (woken >= 0)
+        holmes__sampler_fresh_pressure(w->sampler);
     holmes__sampler_read(w->sampler, heap_on ? holmes__heap_inuse_bytes() : 0, heap_on, &w->last);
     holmes__tick_judge(&w->judge, &w->cfg, &prev, &w->last, woken, fire, w);
     refresh_unwinder(w, &prev, &w->last);

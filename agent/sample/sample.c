@@ -1,7 +1,8 @@
 /*
  * The sampler: everything it needs is found once at creation (the cgroup,
  * the limits, the PSI files) and the files a tick reads are kept open; a
- * tick only preads them into stack buffers. A metric that cannot be read is
+ * tick only preads them into stack buffers (the PSI files only when the
+ * kernel may have recomputed them: agent/sample/psi_cadence.c). A metric that cannot be read is
  * left out of the sample and logged at most once an hour; the others go on.
  */
 #include "agent/sample/sample.h"
@@ -29,6 +30,8 @@ struct holmes__sampler {
     holmes__kept_file usage, stat; /* mem_source = cgroup: usage and memory.stat */
     holmes__kept_file events, oom; /* memory.events (v2) or failcnt and oom_control (v1) */
     holmes__kept_file pressure[2]; /* memory, cpu */
+    holmes__psi_cadence pressure_when[2];
+    double pressure_pct[2]; /* the last read, given again until the next */
     holmes__fd_counter fds;        /* opened again at a tick while it could not be (EMFILE) */
     bool have_prev;
     uint64_t prev_t_ns, prev_cpu_ns;
@@ -260,18 +263,28 @@ static void sample_fds(holmes__sampler *s, holmes__sample *out)
     set_metric(out, HOLMES_METRIC_FDS, (double)out->fds);
 }
 
-static void sample_psi(holmes__sampler *s, holmes__metric m, holmes__kept_file *file,
-                       const char *what, holmes__sample *out)
+static void sample_psi(holmes__sampler *s, int i, holmes__metric m, const char *what,
+                       holmes__sample *out)
 {
-    char text[256];
-    double pct;
-    long n = holmes__kept_read(file, text, sizeof(text));
-    int rc = n < 0 ? (int)n : holmes__psi_parse(text, &pct);
-    if (rc != 0) {
-        fail(s, m, what, rc);
-        return;
+    holmes__psi_cadence *when = &s->pressure_when[i];
+    if (holmes__psi_cadence_due(when, out->t_ns)) {
+        char text[256];
+        long n = holmes__kept_read(&s->pressure[i], text, sizeof(text));
+        int rc = n < 0 ? (int)n : holmes__psi_parse(text, &s->pressure_pct[i]);
+        if (rc != 0) {
+            holmes__psi_cadence_reset(when);
+            fail(s, m, what, rc);
+            return;
+        }
+        holmes__psi_cadence_read(when, out->t_ns, holmes__psi_averages_key(text));
     }
-    set_metric(out, m, pct);
+    set_metric(out, m, s->pressure_pct[i]);
+}
+
+void holmes__sampler_fresh_pressure(holmes__sampler *s)
+{
+    holmes__psi_cadence_force(&s->pressure_when[0]);
+    holmes__psi_cadence_force(&s->pressure_when[1]);
 }
 
 static void sample_events(holmes__sampler *s, holmes__sample *out)
@@ -299,8 +312,8 @@ static void sample_rest(holmes__sampler *s, bool have_rss, uint64_t heap_bytes, 
     out->heap_bytes = heap_bytes;
     if (heap_on && s->limits.mem_limit > 0)
         set_metric(out, HOLMES_METRIC_HEAP, percent_of(heap_bytes, s->limits.mem_limit));
-    sample_psi(s, HOLMES_METRIC_MEM_PRESSURE, &s->pressure[0], "memory pressure (PSI)", out);
-    sample_psi(s, HOLMES_METRIC_CPU_PRESSURE, &s->pressure[1], "cpu pressure (PSI)", out);
+    sample_psi(s, 0, HOLMES_METRIC_MEM_PRESSURE, "memory pressure (PSI)", out);
+    sample_psi(s, 1, HOLMES_METRIC_CPU_PRESSURE, "cpu pressure (PSI)", out);
     sample_events(s, out);
 }
 

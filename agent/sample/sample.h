@@ -73,6 +73,10 @@ const holmes__cgroup *holmes__sampler_cgroup(const holmes__sampler *s);
  */
 void holmes__sampler_read(holmes__sampler *s, uint64_t heap_bytes, bool heap_on,
                           holmes__sample *out);
+/* PSI is read when the kernel may have recomputed it, every 2 s, and the
+ * value kept between (agent/sample/psi_cadence.c); this makes the next read
+ * take both files afresh (a tick woken by a PSI trigger judges the news). */
+void holmes__sampler_fresh_pressure(holmes__sampler *s);
 
 /* The process's CPU time, resident memory and thread count (proc.c's reader fills it). */
 typedef struct holmes__proc_stats holmes__proc_stats;
@@ -117,6 +121,25 @@ int holmes__mem_usage_parse(int version, const char *usage, const char *stat, ui
 /* Memory events from memory.events (v2: `a`) or from memory.failcnt (`a`)
  * and memory.oom_control (`b`, may be NULL) in v1. */
 int holmes__mem_events_parse(int version, const char *a, const char *b, holmes__mem_events *out);
+
+/*
+ * When a PSI file is worth reading again: the kernel recomputes its
+ * averages every 2 s (agent/sample/psi_cadence.c). `key` is
+ * holmes__psi_averages_key() of the text read; all times CLOCK_MONOTONIC.
+ */
+typedef struct holmes__psi_cadence {
+    uint64_t read_ns;      /* the last read; 0 = none yet (due at once) */
+    uint64_t due_ns;       /* the next read */
+    uint64_t lo_ns, hi_ns; /* where the next recompute is looked for; 0, 0 = phase unknown */
+    uint64_t key;          /* the averages at the last read */
+} holmes__psi_cadence;
+bool holmes__psi_cadence_due(const holmes__psi_cadence *c, uint64_t now_ns);
+void holmes__psi_cadence_read(holmes__psi_cadence *c, uint64_t now_ns, uint64_t key);
+/* The next tick reads, the phase learnt so far kept (a PSI trigger woke the watchdog). */
+void holmes__psi_cadence_force(holmes__psi_cadence *c);
+/* Forgets everything (a failed read): the next tick reads. */
+void holmes__psi_cadence_reset(holmes__psi_cadence *c);
+uint64_t holmes__psi_averages_key(const char *text);
 
 /* A small file read again every tick: opened once, read with pread from
  * offset 0, opened again after a failed read (agent/sample/kept.c). */
