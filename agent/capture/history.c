@@ -26,8 +26,9 @@
 #include "agent/capture/signal_walk.h"
 
 #define SECOND_NS 1000000000ull
-/* New threads are armed within this long of their birth. */
-#define SCAN_NS (100ull * 1000 * 1000)
+/* How often the recorder looks whether the service took SIGPROF over, and
+ * lists /proc/self/task where births are not seen (or one was missed). */
+#define LOOK_NS (100ull * 1000 * 1000)
 /* Frames kept per sample on average when sizing a table (deeper ones fit, fewer of them). */
 #define AVG_FRAMES 32
 
@@ -62,6 +63,7 @@ typedef struct holmes__history {
     struct hist_thread *threads;
     int nthreads;    /* high-water mark of threads[] */
     bool new_stacks; /* atomic: a thread was armed since the unwinder last read the map */
+    bool missed;     /* atomic: a birth or an end found the list busy: list the threads soon */
     uint32_t scan;
     size_t ring_bytes;
     int full_logged;
@@ -339,8 +341,10 @@ static void threads_scan(holmes__history *h, int task_fd)
 static uint64_t history_born(void *ctx, pid_t tid, void *(*start)(void *))
 {
     holmes__history *h = ctx;
-    if (pthread_mutex_trylock(&h->lock) != 0)
+    if (pthread_mutex_trylock(&h->lock) != 0) {
+        __atomic_store_n(&h->missed, true, __ATOMIC_RELAXED);
         return HOLMES_BIRTH_NONE;
+    }
     uint64_t token = HOLMES_BIRTH_NONE;
     struct hist_thread *t =
         h->declined || thread_find(h, tid) ? NULL : thread_slot(h, holmes__now_ns());
@@ -373,8 +377,10 @@ static uint64_t history_born(void *ctx, pid_t tid, void *(*start)(void *))
 static void history_gone(void *ctx, pid_t tid, uint64_t idx)
 {
     holmes__history *h = ctx;
-    if (pthread_mutex_trylock(&h->lock) != 0)
+    if (pthread_mutex_trylock(&h->lock) != 0) {
+        __atomic_store_n(&h->missed, true, __ATOMIC_RELAXED);
         return;
+    }
     struct hist_thread *t = &h->threads[idx];
     if (t->tid == tid && t->state == T_ARMED) {
         timer_delete(t->timer);
@@ -435,6 +441,32 @@ static bool wait_or_stop(holmes__history *h, uint64_t deadline_ns)
     return stop;
 }
 
+/* New threads are armed at birth: no birth found the list busy since the
+ * last listing, and pthread_create is seen (birth.c). */
+static bool births_seen(holmes__history *h)
+{
+    return __atomic_load_n(&h->birth, __ATOMIC_ACQUIRE) >= 0 && holmes__birth_covers() &&
+           !__atomic_exchange_n(&h->missed, false, __ATOMIC_RELAXED);
+}
+
+/*
+ * Every 100 ms: whether the service took SIGPROF over, and, where new
+ * threads are not all armed at birth, a listing of /proc/self/task for
+ * them. Where they are, the listing (the cold directory read and a name
+ * per new thread, most of this thread's cost) is made once a second, for
+ * threads born some other way than pthread_create and ends not seen.
+ * Snapshots read the thread list (names, tids) under the lock.
+ */
+static void look(holmes__history *h, int task_fd, bool list)
+{
+    pthread_mutex_lock(&h->lock);
+    if (list)
+        threads_scan(h, task_fd);
+    else
+        (void)step_aside(h);
+    pthread_mutex_unlock(&h->lock);
+}
+
 static void *history_main(void *arg)
 {
     holmes__history *h = arg;
@@ -443,15 +475,15 @@ static void *history_main(void *arg)
     holmes__unwind_prepare();
     int task_fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     uint64_t next_rotate = h->buckets[0].start_ns + SECOND_NS;
-    uint64_t next_scan = holmes__now_ns();
+    uint64_t next_look = holmes__now_ns(), next_list = next_look;
     while (task_fd >= 0) {
         uint64_t now = holmes__now_ns();
-        if (now >= next_scan) {
-            /* Snapshots read the thread list (names, tids) under the lock. */
-            pthread_mutex_lock(&h->lock);
-            threads_scan(h, task_fd);
-            pthread_mutex_unlock(&h->lock);
-            next_scan = now + SCAN_NS;
+        if (now >= next_look) {
+            bool list = now >= next_list || !births_seen(h);
+            look(h, task_fd, list);
+            if (list)
+                next_list = now + SECOND_NS;
+            next_look = now + LOOK_NS;
         }
         if (now >= next_rotate) {
             rotate(h, now);
@@ -465,7 +497,7 @@ static void *history_main(void *arg)
             if (next_rotate <= now) /* a long stall: restart the grid */
                 next_rotate = now + SECOND_NS;
         }
-        if (wait_or_stop(h, next_scan < next_rotate ? next_scan : next_rotate))
+        if (wait_or_stop(h, next_look < next_rotate ? next_look : next_rotate))
             break;
     }
     if (task_fd >= 0)
@@ -541,7 +573,7 @@ static int history_start_locked(uint64_t history_ms, int hz)
     }
     hist_running = h;
     h->birth_watch = (holmes__birth_watch){history_born, history_gone, h};
-    h->birth = holmes__birth_watch_start(&h->birth_watch);
+    __atomic_store_n(&h->birth, holmes__birth_watch_start(&h->birth_watch), __ATOMIC_RELEASE);
     holmes__log(HOLMES_LOG_DEBUG, "CPU history on: %llu ms at %d Hz, ring %zu KiB",
                 (unsigned long long)history_ms, hz, h->ring_bytes / 1024);
     return 0;

@@ -13,8 +13,10 @@
  * The ring is one table per second (`history` + 1 of them, each a lock-free
  * hash of (thread, stack) -> count, so a stack seen many times in a second
  * is stored once). The handler adds to the current second's table; the
- * recorder's thread ("holmes-history") arms timers on new threads every
- * 100 ms, deletes those of exited threads, and once a second clears the
+ * recorder's thread ("holmes-history") arms timers on the threads it finds
+ * in /proc/self/task (once a second where new threads are armed at birth,
+ * every 100 ms where they are not), deletes those of exited threads, and
+ * once a second clears the
  * oldest table and makes it the current one: the oldest second is dropped
  * first, and nothing is ever allocated after start. The whole ring is one
  * mapping of at most HOLMES_HISTORY_MAX_BYTES.
