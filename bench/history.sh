@@ -78,15 +78,21 @@ workload_instructions() {
     echo $((f - e))
 }
 # The history's own instructions in the last "on" run: its signal handler
-# (unwinding included), its thread's scans and rotations, and the refreshes
-# of the unwind tables it asks for; inclusive counts from callgrind.
+# (unwinding included) and everything its thread does (looks, listings,
+# rotations, the refreshes of the unwind tables it asks for) but the
+# one-time build of the tables at its start; inclusive counts from
+# callgrind's call tree, by function name, so what the compiler inlines
+# still counts.
 history_share() {
     local f total own
     f=$(ls -S "$OUT"/cg-on-*/cg.* | head -1)
-    callgrind_annotate --inclusive=yes --threshold=100 "$f" >"$OUT/annotate.txt" 2>>"$LOG"
+    callgrind_annotate --inclusive=yes --tree=calling --threshold=100 "$f" >"$OUT/annotate.txt" 2>>"$LOG"
     total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$OUT/annotate.txt")
-    own=$(grep -E ':(holmes__history_on_sigprof|threads_scan|rotate|holmes__unwind_try_prepare) \[' \
-        "$OUT/annotate.txt" | grep -v '=>' | awk '{ gsub(",", "", $1); s += $1 } END { print s + 0 }')
+    own=$(awk 'function n(v) { gsub(",", "", v); return v + 0 }
+        /%\) +\* / { in_main = $0 ~ /:history_main \[/ }
+        /%\) +\* / && /:(history_main|holmes__history_on_sigprof) \[/ { s += n($1) }
+        in_main && /%\) +> / && /:holmes__unwind_prepare / { s -= n($1) }
+        END { print s + 0 }' "$OUT/annotate.txt")
     echo "$own $total"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
