@@ -16,10 +16,9 @@
  * recorder's thread ("holmes-history") arms timers on the threads it finds
  * in /proc/self/task (once a second where new threads are armed at birth,
  * every 100 ms where they are not), deletes those of exited threads, and
- * once a second clears the
- * oldest table and makes it the current one: the oldest second is dropped
- * first, and nothing is ever allocated after start. The whole ring is one
- * mapping of at most HOLMES_HISTORY_MAX_BYTES.
+ * once a second clears the oldest table and makes it the current one: the
+ * oldest second is dropped first, and nothing is ever allocated after
+ * start. The whole ring is one mapping of at most HOLMES_HISTORY_MAX_BYTES.
  */
 #ifndef HOLMES_HISTORY_H
 #define HOLMES_HISTORY_H

@@ -2,8 +2,9 @@
  * The sampler: everything it needs is found once at creation (the cgroup,
  * the limits, the PSI files) and the files a tick reads are kept open; a
  * tick only preads them into stack buffers (the PSI files only when the
- * kernel may have recomputed them: agent/sample/psi_cadence.c). A metric that cannot be read is
- * left out of the sample and logged at most once an hour; the others go on.
+ * kernel may have recomputed them: agent/sample/psi_cadence.c). A metric
+ * that cannot be read is left out of the sample and logged at most once an
+ * hour; the others go on.
  */
 #include "agent/sample/sample.h"
 
@@ -32,7 +33,7 @@ struct holmes__sampler {
     holmes__kept_file pressure[2]; /* memory, cpu */
     holmes__psi_cadence pressure_when[2];
     double pressure_pct[2]; /* the last read, given again until the next */
-    holmes__fd_counter fds;        /* opened again at a tick while it could not be (EMFILE) */
+    holmes__fd_counter fds; /* opened again at a tick while it could not be (EMFILE) */
     bool have_prev;
     uint64_t prev_t_ns, prev_cpu_ns;
     holmes__ratelimit fail_rl[HOLMES_METRIC_COUNT];

@@ -42,7 +42,7 @@ static uint64_t recomputes_by(const kernel *k, uint64_t now)
 
 typedef struct run {
     uint64_t reads, seen;
-    uint64_t worst_late_ns; /* recompute to the tick that saw it, after the first 20 s */
+    uint64_t worst_late_ns;  /* recompute to the tick that saw it, after the first 20 s */
     uint64_t late_over_tick; /* recomputes seen a tick late or more, after 20 s */
 } run;
 
@@ -105,8 +105,8 @@ static void test_finds_the_phase(void)
  * change is read at the first tick after it, and the phase is kept. */
 static void test_late_kernel(void)
 {
-    kernel k = {.phase = S + 500 * MS, .period = 2 * S + 4 * MS, .late_every = 3,
-                .late_ns = 150 * MS};
+    kernel k = {
+        .phase = S + 500 * MS, .period = 2 * S + 4 * MS, .late_every = 3, .late_ns = 150 * MS};
     run r = simulate(&k, 100 * MS, 120 * S);
     printf("late kernel: %llu reads, %llu seen, worst %llu ms\n", (unsigned long long)r.reads,
            (unsigned long long)r.seen, (unsigned long long)(r.worst_late_ns / MS));
