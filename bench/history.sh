@@ -64,12 +64,9 @@ measure_pair() {
     local first=$1 m
     shift
     for m in $first $([[ $first == off ]] && echo on || echo off); do
-        if [[ $CPU_CLOCK == task-clock ]]; then
-            perf stat -x, -e task-clock -o "$OUT/perf.$m" -- \
-                /usr/bin/time -f '%U %S %M' -o "$OUT/time.$m" $(agent "$m") "$@" >>"$LOG" 2>&1 &
-        else
-            /usr/bin/time -f '%U %S %M' -o "$OUT/time.$m" $(agent "$m") "$@" >>"$LOG" 2>&1 &
-        fi
+        local clock=()
+        [[ $CPU_CLOCK == task-clock ]] && clock=(perf stat -x, -e task-clock -o "$OUT/perf.$m" --)
+        "${clock[@]}" /usr/bin/time -f '%U %S %M' -o "$OUT/time.$m" $(agent "$m") "$@" >>"$LOG" 2>&1 &
     done
     wait
     local m_off m_on
