@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "holmes/holmes.h"
 
@@ -135,6 +136,18 @@ typedef struct holmes__buf {
     bool failed; /* an append could not grow the buffer: the content is incomplete */
 } holmes__buf;
 void holmes__buf_append(holmes__buf *b, const void *data, size_t len);
+/* holmes__buf_append for a few bytes at a time (a table's rows): inline
+ * where there is room, which is nearly always. */
+static inline void holmes__buf_put(holmes__buf *b, const void *data, size_t len)
+{
+    if (b->cap - b->len > len && !b->failed) {
+        memcpy(b->data + b->len, data, len);
+        b->len += len;
+        b->data[b->len] = 0;
+    } else {
+        holmes__buf_append(b, data, len);
+    }
+}
 void holmes__buf_printf(holmes__buf *b, const char *fmt, ...) HOLMES_PRINTF(2, 3);
 void holmes__buf_free(holmes__buf *b);
 /* Appends a whole (/proc) file of any length to b. Returns 0 or HOLMES_EIO. */

@@ -244,7 +244,7 @@ static void emit(fde_ctx *c, uintptr_t pc, uint32_t rule)
     if (pc < c->img->start || pc - c->img->start > UINT32_MAX || pc > c->img->end)
         return;
     uint64_t row = (uint64_t)(pc - c->img->start) << 32 | rule;
-    holmes__buf_append(c->rows, &row, sizeof row);
+    holmes__buf_put(c->rows, &row, sizeof row);
 }
 
 static reg_rule *tracked(cfa_state *s, uint64_t reg)
@@ -425,7 +425,12 @@ static bool rule_op(reader *r, const cie_info *cie, program *p, uint8_t op)
  */
 static bool run_program(reader *r, const cie_info *cie, cfa_state *s, fde_ctx *c)
 {
-    program p = {.s = s, .init = c ? &c->init : s};
+    /* Not an initializer: that would clear the whole state stack, a fifth of
+     * a module's compile when done twice per FDE. */
+    program p;
+    p.s = s;
+    p.init = c ? &c->init : s;
+    p.depth = 0;
     uintptr_t loc = c ? c->pc_begin : 0;
     while (r->p < r->end && !r->bad) {
         uint8_t op = (uint8_t)rd_fixed(r, 1);
@@ -541,16 +546,43 @@ static bool is_sigreturn(const holmes__cfi_image *img, uintptr_t lo, uintptr_t h
     return memmem(code, n, sigreturn_code, sizeof sigreturn_code) != NULL;
 }
 
+/*
+ * The CIE the last FDE referred to, parsed and its initial program run.
+ * FDEs share a few CIEs, mostly one after the other (libc's 3,000 FDEs have
+ * a handful), and reading each FDE's afresh was a fifth of a compile.
+ */
+typedef struct cie_memo {
+    const uint8_t *at; /* NULL: none read yet */
+    bool parsed, init_ok;
+    cie_info cie;
+    cfa_state init; /* the rules at the start of each FDE's program */
+} cie_memo;
+
+static const cie_memo *read_cie(cie_memo *memo, const holmes__cfi_image *img, const uint8_t *at,
+                                const uint8_t *eh_end, uintptr_t datarel)
+{
+    if (memo->at == at)
+        return memo;
+    memo->at = at;
+    memo->parsed = parse_cie(at, eh_end, img->bias, datarel, &memo->cie);
+    memo->init = (cfa_state){.cfa_reg = DW_RSP, .cfa_off = 8, .ra = {RULE_OFFSET, -8}};
+    reader ci = {memo->cie.insns, memo->cie.insns_end, false, img->bias};
+    memo->init_ok = memo->parsed && run_program(&ci, &memo->cie, &memo->init, NULL);
+    return memo;
+}
+
 static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r,
-                      const uint8_t *eh_frame, const uint8_t *eh_end, uintptr_t datarel)
+                      const uint8_t *eh_frame, const uint8_t *eh_end, uintptr_t datarel,
+                      cie_memo *memo)
 {
     const uint8_t *id_field = r->p;
     uint64_t cie_off = rd_fixed(r, 4);
     if (r->bad || cie_off > (uint64_t)(id_field - eh_frame))
         return;
-    cie_info cie;
-    if (!parse_cie(id_field - cie_off, eh_end, img->bias, datarel, &cie))
+    const cie_memo *m = read_cie(memo, img, id_field - cie_off, eh_end, datarel);
+    if (!m->parsed)
         return;
+    const cie_info cie = m->cie;
     bool ind;
     uint64_t begin = rd_pointer(r, cie.fde_enc, datarel, &ind);
     uint64_t range = rd_format(r, cie.fde_enc);
@@ -564,10 +596,9 @@ static void parse_fde(const holmes__cfi_image *img, holmes__buf *rows, reader *r
     if (cie.signal && is_sigreturn(img, c.pc_begin, c.pc_end)) {
         emit(&c, c.pc_begin, holmes__unw_rule(UNW_KIND_SIGNAL, 0, 0));
     } else {
-        c.init = (cfa_state){.cfa_reg = DW_RSP, .cfa_off = 8, .ra = {RULE_OFFSET, -8}};
-        reader ci = {cie.insns, cie.insns_end, false, img->bias};
-        if (!run_program(&ci, &cie, &c.init, NULL))
+        if (!m->init_ok)
             return;
+        c.init = m->init;
         cfa_state s = c.init;
         run_program(r, &cie, &s, &c);
     }
@@ -609,7 +640,7 @@ static bool read_hdr(const holmes__cfi_image *img, eh_hdr *h)
 }
 
 static void compile_record(const holmes__cfi_image *img, holmes__buf *rows, const uint8_t *p,
-                           const eh_hdr *h)
+                           const eh_hdr *h, cie_memo *memo)
 {
     reader body;
     uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
@@ -619,7 +650,7 @@ static void compile_record(const holmes__cfi_image *img, holmes__buf *rows, cons
     if (rd_fixed(&body, 4) == 0)
         return; /* a CIE: read when an FDE refers to it */
     body.p = id;
-    parse_fde(img, rows, &body, h->eh_frame, img->hdr_end, datarel);
+    parse_fde(img, rows, &body, h->eh_frame, img->hdr_end, datarel, memo);
 }
 
 /*
@@ -629,13 +660,14 @@ static void compile_record(const holmes__cfi_image *img, holmes__buf *rows, cons
 static void compile_by_table(const holmes__cfi_image *img, holmes__buf *rows, const eh_hdr *h)
 {
     uintptr_t datarel = (uintptr_t)img->eh_frame_hdr + img->bias;
+    cie_memo memo = {0};
     for (uint64_t i = 0; i < h->count && !rows->failed; i++) {
         int32_t fde;
         memcpy(&fde, h->table + 8 * i + 4, sizeof fde);
         uintptr_t at = datarel + (uintptr_t)(intptr_t)fde;
         if (at < (uintptr_t)h->eh_frame + img->bias || at >= (uintptr_t)img->hdr_end + img->bias)
             continue;
-        compile_record(img, rows, (const uint8_t *)(at - img->bias), h);
+        compile_record(img, rows, (const uint8_t *)(at - img->bias), h, &memo);
     }
 }
 
@@ -643,11 +675,12 @@ static void compile_by_table(const holmes__cfi_image *img, holmes__buf *rows, co
 static void compile_in_order(const holmes__cfi_image *img, holmes__buf *rows, const eh_hdr *h)
 {
     reader body;
+    cie_memo memo = {0};
     for (const uint8_t *p = h->eh_frame, *next; p < img->hdr_end && !rows->failed; p = next) {
         next = record(p, img->hdr_end, img->bias, &body);
         if (!next)
             break; /* the zero terminator, or a record running past the segment */
-        compile_record(img, rows, p, h);
+        compile_record(img, rows, p, h, &memo);
     }
 }
 
