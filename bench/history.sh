@@ -98,9 +98,12 @@ workload_instructions() {
 # The history's own instructions in the last "on" run: its signal handler
 # (unwinding included) and everything its thread does (looks, listings,
 # rotations, the refreshes of the unwind tables it asks for) but the
-# one-time build of the tables at its start; inclusive counts from
+# build of the program's tables at its start; inclusive counts from
 # callgrind's call tree, by function name, so what the compiler inlines
-# still counts.
+# still counts. Under valgrind a walk of the main thread stops at its first
+# frame (valgrind runs it on a stack of its own, not the "[stack]" the
+# walker reads from /proc/self/maps), so sqlite3's count leaves out the
+# unwinding and the library tables it would ask for: task-clock has them.
 history_share() {
     local f total own
     f=$(ls -S "$OUT"/cg-on-*/cg.* | head -1)
@@ -109,7 +112,7 @@ history_share() {
     own=$(awk 'function n(v) { gsub(",", "", v); return v + 0 }
         /%\) +\* / { in_main = $0 ~ /:history_main \[/ }
         /%\) +\* / && /:(history_main|holmes__history_on_sigprof) \[/ { s += n($1) }
-        in_main && /%\) +> / && /:holmes__unwind_prepare / { s -= n($1) }
+        in_main && /%\) +> / && /:holmes__unwind_(try_)?prepare / { s -= n($1) }
         END { print s + 0 }' "$OUT/annotate.txt")
     echo "$own $total"
 }

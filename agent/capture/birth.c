@@ -36,6 +36,7 @@
 
 #include "agent/base/base.h"
 #include "agent/base/loader.h"
+#include "agent/unwind/unwind.h"
 
 typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
@@ -214,6 +215,12 @@ static void life_begin(struct life *l, void *(*start)(void *))
         return;
     l->tid = (pid_t)syscall(SYS_gettid);
     HOLMES_AGENT_ENTER();
+    /* The walker learns this thread's stack here, not from the memory map
+     * read after it was mapped: the watch's samples (the CPU history's)
+     * walk it from its first one, also when it lives less than the second
+     * between reads. Not done without a watch: a malloc, a free and one
+     * system call. */
+    holmes__unwind_thread_init();
     for (int i = 0; i < HOLMES_BIRTH_WATCHES; i++) {
         uint32_t gen;
         const holmes__birth_watch *w = m & (1u << i) ? slot_enter(i, &gen) : NULL;

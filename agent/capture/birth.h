@@ -5,10 +5,11 @@
  * pthread_exit or cancellation). Without a capture in progress a new thread
  * is created exactly as without libholmes, at the cost of two atomic adds.
  *
- * A capture registers a watch for its lifetime; each new thread calls the
- * watch's born() on itself before its start routine, and gone() as it
- * ends, with what born() returned. Both run on the service's thread, so
- * they must not block, and they run with holmes__in_agent set.
+ * A capture registers a watch for its lifetime; each new thread tells the
+ * unwinder where its stack is and calls the watch's born() on itself
+ * before its start routine, and gone() as it ends, with what born()
+ * returned. Both run on the service's thread, so they must not block, and
+ * they run with holmes__in_agent set.
  */
 #ifndef HOLMES_BIRTH_H
 #define HOLMES_BIRTH_H

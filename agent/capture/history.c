@@ -467,12 +467,28 @@ static void look(holmes__history *h, int task_fd, bool list)
     pthread_mutex_unlock(&h->lock);
 }
 
+/*
+ * Compiles the unwind tables of the modules samples have met since the
+ * last call, and reads the memory map again where modules were loaded or
+ * unloaded or threads born. Unless another agent thread is at it now.
+ */
+static void refresh_unwind(holmes__history *h)
+{
+    if (holmes__unwind_try_refresh(__atomic_load_n(&h->new_stacks, __ATOMIC_RELAXED)) !=
+        HOLMES_EBUSY)
+        __atomic_store_n(&h->new_stacks, false, __ATOMIC_RELAXED);
+}
+
 static void *history_main(void *arg)
 {
     holmes__history *h = arg;
-    /* Tables first, here rather than on the thread that starts the agent
-     * (tens of ms, seconds under a sanitizer): no timer is armed before. */
-    holmes__unwind_prepare();
+    /* The program's tables first, here rather than on the thread that
+     * starts the agent, and before any timer is armed. A library's are
+     * compiled at the first look after a sample met it (walks meanwhile
+     * step through it by frame pointer): compiling every loaded module
+     * here was most of what the history costs a short run (7 ms of
+     * sqlite3's 1.5 s, a third of it for modules no sample ever met). */
+    holmes__unwind_try_prepare();
     int task_fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     uint64_t next_rotate = h->buckets[0].start_ns + SECOND_NS;
     uint64_t next_look = holmes__now_ns(), next_list = next_look;
@@ -481,18 +497,18 @@ static void *history_main(void *arg)
         if (now >= next_look) {
             bool list = now >= next_list || !births_seen(h);
             look(h, task_fd, list);
+            if (holmes__unwind_wanted())
+                refresh_unwind(h);
             if (list)
                 next_list = now + SECOND_NS;
             next_look = now + LOOK_NS;
         }
         if (now >= next_rotate) {
             rotate(h, now);
-            /* Modules loaded, or stacks of threads born, since the last look:
-             * the memory map is read only then (its read was nearly all the
-             * history's own cost in a steady service). */
-            if (holmes__unwind_try_refresh(__atomic_load_n(&h->new_stacks, __ATOMIC_RELAXED)) !=
-                HOLMES_EBUSY)
-                __atomic_store_n(&h->new_stacks, false, __ATOMIC_RELAXED);
+            /* The memory map is read only where modules were loaded, or
+             * threads born, since (its read was nearly all the history's own
+             * cost in a steady service). */
+            refresh_unwind(h);
             next_rotate += SECOND_NS;
             if (next_rotate <= now) /* a long stall: restart the grid */
                 next_rotate = now + SECOND_NS;

@@ -5,11 +5,13 @@
  * (also those started later), exited threads lose their timers, and a
  * snapshot names the threads' function. Also: a service that owns SIGPROF
  * keeps it (the history is declined), and a forked child starts with the
- * history off and SIGPROF its own.
+ * history off and SIGPROF its own, and the stacks of a thread busy in a
+ * library walk through it once the history's samples have met it.
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -17,6 +19,7 @@
 
 #include "agent/base/base.h"
 #include "agent/capture/history.h"
+#include "agent/unwind/unwind.h"
 #include "check.h"
 
 #define THREADS 200
@@ -93,6 +96,10 @@ static void test_ring_cap(int seconds)
     for (int i = 0; i < THREADS; i++)
         CHECK_EQ_INT(pthread_create(&t[i], NULL, worker, NULL), 0);
     sleep_ms(200);
+    /* Every module's unwind tables first: the history compiles a module's
+     * when its samples first meet it, as heap samples and captures do, and
+     * what is looked for here is the ring's and the recorder's own growth. */
+    CHECK_EQ_INT(holmes__unwind_prepare(), 0);
     long rss_before = rss_kib();
     CHECK_EQ_INT(holmes__history_start(10000, 100), 0);
     /* Threads started later are covered too. */
@@ -157,6 +164,93 @@ static void test_ring_cap(int seconds)
     CHECK(!holmes__history_running());
 }
 
+/* ---- a library's tables, compiled when the history's samples meet it ---- */
+
+static int qsort_stop;
+static pid_t qsort_tid;
+
+__attribute__((noinline)) static int cmp_slow(const void *a, const void *b)
+{
+    for (int i = 1; i < 20; i++)
+        sink += (double)i * 1.0000001;
+    return *(const int *)a - *(const int *)b;
+}
+
+/* Nearly all of its CPU time is under libc's qsort, which calls cmp_slow. */
+static void *qsort_worker(void *arg)
+{
+    (void)arg;
+    __atomic_store_n(&qsort_tid, gettid(), __ATOMIC_RELEASE);
+    int v[4096];
+    while (!__atomic_load_n(&qsort_stop, __ATOMIC_ACQUIRE)) {
+        for (int i = 0; i < 4096; i++)
+            v[i] = (i * 2654435761u) % 100003;
+        qsort(v, 4096, sizeof v[0], cmp_slow);
+    }
+    return NULL;
+}
+
+typedef struct through {
+    uintptr_t lo, hi; /* qsort_worker's code */
+    uint64_t samples, through;
+} through;
+
+static int count_through(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
+                         int depth, uint64_t count)
+{
+    (void)name;
+    (void)second;
+    through *t = arg;
+    if (tid != __atomic_load_n(&qsort_tid, __ATOMIC_ACQUIRE))
+        return 0;
+    t->samples += count;
+    for (int i = 0; i < depth; i++)
+        if (pcs[i] >= t->lo && pcs[i] < t->hi) {
+            t->through += count;
+            break;
+        }
+    return 0;
+}
+
+/*
+ * Only the program's tables are compiled when the history starts; libc's
+ * are compiled at the recorder's first look after a sample met it, so the
+ * stacks of a thread busy under qsort walk through libc back to the
+ * thread's own function, all but the few samples of that first 100 ms.
+ * The thread is born after the history started: its stack too is known
+ * from its first sample.
+ */
+static void test_library_tables(void)
+{
+    CHECK_EQ_INT(holmes__history_start(5000, 100), 0);
+    /* After the recorder's first read of the memory map: the new thread's
+     * stack is known to the walker from its birth, not from the next read. */
+    sleep_ms(50);
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, qsort_worker, NULL), 0);
+    uint64_t end = holmes__now_ns() + 1500ull * 1000 * 1000;
+    while (holmes__now_ns() < end)
+        sleep_ms(100);
+    holmes__history_snapshot *snap = holmes__history_snapshot_take();
+    __atomic_store_n(&qsort_stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+    CHECK(snap != NULL);
+    if (snap) {
+        through f = {(uintptr_t)qsort_worker, (uintptr_t)qsort_worker + 1024, 0, 0};
+        holmes__history_snapshot_each(snap, count_through, &f);
+        fprintf(stderr, "under qsort: %llu samples, %llu walked through libc to qsort_worker\n",
+                (unsigned long long)f.samples, (unsigned long long)f.through);
+        CHECK(f.samples >= 10);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+        CHECK(f.through > 0); /* libc's tables take a sanitizer much longer */
+#else
+        CHECK(f.through * 4 >= f.samples * 3);
+#endif
+        holmes__history_snapshot_free(snap);
+    }
+    holmes__history_stop();
+}
+
 static void test_fork_child(void)
 {
     CHECK_EQ_INT(holmes__history_start(5000, 19), 0);
@@ -206,6 +300,7 @@ int main(int argc, char **argv)
     int seconds = argc > 1 ? atoi(argv[1]) : 60;
 #endif
     test_sigprof_owned();
+    test_library_tables(); /* first: no table of libc is compiled before */
     test_fork_child();
     test_ring_cap(seconds);
     CHECK_DONE();
