@@ -486,7 +486,7 @@ static void *history_main(void *arg)
      * starts the agent, and before any timer is armed. A library's are
      * compiled at the first look after a sample met it (walks meanwhile
      * step through it by frame pointer): compiling every loaded module
-     * here was most of what the history costs a short run (7 ms of
+     * here was most of what the history cost a short run (4-7 ms of
      * sqlite3's 1.5 s, a third of it for modules no sample ever met). */
     holmes__unwind_try_prepare();
     int task_fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
