@@ -66,6 +66,29 @@ def excuse_runtime_hangs(forks, in_runtime, label=""):
     return excused
 
 
+def waits_in(pid):
+    """The file whose code pid waits in: the program counter /proc/PID/syscall shows (its last
+    field, for a task blocked in a system call) looked up in /proc/PID/maps; "?" when it is not
+    blocked or is gone. No signal and no debugger, as tests/progs/fork_storm.c says why."""
+    try:
+        with open("/proc/%d/syscall" % pid) as f:
+            fields = f.read().split()
+        pc = int(fields[-1], 16) if len(fields) > 2 else 0
+        with open("/proc/%d/maps" % pid) as f:
+            for line in f:
+                parts = line.split()
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if pc and lo <= pc < hi:
+                    return parts[5] if len(parts) > 5 else "[anonymous]"
+    except (OSError, ValueError):
+        pass
+    return "?"
+
+
+def in_sanitizer_runtime(path):
+    return "/libasan.so" in path or "/libtsan.so" in path
+
+
 def skip_test(reason):
     """Ends a test that cannot run its checks here: ctest reports it as skipped, with why.
     A check that already failed still fails the test."""

@@ -3,6 +3,9 @@ with the agent, forks its 2-4 workers within milliseconds, while the agent
 is still building its unwind tables. Each worker's first dlopen (NSS, for
 initgroups) must not find the loader's lock inherited held: every start
 serves 1,000 requests from ab at once, 20 starts in a row (README, "fork()").
+Under a sanitizer, a worker found waiting inside the sanitizer's runtime is
+a reported skipped part (see holmes_test.excuse_runtime_hangs); any other
+hang fails.
 """
 import os
 import re
@@ -12,7 +15,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, finish  # noqa: E402
+from holmes_test import (Workdir, check, excuse_runtime_hangs, finish, in_sanitizer_runtime,  # noqa: E402
+                         waits_in)
 from ops_util import (Service, children, free_port, nginx_workers, preload_env,  # noqa: E402
                       wait_until, write_nginx_conf)
 
@@ -56,12 +60,22 @@ def one_start(w, nginx, ini, n, count):
                            capture_output=True, text=True, timeout=120)
         done = re.search(r"Complete requests:\s+(\d+)", p.stdout)
         failed = re.search(r"Failed requests:\s+(\d+)", p.stdout)
-        check(done and int(done.group(1)) == REQUESTS and failed and failed.group(1) == "0",
-              "start %d (%d workers): ab: %s %s\nworkers: %s" % (
-                  n, count, p.stdout[-600:], p.stderr[-300:], children(s.pid)))
-        pids = wait_until(lambda: nginx_workers(s.pid, count), timeout=30)
+        served = done and int(done.group(1)) == REQUESTS and failed and failed.group(1) == "0"
+        pids = wait_until(lambda: nginx_workers(s.pid, count), timeout=10 if not served else 30)
+        if served and pids and len(pids) == count:
+            return
+        # A hung worker: where it waits. Inside a sanitizer's runtime (its allocator's lock,
+        # inherited held from a thread of the master that was allocating as it forked) is the
+        # runtime's own hazard, agent or not (README, "fork()"); anywhere else fails.
+        waits = {pid: "%s (%s)" % (title, waits_in(pid)) for pid, title in children(s.pid).items()}
+        if excuse_runtime_hangs(count, sum(in_sanitizer_runtime(w) for w in waits.values()),
+                                "start %d" % n):
+            print("start %d: workers and where they wait: %s" % (n, waits))
+            return
+        check(served, "start %d (%d workers): ab: %s %s\nworkers and where they wait: %s" % (
+            n, count, p.stdout[-600:], p.stderr[-300:], waits))
         check(pids and len(pids) == count,
-              "start %d: workers stuck before becoming workers: %s" % (n, children(s.pid)))
+              "start %d: workers stuck before becoming workers: %s" % (n, waits))
     finally:
         s.kill()
 
