@@ -3,8 +3,9 @@
 # preloaded with `history = 0s` (off) and with the default (10s at 19 Hz),
 # on the sqlite3 workload of bench/run.sh and on a 16-thread CPU-bound
 # program. Prints CPU time (perf's task-clock where perf runs, else user +
-# system: see CPU_CLOCK below), instructions (callgrind, whole run,
-# identical from run to run) and peak RSS for both, and their ratios.
+# system: see CPU_CLOCK below), instructions (callgrind: the whole run, and
+# the same less the unwind tables built once) and peak RSS for both, and
+# their ratios.
 #
 # The two modes of a repetition run at the same time, not one after the
 # other: on this shared VM the CPU time of one program drifts by 5-8% from
@@ -79,26 +80,39 @@ measure_pair() {
                printf "%.4f %.4f %d %d\n", cpu[o], cpu[n], rss[o], rss[n] }' \
         "$OUT/time.off" "$OUT/time.on"
 }
+# Prints "TOTAL TABLES": a run's instructions, and those of them that built
+# unwind tables (tables.c's refresh_tables, inclusive, whichever agent
+# thread ran it).
 instructions() {
-    local mode=$1 dir=$OUT/cg-$1-$RANDOM
+    local mode=$1 dir=$OUT/cg-$1-$RANDOM f total=0 tables=0
     shift
     mkdir -p "$dir"
     $(agent "$mode") valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p" "$@" >>"$LOG" 2>&1
-    cat "$dir"/cg.* | awk '/^summary:/ { s += $2 } END { print s }'
+    for f in "$dir"/cg.*; do
+        total=$((total + $(awk '/^summary:/ { print $2 }' "$f")))
+        tables=$((tables + $(callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$f" 2>>"$LOG" |
+            awk '/tables\.c:refresh_tables / && !v { gsub(",", "", $1); v = $1 } END { print v + 0 }')))
+    done
+    echo "$total $tables"
 }
-# Instructions of the workload alone: a run less an empty run of the same
-# program in the same mode (the agent's start, unwind tables included, is
-# the same with the history on or off and would drown a small workload).
+# Instructions of the workload alone, as "ALL LESS_TABLES": a run less an
+# empty run of the same program in the same mode (the agent's start is the
+# same with the history on or off and would drown a small workload), and
+# the same without the unwind tables built in either. Those are paid once
+# per module and process: the history compiles a library's when its
+# samples first meet it, which the empty run never does, so on a run as
+# short as callgrind's their one-time cost would read as a share of it.
 workload_instructions() {
-    local mode=$1 empty=$2 full=$3 e f
-    e=$(eval "instructions $mode $empty")
-    f=$(eval "instructions $mode $full")
-    echo $((f - e))
+    local mode=$1 empty=$2 full=$3 e et f ft
+    read -r e et < <(eval "instructions $mode $empty")
+    read -r f ft < <(eval "instructions $mode $full")
+    echo "$((f - e)) $((f - ft - e + et)) $((ft - et))"
 }
 # The history's own instructions in the last "on" run: its signal handler
 # (unwinding included) and everything its thread does (looks, listings,
-# rotations, the refreshes of the unwind tables it asks for) but the
-# build of the program's tables at its start; inclusive counts from
+# rotations) but its calls into the unwinder's tables (the program's at its
+# start, a library's when a sample met it, and the once-a-second check for
+# loaded modules), which the line above counts; inclusive counts from
 # callgrind's call tree, by function name, so what the compiler inlines
 # still counts. Under valgrind a walk of the main thread stops at its first
 # frame (valgrind runs it on a stack of its own, not the "[stack]" the
@@ -112,7 +126,7 @@ history_share() {
     own=$(awk 'function n(v) { gsub(",", "", v); return v + 0 }
         /%\) +\* / { in_main = $0 ~ /:history_main \[/ }
         /%\) +\* / && /:(history_main|holmes__history_on_sigprof) \[/ { s += n($1) }
-        in_main && /%\) +> / && /:holmes__unwind_(try_)?prepare / { s -= n($1) }
+        in_main && /%\) +> / && /:holmes__unwind_(try_)?(prepare|refresh) / { s -= n($1) }
         END { print s + 0 }' "$OUT/annotate.txt")
     echo "$own $total"
 }
@@ -149,12 +163,13 @@ bench() {
     shift 3
     cpu_pairs "$name" "$@"
     rm -rf "$OUT"/cg-on-*
-    local io=$(workload_instructions off "$cg_empty" "$cg_full")
-    local in=$(workload_instructions on "$cg_empty" "$cg_full")
-    local own total
+    local io io_nt io_t in in_nt in_t own total
+    read -r io io_nt io_t < <(workload_instructions off "$cg_empty" "$cg_full")
+    read -r in in_nt in_t < <(workload_instructions on "$cg_empty" "$cg_full")
     read -r own total < <(history_share)
-    printf '%-10s instructions %s -> %s (%s); the history itself: %s of %s (%s)\n' "$name" "$io" "$in" \
-        "$(pct "$in" "$io")" "$own" "$total" "$(awk "BEGIN { printf \"%.3f%%\", $own * 100 / $total }")"
+    printf '%-10s instructions %s -> %s (%s); less the unwind tables built once (%s -> %s): %s; the history itself: %s of %s (%s)\n' \
+        "$name" "$io" "$in" "$(pct "$in" "$io")" "$io_t" "$in_t" "$(pct "$in_nt" "$io_nt")" \
+        "$own" "$total" "$(awk "BEGIN { printf \"%.3f%%\", $own * 100 / $total }")"
     printf '%-10s peak RSS %s KiB -> %s KiB (%+d KiB)\n' "$name" "$RSS_OFF" "$RSS_ON" "$((RSS_ON - RSS_OFF))"
 }
 
