@@ -69,22 +69,26 @@ static long rss_kib(void)
     return p ? atol(p + 6) : -1;
 }
 
+/* A snapshot's samples of one thread (tid 0: of all), and of them those
+ * whose stack has a frame in [lo, hi): one function's code. */
 typedef struct found {
-    uint64_t samples, in_work;
+    uintptr_t lo, hi;
+    pid_t tid;
+    uint64_t samples, in_code;
 } found;
 
-static int count_entry(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
-                       int depth, uint64_t count)
+static int count_in_code(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
+                         int depth, uint64_t count)
 {
-    (void)tid;
     (void)name;
     found *f = arg;
-    f->samples += count;
     CHECK(second < 0);
-    /* The leaf is inside history_work (or below it, in clock_gettime). */
+    if (f->tid && tid != f->tid)
+        return 0;
+    f->samples += count;
     for (int i = 0; i < depth; i++)
-        if (pcs[i] >= (uintptr_t)history_work && pcs[i] < (uintptr_t)history_work + 128) {
-            f->in_work += count;
+        if (pcs[i] >= f->lo && pcs[i] < f->hi) {
+            f->in_code += count;
             break;
         }
     return 0;
@@ -134,16 +138,17 @@ static void test_ring_cap(int seconds)
     holmes__history_snapshot *snap = holmes__history_snapshot_take();
     CHECK(snap != NULL);
     if (snap) {
-        found f = {0, 0};
-        holmes__history_snapshot_each(snap, count_entry, &f);
+        /* The leaf is inside history_work (or below it, in clock_gettime). */
+        found f = {(uintptr_t)history_work, (uintptr_t)history_work + 128, 0, 0, 0};
+        holmes__history_snapshot_each(snap, count_in_code, &f);
         fprintf(stderr, "snapshot: %llu samples, %llu in history_work, span %.1f s\n",
-                (unsigned long long)f.samples, (unsigned long long)f.in_work,
+                (unsigned long long)f.samples, (unsigned long long)f.in_code,
                 holmes__history_snapshot_span_ns(snap) / 1e9);
         CHECK(f.samples > 0);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-        CHECK(f.in_work > 0); /* instrumented: much of the time is the sanitizer's */
+        CHECK(f.in_code > 0); /* instrumented: much of the time is the sanitizer's */
 #else
-        CHECK(f.in_work * 2 > f.samples);
+        CHECK(f.in_code * 2 > f.samples);
 #endif
         CHECK(holmes__history_snapshot_span_ns(snap) > 0);
         holmes__history_snapshot_free(snap);
@@ -190,28 +195,6 @@ static void *qsort_worker(void *arg)
     return NULL;
 }
 
-typedef struct through {
-    uintptr_t lo, hi; /* qsort_worker's code */
-    uint64_t samples, through;
-} through;
-
-static int count_through(void *arg, pid_t tid, const char *name, int second, const uintptr_t *pcs,
-                         int depth, uint64_t count)
-{
-    (void)name;
-    (void)second;
-    through *t = arg;
-    if (tid != __atomic_load_n(&qsort_tid, __ATOMIC_ACQUIRE))
-        return 0;
-    t->samples += count;
-    for (int i = 0; i < depth; i++)
-        if (pcs[i] >= t->lo && pcs[i] < t->hi) {
-            t->through += count;
-            break;
-        }
-    return 0;
-}
-
 /*
  * Only the program's tables are compiled when the history starts; libc's
  * are compiled at the recorder's first look after a sample met it, so the
@@ -236,15 +219,16 @@ static void test_library_tables(void)
     pthread_join(t, NULL);
     CHECK(snap != NULL);
     if (snap) {
-        through f = {(uintptr_t)qsort_worker, (uintptr_t)qsort_worker + 1024, 0, 0};
-        holmes__history_snapshot_each(snap, count_through, &f);
+        found f = {(uintptr_t)qsort_worker, (uintptr_t)qsort_worker + 1024,
+                   __atomic_load_n(&qsort_tid, __ATOMIC_ACQUIRE), 0, 0};
+        holmes__history_snapshot_each(snap, count_in_code, &f);
         fprintf(stderr, "under qsort: %llu samples, %llu walked through libc to qsort_worker\n",
-                (unsigned long long)f.samples, (unsigned long long)f.through);
+                (unsigned long long)f.samples, (unsigned long long)f.in_code);
         CHECK(f.samples >= 10);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-        CHECK(f.through > 0); /* libc's tables take a sanitizer much longer */
+        CHECK(f.in_code > 0); /* libc's tables take a sanitizer much longer */
 #else
-        CHECK(f.through * 4 >= f.samples * 3);
+        CHECK(f.in_code * 4 >= f.samples * 3);
 #endif
         holmes__history_snapshot_free(snap);
     }
