@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,26 +62,71 @@ def excuse_runtime_hangs(forks, in_runtime, label=""):
     excused = in_runtime if SANITIZE else 0
     if excused:
         skip_part("%s%d of %d children waited forever on a lock inside the %s runtime, which "
-                  "does not lock its allocator around fork" % (
+                  "does not lock its allocator or stack depot around fork" % (
                       label + ": " if label else "", excused, forks, SANITIZE))
     return excused
 
 
-def waits_in(pid):
-    """The file whose code pid waits in: the program counter /proc/PID/syscall shows (its last
-    field, for a task blocked in a system call) looked up in /proc/PID/maps; "?" when it is not
-    blocked or is gone. No signal and no debugger, as tests/progs/fork_storm.c says why."""
+def children_report(err, tail=1500):
+    """What fork_storm's stderr says of its children (each failed or hung child, and the stack
+    of each hang a runtime does not explain) in full, then the tail of the rest (the agent's
+    log): a failure message that names where a child waited."""
+    lines = err.splitlines()
+    about = [ln for ln in lines if re.match(r"child \d+ (hung|: status)|#\d+ ", ln)]
+    rest = "\n".join(ln for ln in lines if ln not in about)
+    return "\n".join(about[:400] + ["..."] + [rest[-tail:]])
+
+
+def stacks_of(pid):
+    """Every thread's stack in pid, from gdb (for a failure message when a process stopped
+    making progress); gdb gets none of the preloads the tests set."""
+    if not shutil.which("gdb"):
+        return "(no gdb for the stacks of %d)" % pid
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "HOLMES_CONFIG", "HOLMES_INHERIT")}
     try:
-        with open("/proc/%d/syscall" % pid) as f:
-            fields = f.read().split()
-        pc = int(fields[-1], 16) if len(fields) > 2 else 0
+        r = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 40"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        return "\n".join(ln for ln in r.stdout.splitlines() if ln.startswith(("#", "Thread ")))
+    except subprocess.TimeoutExpired:
+        return "(gdb took over 60 s on %d)" % pid
+
+
+def _syscall_pc(pid):
+    """The last field of /proc/PID/syscall: where a task blocked in a system call, or stopped,
+    is; 0 when it is running ("running" has no fields)."""
+    with open("/proc/%d/syscall" % pid) as f:
+        fields = f.read().split()
+    return int(fields[-1], 16) if len(fields) > 2 else 0
+
+
+def _stopped_pc(pid):
+    """A task spinning on a lock (the sanitizers' spin mutexes yield between tries) shows no pc;
+    stopped (SIGSTOP runs no handler), it shows where it was."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(200):
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                    break
+            time.sleep(0.001)
+        return _syscall_pc(pid)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def waits_in(pid):
+    """The file whose code pid waits in: its pc (see _syscall_pc) looked up in /proc/PID/maps;
+    "?" when it is gone. No handler and no debugger, as tests/progs/fork_storm.c says why."""
+    try:
+        pc = _syscall_pc(pid) or _stopped_pc(pid)
         with open("/proc/%d/maps" % pid) as f:
             for line in f:
                 parts = line.split()
                 lo, hi = (int(x, 16) for x in parts[0].split("-"))
                 if pc and lo <= pc < hi:
                     return parts[5] if len(parts) > 5 else "[anonymous]"
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return "?"
 

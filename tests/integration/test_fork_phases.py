@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, excuse_runtime_hangs, finish, prog, run, tool  # noqa: E402
+from holmes_test import (Workdir, check, children_report, excuse_runtime_hangs, finish, prog,  # noqa: E402
+                         run, tool)
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +73,7 @@ def phase(what):
     check((rc == 0 or hung == excused > 0) and during and int(during.group(1)) >= 1 and m
           and ok + excused == forks and hung == excused,
           "%s: children forked during the phase failed (rc %s): %s\n%s" % (
-              what, rc, out[-500:], err[-2000:]))
+              what, rc, out[-500:], children_report(err)))
     if what == "upload":
         requests = os.path.join(w.path, "received", "requests.jsonl")
         check(os.path.exists(requests), "upload: the receiver saw no request")

@@ -20,8 +20,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import (SANITIZE, Workdir, check, excuse_runtime_hangs, finish, prog, run,  # noqa: E402
-                         tool)
+from holmes_test import (SANITIZE, Workdir, check, children_report, excuse_runtime_hangs, finish,  # noqa: E402
+                         prog, run, tool)
 from ops_util import run_env, wait_until  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -116,7 +116,7 @@ def main():
               "only %d forks in %d s" % (forks, SECONDS))
         excused = excuse_runtime_hangs(forks, in_runtime)
         check(ok + excused == forks and hung == excused and (SANITIZE or late == 0),
-              "children failed, late or hung: %s\n%s" % (m.group(0), err[-2000:]))
+              "children failed, late or hung: %s\n%s" % (m.group(0), children_report(err)))
     check(rc == 0 or (SANITIZE and m and hung == excused), "fork_storm exited %s" % rc)
     if not SANITIZE:
         for kind in ("cpu", "heap", "threads", "wall"):

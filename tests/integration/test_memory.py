@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from holmes_test import (SANITIZE, Workdir, check, finish, libholmes, pprof, pprof_top,  # noqa: E402
-                         prog, skip_part)
+                         prog, skip_part, stacks_of)
 from memory_util import (UNITS, check_against_rollup, flat_bytes, rollup_after_capture,  # noqa: E402
                          wait_event)
 
@@ -93,7 +93,10 @@ def run_shape(shape, extra="", env=None):
         os.kill(p.pid, signal.SIGUSR2)
     run_shape.rollup = rollup_after_capture(log, p.pid)
     path, ev = wait_event(wd)
-    check(ev is not None, shape + ": no event with a memory object in " + wd.dumps)
+    if ev is None:
+        tail = open(log).read().splitlines()[-15:] if os.path.exists(log) else []
+        check(False, "%s: no finished event with a memory object in %s; the log ends:\n%s\n"
+              "the threads:\n%s" % (shape, wd.dumps, "\n".join(tail), stacks_of(p.pid)))
     return wd, path, ev, p
 
 

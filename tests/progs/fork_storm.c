@@ -16,12 +16,13 @@
  *                                      while its file waits in SPOOLDIR
  *
  * Prints "forks N ok M late L hung H in_runtime R max_ms X": late children
- * took over 1 s to exit, hung ones over 10 s (killed; with FORK_STORM_GDB=1
- * their stack is printed first). R of the hung children were waiting inside
- * a sanitizer runtime (libasan, libtsan): the copies of those in GCC 12 do
- * not lock their allocator around fork, so a child that allocates while
- * another thread of the parent held its lock at the fork waits forever,
- * agent or not. Exits 0 when every child exited 0 within 1 s.
+ * took over 1 s to exit, hung ones over 10 s (killed; before that, the stack
+ * of each hang not in a runtime is printed, of all with FORK_STORM_GDB=1). R
+ * of the hung children were waiting inside a sanitizer runtime (libasan,
+ * libtsan), blocked or spinning: the copies of those in GCC 12 do not lock
+ * their allocator or stack depot around fork, so a child that allocates
+ * while another thread of the parent held one of their locks at the fork
+ * waits forever, agent or not. Exits 0 when every child exited 0 within 1 s.
  */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -100,29 +101,70 @@ static void reaped(int i, int status)
     kids[i] = kids[--nkids];
 }
 
+/* The last field of /proc/PID/syscall: where a task blocked in a system call, or stopped, is. */
+static unsigned long syscall_pc(pid_t pid)
+{
+    char path[64], line[512];
+    unsigned long pc = 0;
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (fgets(line, sizeof line, f)) {
+        const char *last = strrchr(line, ' '); /* "running" has none */
+        pc = last ? strtoul(last + 1, NULL, 16) : 0;
+    }
+    fclose(f);
+    return pc;
+}
+
+static char task_state(pid_t pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    char state = '?';
+    if (f && fgets(line, sizeof line, f)) {
+        const char *paren = strrchr(line, ')');
+        if (paren && paren[1] == ' ')
+            state = paren[2];
+    }
+    if (f)
+        fclose(f);
+    return state;
+}
+
 /*
- * The file whose code a stopped child's thread is in: the program counter
- * /proc/PID/syscall shows (its last field, for a thread blocked in a system
- * call) looked up in /proc/PID/maps. No signal and no debugger: a child
- * blocked inside a sanitizer runtime would not run a handler, and gdb can
- * itself hang attaching to one.
+ * A task spinning on a lock (the sanitizers' spin mutexes yield between
+ * tries) shows "running" and no pc; stopped, it shows where it was. SIGSTOP
+ * runs no handler, which a task stuck inside a sanitizer runtime might not.
+ */
+static unsigned long stopped_pc(pid_t pid)
+{
+    if (kill(pid, SIGSTOP) != 0)
+        return 0;
+    for (int i = 0; i < 200 && task_state(pid) != 'T'; i++)
+        sleep_s(0.001);
+    unsigned long pc = syscall_pc(pid);
+    kill(pid, SIGCONT);
+    return pc;
+}
+
+/*
+ * The file whose code a stopped child's thread is in: its pc (see
+ * syscall_pc) looked up in /proc/PID/maps. No handler and no debugger: a
+ * child blocked inside a sanitizer runtime would not run a handler, and gdb
+ * can itself hang attaching to one.
  */
 static void waits_in(pid_t pid, char *file, size_t cap)
 {
     char path[64], line[512];
-    unsigned long pc = 0;
-    snprintf(file, cap, "?");
-    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    if (fgets(line, sizeof line, f)) {
-        const char *last = strrchr(line, ' ');
-        pc = last ? strtoul(last + 1, NULL, 16) : 0;
-    }
-    fclose(f);
+    unsigned long pc = syscall_pc(pid);
+    if (!pc)
+        pc = stopped_pc(pid);
+    snprintf(file, cap, pc ? "[no file]" : "?");
     snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
-    f = fopen(path, "r");
+    FILE *f = fopen(path, "r");
     while (f && pc && fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
         int name_at = 0;
@@ -141,11 +183,18 @@ static int is_sanitizer_runtime(const char *file)
     return strstr(file, "/libasan.so") || strstr(file, "/libtsan.so");
 }
 
-/* FORK_STORM_GDB=1: where a hung child waits, before it is killed. */
+/*
+ * Where a hung child waits, before it is killed: for every hang the runtime
+ * does not explain, and for all with FORK_STORM_GDB=1. gdb must not get the
+ * agent (or a sanitizer runtime) that `holmes run` preloads into us.
+ */
 static void print_stack(pid_t pid)
 {
     char cmd[200];
-    snprintf(cmd, sizeof cmd, "gdb -p %d -batch -ex 'bt 30' 1>&2 2>/dev/null", (int)pid);
+    snprintf(cmd, sizeof cmd,
+             "env -u LD_PRELOAD -u HOLMES_CONFIG -u HOLMES_INHERIT timeout 30 gdb -p %d -batch "
+             "-ex 'bt 30' 1>&2 2>/dev/null",
+             (int)pid);
     int rc = system(cmd);
     (void)rc;
 }
@@ -163,8 +212,9 @@ static void reap(double wait_s)
                 char file[256];
                 waits_in(kids[i].pid, file, sizeof file);
                 fprintf(stderr, "child %d hung, waiting in %s: killed\n", (int)kids[i].pid, file);
-                in_runtime += is_sanitizer_runtime(file) != 0;
-                if (getenv("FORK_STORM_GDB"))
+                int runtime = is_sanitizer_runtime(file) != 0;
+                in_runtime += runtime;
+                if (!runtime || getenv("FORK_STORM_GDB"))
                     print_stack(kids[i].pid);
                 kill(kids[i].pid, SIGKILL);
                 waitpid(kids[i].pid, &status, 0);
