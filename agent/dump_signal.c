@@ -30,6 +30,11 @@ static void on_dump_signal(int sig)
     errno = saved_errno;
 }
 
+static bool is_ours(const struct sigaction *sa)
+{
+    return !(sa->sa_flags & SA_SIGINFO) && sa->sa_handler == on_dump_signal;
+}
+
 static void install(int sig)
 {
     struct sigaction now;
@@ -53,10 +58,19 @@ static void install(int sig)
 static void restore(void)
 {
     struct sigaction now;
-    if (installed && sigaction(installed, NULL, &now) == 0 && !(now.sa_flags & SA_SIGINFO) &&
-        now.sa_handler == on_dump_signal)
+    if (installed && sigaction(installed, NULL, &now) == 0 && is_ours(&now))
         sigaction(installed, &saved, NULL);
     installed = 0;
+}
+
+int holmes__dump_signal_taken(void)
+{
+    struct sigaction now;
+    if (!installed || sigaction(installed, NULL, &now) != 0 || is_ours(&now))
+        return 0;
+    int sig = installed;
+    installed = 0; /* the program's now: a stop must not put back what was before us */
+    return sig;
 }
 
 void holmes__dump_signal_move(int sig, holmes__doorbell *bell)

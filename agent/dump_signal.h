@@ -30,6 +30,13 @@ void holmes__dump_signal_reset_in_child(void);
  * (the service's disposition stays saved for that agent's stop).
  */
 void holmes__dump_signal_keep_in_child(void);
+/*
+ * Whether the program has put a disposition of its own on our signal since
+ * ours was installed (a preloaded agent starts before main, where services
+ * set their handlers): returns that signal, once, and forgets it, so a stop
+ * leaves the program's handler alone. Otherwise 0.
+ */
+int holmes__dump_signal_taken(void);
 /* The signal ours is installed on, or 0. */
 int holmes__dump_signal_current(void);
 

@@ -309,6 +309,32 @@ static void apply_heap(const holmes__config *old, const holmes__config *next)
 }
 
 /*
+ * The watchdog's thread name tells `holmes dump`, outside the process,
+ * whether the dump signal reaches this agent (README, "holmes dump"):
+ * "holmes-nosig" while a dump_signal is set and the program's own
+ * disposition has it, so sending it would run the program's handler.
+ */
+static const char *thread_name(const holmes__watchdog *w)
+{
+    int sig = w->cfg.dump_signal;
+    return sig && holmes__dump_signal_current() != sig ? "holmes-nosig" : "holmes";
+}
+
+/* A service that sets its handlers in main, after a preloaded agent installed ours. */
+static void check_dump_signal(holmes__watchdog *w)
+{
+    int sig = holmes__dump_signal_taken();
+    if (!sig)
+        return;
+    holmes__log(HOLMES_LOG_WARN,
+                "dump_signal %s: the program has put a handler of its own on it since the agent "
+                "started; manual dumps by signal are off and holmes dump refuses to send it "
+                "(holmes_dump_now still works; set another dump_signal and reload)",
+                strsignal(sig));
+    pthread_setname_np(pthread_self(), thread_name(w));
+}
+
+/*
  * Reporter settings are not swapped under a running delivery queue: such a
  * change is logged as needing a restart, and the reporters keep copies of
  * their own settings.
@@ -327,6 +353,7 @@ static void apply(holmes__watchdog *w, const holmes__config *next)
         holmes__log_configure(next->log, next->log_level);
     holmes__dump_signal_move(next->dump_signal, &w->bell);
     w->cfg = *next;
+    pthread_setname_np(pthread_self(), thread_name(w));
     open_triggers(w);
     holmes__log(HOLMES_LOG_INFO, "reloaded %s: %d rule(s), interval %llums, window %d",
                 w->reload.path, w->cfg.nrules, (unsigned long long)w->cfg.interval_ms,
@@ -356,6 +383,7 @@ static void *watchdog_main(void *arg)
             next = now; /* this tick replaces the one due: the grid restarts here */
         }
         tick(w, woken);
+        check_dump_signal(w);
         if (holmes__reload_poll(&w->reload, holmes__now_ns(), &w->next))
             apply(w, &w->next);
         uint64_t interval = w->cfg.interval_ms * 1000000ull;
@@ -429,7 +457,7 @@ int holmes__watchdog_start(const holmes__config *cfg, const holmes__watchdog_env
         holmes__dump_signal_move(w->cfg.dump_signal, &w->bell);
         describe(w, started, sizeof(started));
         what = "watchdog thread";
-        rc = holmes__thread_create(watchdog_main, w, "holmes", &w->thread);
+        rc = holmes__thread_create(watchdog_main, w, thread_name(w), &w->thread);
         if (rc)
             holmes__dump_signal_move(0, NULL);
     }

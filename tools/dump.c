@@ -33,7 +33,8 @@ void holmes__tool_signal_name(int sig, char *out, size_t cap)
 /* The agent's watchdog thread is named "holmes" (holmes__thread_create):
  * present only while an agent runs, whether libholmes.so is preloaded or
  * linked, or libholmes.a is linked in. It is never the main thread, which
- * is "holmes" in the `holmes` tool itself. */
+ * is "holmes" in the `holmes` tool itself. It is "holmes-nosig" (returns 2)
+ * while the program's own handler has the agent's dump_signal. */
 int holmes__tool_has_agent(int pid)
 {
     char path[64];
@@ -48,7 +49,9 @@ int holmes__tool_has_agent(int pid)
         if (e->d_name[0] == '.' || atoi(e->d_name) == pid)
             continue;
         snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
-        found = holmes__read_file(comm_path, comm, sizeof(comm)) > 0 && !strcmp(comm, "holmes\n");
+        if (holmes__read_file(comm_path, comm, sizeof(comm)) <= 0)
+            continue;
+        found = !strcmp(comm, "holmes\n") ? 1 : !strcmp(comm, "holmes-nosig\n") ? 2 : 0;
     }
     closedir(d);
     return found;
@@ -188,6 +191,15 @@ int holmes_cmd_dump(int argc, char **argv)
     }
     if (!agent) {
         fprintf(stderr, "holmes dump: process %d runs no holmes agent (no thread named holmes)\n",
+                pid);
+        return 1;
+    }
+    if (agent == 2) {
+        fprintf(stderr,
+                "holmes dump: process %d has a handler of its own on its agent's dump_signal (set "
+                "after the agent started, or before); a signal would run that handler, not a "
+                "dump, so none is sent (the agent's log names the signal; holmes_dump_now() in "
+                "the program still dumps, or set another dump_signal and reload)\n",
                 pid);
         return 1;
     }

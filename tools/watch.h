@@ -105,7 +105,8 @@ void holmes__watch_find_inside(watch_proc *p);
 void holmes__watch_poll_inside(watch_proc *p);
 
 /* ---- tools/dump.c, shared with `holmes dump` ---- */
-/* 1 while an agent runs in pid, 0 when none does, -1 when pid cannot be read. */
+/* 1 while an agent runs in pid (2 while the program has its dump_signal), 0 when none does,
+ * -1 when pid cannot be read. */
 int holmes__tool_has_agent(int pid);
 /* Whether pid has a handler for sig (SigCgt in its status): a signal it does
  * not catch would kill it, or do nothing. */

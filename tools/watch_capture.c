@@ -34,8 +34,17 @@
 void holmes__watch_find_inside(watch_proc *p)
 {
     memset(&p->inside, 0, sizeof(p->inside));
-    if (holmes__tool_has_agent(p->pid) <= 0)
+    int agent = holmes__tool_has_agent(p->pid);
+    if (agent <= 0)
         return;
+    if (agent == 2) {
+        /* Its dump_signal would run the program's own handler, not a dump. */
+        holmes__log(HOLMES_LOG_INFO,
+                    "watch: pid %d (%s) runs a holmes agent whose dump_signal the program's own "
+                    "handler has: evidence comes from outside",
+                    p->pid, p->comm);
+        return;
+    }
     holmes__config *c = malloc(sizeof(*c));
     char path[HOLMES_PATH_MAX], errors[512] = "out of memory";
     int rc = c ? holmes__tool_agent_config(p->pid, c, path, sizeof(path), errors, sizeof(errors))
@@ -419,10 +428,12 @@ void holmes__watch_fire(watch *w, watch_proc *p, const holmes__rule_cfg *rule,
                         holmes__clause clause, double value, double average,
                         const holmes__window *win)
 {
-    /* An agent starts a moment after its process (or later): look again. */
-    if (!p->inside.signal) {
+    /* An agent starts a moment after its process (or later), and the program
+     * may have taken its dump_signal since: look again. */
+    bool had = p->inside.signal != 0;
+    if (!had || holmes__tool_has_agent(p->pid) != 1) {
         holmes__watch_find_inside(p);
-        if (p->inside.signal)
+        if (!had && p->inside.signal)
             holmes__log(HOLMES_LOG_INFO, "watch: pid %d (%s): holmes inside, started since", p->pid,
                         p->comm);
     }

@@ -4,7 +4,9 @@ SIGUSR1 and SIGUSR2. With dump_signal on another signal (SIGURG), `holmes
 dump` still gets a dump, whose CPU capture is declined (SIGPROF is the
 service's) with a log line. With dump_signal = SIGUSR2 in a service that
 handles SIGUSR2 before starting the agent, the agent leaves it alone and
-says so."""
+says so; in one that sets its handler after a preloaded agent started, the
+agent notices at its next tick and says so; in both `holmes dump` refuses
+to send SIGUSR2."""
 import os
 import re
 import signal
@@ -84,6 +86,7 @@ def test_dump_signal_owned_by_service(w):
         check(ready is not None, "linked signals service did not start: %s" % s.stderr())
         if ready:
             send(s.pid, signal.SIGUSR2, 2)
+            check_dump_refused(s.pid, "linked")
         rc, out, err = s.finish(timeout=30)
         check(rc == 0, "linked service exited %r: %s" % (rc, err[-1500:]))
         got = counts("\n".join(s.lines))
@@ -96,11 +99,46 @@ def test_dump_signal_owned_by_service(w):
         s.kill()
 
 
+def check_dump_refused(pid, label):
+    """`holmes dump` sends nothing when the program's own handler has the agent's signal."""
+    rc, out, err = run([tool(), "dump", str(pid)], check_rc=False)
+    check(rc == 1 and "handler of its own" in err and "sent" not in out,
+          "%s: holmes dump sent the program's own signal: rc %d %s %s" % (label, rc, out, err))
+
+
+def test_dump_signal_taken_after_start(w):
+    """A preloaded agent installs dump_signal before main; the service then sets its own SIGUSR2
+    handler. The agent notices, says so, and `holmes dump` stops sending SIGUSR2 (it would run the
+    service's handler, nginx's binary upgrade for one)."""
+    ini = w.write_ini(INI.replace("@SIG@", "SIGUSR2").replace("@DUMPS@", w.dumps + "-taken"),
+                      "taken.ini")
+    s = Service([tool(), "run", "-c", ini, "--", prog("ops_service"), "signals", "4"],
+                env=run_env(), stderr_path=os.path.join(w.path, "taken.log"))
+    try:
+        ready = s.wait_line("ready")
+        check(ready is not None, "signals service did not start: %s" % s.stderr())
+        if ready:
+            pid = int(ready.split()[1])
+            said = wait_until(lambda: "has put a handler of its own" in s.stderr(), timeout=10)
+            check(said, "the agent did not notice the service took SIGUSR2: %s" % s.stderr()[-1500:])
+            check_dump_refused(pid, "taken")
+            send(pid, signal.SIGUSR2, 2)
+        rc, out, err = s.finish(timeout=30)
+        check(rc == 0, "service exited %r: %s" % (rc, err[-1500:]))
+        got = counts("\n".join(s.lines))
+        check(got is not None and got[4] == 2, "the service's SIGUSR2 handler saw %r (2 sent)" % got)
+        check(not os.path.isdir(w.dumps + "-taken") or not os.listdir(w.dumps + "-taken"),
+              "the service's SIGUSR2 triggered a dump")
+    finally:
+        s.kill()
+
+
 def main():
     w = Workdir()
     test_config_accepts_signals(w)
     test_preloaded_service_keeps_its_handlers(w)
     test_dump_signal_owned_by_service(w)
+    test_dump_signal_taken_after_start(w)
     w.cleanup()
     finish()
 
