@@ -8,7 +8,8 @@ judged for processes that run without holmes, from outside.
   loop or memcached's own code), fds.txt
   listing its listening socket, threads.txt and memory.txt.
 - --pid on a linked program with a dump_signal: its own agent's dump, not
-  an outside one.
+  an outside one; on one whose own SIGUSR2 handler took the agent's
+  dump_signal: an outside dump, and no SIGUSR2 sent.
 - --pgid on nginx master + workers under ab: a worker's CPU event.
 - --cgroup follows a process started later, by relative and absolute path.
 - errors: a pid that never existed (3), another user's process as non-root
@@ -23,7 +24,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, example, finish, pprof, pprof_top, run, tool  # noqa: E402
+from holmes_test import (Workdir, check, example, finish, pprof, pprof_top, prog, run,  # noqa: E402
+                         tool)
 from ops_util import (Service, free_port, nginx_workers, run_env, skip, wait_until,  # noqa: E402
                       write_nginx_conf)
 
@@ -243,6 +245,40 @@ def test_pid_with_agent_inside(w):
         inner.cleanup()
 
 
+def test_pid_with_signal_taken(w):
+    """An agent inside whose dump_signal the service took (its own SIGUSR2 handler, set in main
+    after the preloaded agent started): the watcher must not send SIGUSR2, which would run the
+    service's handler, and takes its evidence from outside instead."""
+    inner = Workdir(prefix="holmes-watch-inner-")
+    inner_ini = inner.write_ini(INSIDE_INI)
+    svc = Service([tool(), "run", "-c", inner_ini, "--", prog("ops_service"), "signals", "8"],
+                  env=run_env(), stderr_path=os.path.join(w.path, "taken.log"))
+    ini = w.write_ini(WATCH_INI.replace("@CPU@", "40"), "taken.ini")
+    wt = None
+    try:
+        ready = svc.wait_line("ready")
+        check(ready is not None, "signals service did not start: %s" % svc.stderr()[-1500:])
+        if not ready:
+            return
+        pid = int(ready.split()[1])
+        check(wait_until(lambda: "has put a handler of its own" in svc.stderr(), timeout=10),
+              "the agent inside did not notice SIGUSR2 was taken: %s" % svc.stderr()[-1500:])
+        wt = watch(w, ini, ["--pid", str(pid)], "watch-taken.log")
+        _, event = wait_event(w, pid)
+        check(event, "no outside dump: %s" % wt.stderr()[-1500:])
+        check("evidence comes from outside" in wt.stderr() and "asked pid" not in wt.stderr(),
+              "the watcher asked the agent inside: %s" % wt.stderr()[-1500:])
+        rc, out, err = svc.finish(timeout=30)
+        m = re.search(r"usr2=(\d+)", "\n".join(svc.lines))
+        check(m and m.group(1) == "0", "the service's SIGUSR2 handler ran: %r" % svc.lines)
+        check(not inner.files("*"), "the agent inside dumped: %s" % inner.files("*"))
+    finally:
+        if wt:
+            stop(w, wt)
+        svc.kill()
+        inner.cleanup()
+
+
 # ---- --pgid on nginx master + workers ----
 
 def test_nginx_by_pgid(w):
@@ -441,7 +477,7 @@ def test_cgroup(w):
 
 def main():
     parts = [test_errors, test_exit_during_capture, test_cgroup, test_memcached_by_name,
-             test_pid_with_agent_inside, test_nginx_by_pgid]
+             test_pid_with_agent_inside, test_pid_with_signal_taken, test_nginx_by_pgid]
     only = os.environ.get("HOLMES_TEST_ONLY")
     for part in parts:
         if only and part.__name__ != only:
