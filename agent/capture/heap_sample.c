@@ -390,6 +390,7 @@ int holmes__heap_enable(uint64_t sample_bytes)
     HOLMES_AGENT_LEAVE();
     if (rc != 0)
         return rc;
+    holmes__unwind_want_own();
     atomic_store(&sample_rate, sample_bytes);
     atomic_store(&draw_rate, sample_bytes);
     atomic_fetch_add(&epoch, 1);

@@ -38,6 +38,8 @@ __thread uintptr_t holmes__unw_tls_lo __attribute__((tls_model("initial-exec")))
 __thread uintptr_t holmes__unw_tls_hi __attribute__((tls_model("initial-exec")));
 
 static pthread_mutex_t prepare_lock = PTHREAD_MUTEX_INITIALIZER;
+/* See holmes__unwind_want_own. */
+static atomic_bool want_own;
 void (*holmes__unwind_test_hook)(int phase);
 
 static void phase(int p)
@@ -382,6 +384,13 @@ static void add_pending(build *b, const pending *m)
     holmes__buf_append(&b->mods, m, sizeof *m);
 }
 
+/* Whether [start, end) holds the agent's own code (libholmes, or the program that links it in). */
+static bool is_own(uintptr_t start, uintptr_t end)
+{
+    uintptr_t here = (uintptr_t)&holmes__unwind_want_own;
+    return atomic_load_explicit(&want_own, memory_order_relaxed) && here >= start && here < end;
+}
+
 static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cfi_image *img,
                            const snap_module *sm)
 {
@@ -397,9 +406,10 @@ static void compile_module(build *b, const struct dl_phdr_info *info, holmes__cf
     const holmes__unw_module *prev = old_module(b->old, m.start, m.ident);
     /* The program's own code is compiled at once: most stacks start there,
      * and the first heap samples of a service (a burst of allocations as
-     * it warms up) would otherwise stop at its first frame. */
-    bool wanted =
-        b->all || name[0] == '\0' || (prev && atomic_load(&((holmes__unw_module *)prev)->wanted));
+     * it warms up) would otherwise stop at its first frame. So is the
+     * agent's, where every heap sample's walk starts. */
+    bool wanted = b->all || name[0] == '\0' || is_own(m.start, m.end) ||
+                  (prev && atomic_load(&((holmes__unw_module *)prev)->wanted));
     m.compiled = (prev && prev->compiled) || wanted;
     if (prev && prev->compiled) {
         widen(b->old, prev, &b->rows);
@@ -669,7 +679,7 @@ static bool has_work(const holmes__unw_gen *g, bool all)
 {
     for (size_t i = 0; g && i < g->nmods; i++) {
         holmes__unw_module *m = (holmes__unw_module *)&g->mods[i];
-        if (!m->compiled && (all || atomic_load(&m->wanted)))
+        if (!m->compiled && (all || atomic_load(&m->wanted) || is_own(m->start, m->end)))
             return true;
     }
     return false;
@@ -905,6 +915,12 @@ int holmes__unwind_try_refresh(bool new_stacks)
     if (pthread_mutex_trylock(&prepare_lock) != 0)
         return HOLMES_EBUSY;
     return prepare_and_unlock(false, new_stacks);
+}
+
+void holmes__unwind_want_own(void)
+{
+    atomic_store(&want_own, true);
+    atomic_store_explicit(&holmes__unw_want_pending, true, memory_order_release);
 }
 
 bool holmes__unwind_wanted(void)

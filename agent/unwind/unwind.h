@@ -36,6 +36,14 @@ int holmes__unwind_try_prepare(void);
  * threads were born since the last look.
  */
 int holmes__unwind_try_refresh(bool new_stacks);
+/*
+ * Walks that start inside the agent (heap and mmap samples, from inside
+ * malloc) step out through its own code, which has no frame pointers: from
+ * now on its tables are compiled with the program's, at the next prepare or
+ * refresh. Without them such a walk ends in the agent, and the sample keeps
+ * its caller alone.
+ */
+void holmes__unwind_want_own(void);
 /* True when a walk met a module whose tables are not compiled yet. */
 bool holmes__unwind_wanted(void);
 /* Frees the tables; no walk may run concurrently. */

@@ -1,7 +1,8 @@
 """Heap evidence end to end: the leak's dump names the leaking function with
 an estimate within 10% of the truth, the baseline diff shows only growth, a
 forecast fires well before the limit, and preload mode profiles a program
-that was never linked with holmes."""
+that was never linked with holmes, its first burst of allocations with whole
+stacks even with the CPU history off."""
 import os
 import re
 import sys
@@ -152,18 +153,96 @@ dir = @DUMPS@
 """
 
 
+def preloaded_heap_dump(w, name, source, ini_text):
+    """Runs a C program never linked with holmes under the preloaded agent; its last heap dump
+    (moved away from the dump folder), or None."""
+    prog = compile_c(w, name, source)
+    ini = w.write_ini(ini_text)
+    _, out, err = run([prog], env=preload_env(ini), cwd=w.path, timeout=60)
+    check("done" in out, "%s: the preloaded program did not finish: %s" % (name, err[-1000:]))
+    dumps = w.files("*.heap.pb.gz")
+    check(dumps, "%s: no heap dump (%s)" % (name, err[-1500:]))
+    return moved_away(dumps[-1], w) if dumps else None
+
+
 def test_preload():
     w = Workdir()
-    prog = compile_c(w, "unlinked", PRELOAD_PROGRAM)
-    ini = w.write_ini(PRELOAD_INI)
-    _, out, err = run([prog], env=preload_env(ini), cwd=w.path, timeout=60)
-    check("done" in out, "the preloaded program did not finish: " + err[-1000:])
-    dumps = w.files("*.heap.pb.gz")
-    check(dumps, "preload: no heap dump (%s)" % err[-1500:])
-    if dumps:
-        rows = pprof_top(moved_away(dumps[-1], w), "inuse_space")
+    dump = preloaded_heap_dump(w, "unlinked", PRELOAD_PROGRAM, PRELOAD_INI)
+    if dump:
+        rows = pprof_top(dump, "inuse_space")
         check(any(r[5] == "grow_index" for r in rows[:3]),
               "preload: grow_index not among the top inuse functions: %s" % rows[:5])
+    w.cleanup()
+
+
+BURST_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+char *keep[2048];
+__attribute__((noinline)) void grow_index(int i) {
+    keep[i] = malloc(128 * 1024);
+    memset(keep[i], i & 0xff, 128 * 1024);
+}
+__attribute__((noinline)) void fill_cache(void) { for (int i = 0; i < 2048; i++) grow_index(i); }
+__attribute__((noinline)) void warm_up(void) { fill_cache(); }
+int main(void) {
+    usleep(300000);
+    warm_up(); /* 256 MiB in well under a second: a service's first burst */
+    usleep(2500000);
+    long sum = 0;
+    for (int i = 0; i < 2048; i++) sum += keep[i][i];
+    printf("done %ld\n", sum);
+    return 0;
+}
+"""
+
+UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def traces(profile):
+    """(bytes, [leaf .. root]) of each stack of a heap profile, from go tool pprof -traces."""
+    out = []
+    for block in pprof(["-traces", "-sample_index=inuse_space", profile]).split("-----------+")[1:]:
+        lines = [ln.split() for ln in block.splitlines() if ln.strip() and "bytes:" not in ln]
+        lines = [ln for ln in lines if not ln[0].startswith("-")]
+        m = lines and re.match(r"([\d.]+)(B|kB|MB|GB)$", lines[0][0])
+        if m:
+            out.append((float(m.group(1)) * UNITS[m.group(2)], [lines[0][1]] + [ln[0] for ln in lines[1:]]))
+    return out
+
+
+BURST_INI = """
+[agent]
+name = burst
+interval = 250ms
+window = 4
+mem_limit = 2GiB
+history = 0s
+[rule.heap]
+diff = off
+abs = 10
+[reporter.file]
+dir = @DUMPS@
+"""
+
+
+def test_burst_stacks():
+    """With the CPU history off, nothing else in the agent walks stacks: a burst of allocations
+    soon after the start must still be sampled with whole stacks, not the allocating function
+    alone (every heap sample's walk starts inside the agent, whose own tables it needs)."""
+    w = Workdir()
+    dump = preloaded_heap_dump(w, "burst", BURST_PROGRAM, BURST_INI)
+    if dump:
+        stacks = [t for t in traces(dump) if t[1][0] == "grow_index"]
+        total = sum(b for b, _ in stacks)
+        whole = sum(b for b, frames in stacks if frames[1:4] == ["fill_cache", "warm_up", "main"])
+        print("burst: %.1f of %.1f MB in grow_index sampled with its callers" % (whole / 1e6,
+                                                                                total / 1e6))
+        check(total > 100e6 and whole >= 0.9 * total,
+              "burst: of %.1f MB in grow_index only %.1f MB have fill_cache, warm_up, main above: %s"
+              % (total / 1e6, whole / 1e6, stacks[:4]))
     w.cleanup()
 
 
@@ -174,6 +253,7 @@ if __name__ == "__main__":
     test_forecast()
     if heap_interposed():
         test_preload()
+        test_burst_stacks()
     else:
         skip("preload heap profile: the sanitizer owns malloc in this build (HOLMES_NO_INTERPOSE)")
     finish()
