@@ -225,6 +225,21 @@ def pprof(args, timeout=120):
     return p.stdout
 
 
+def pprof_traces(profile, sample_index=None):
+    """`go tool pprof -traces`: each sample as (value, frames leaf first), the value as pprof
+    prints it ("128MB", "10ms")."""
+    args = ["-traces"] + (["-sample_index=" + sample_index] if sample_index else []) + [profile]
+    out = []
+    for block in pprof(args).split("-----------+")[1:]:
+        rows = [ln.split() for ln in block.splitlines()]
+        # Label lines ("bytes:  128kB") describe the sample; the first frame line
+        # carries the sample's value before its leaf.
+        rows = [r for r in rows if r and not r[0].endswith(":") and not r[0].startswith("-")]
+        if rows and len(rows[0]) > 1:
+            out.append((rows[0][0], [" ".join(rows[0][1:])] + [" ".join(r) for r in rows[1:]]))
+    return out
+
+
 def pprof_top(profile, sample_index=None, extra=None):
     """Parses `go tool pprof -top` into [(flat, flat%, sum%, cum, cum%, name)], top first."""
     args = []

@@ -8,7 +8,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import Workdir, check, example, finish, moved_away, pprof, pprof_top, run  # noqa: E402
+from holmes_test import Workdir, check, example, finish, moved_away, pprof, pprof_top, pprof_traces, run  # noqa: E402
 from ops_util import compile_c, heap_interposed, preload_env, skip  # noqa: E402
 
 MIB = 1 << 20
@@ -202,14 +202,12 @@ UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
 def traces(profile):
-    """(bytes, [leaf .. root]) of each stack of a heap profile, from go tool pprof -traces."""
+    """(bytes, [leaf .. root]) of each stack of a heap profile's inuse_space."""
     out = []
-    for block in pprof(["-traces", "-sample_index=inuse_space", profile]).split("-----------+")[1:]:
-        lines = [ln.split() for ln in block.splitlines() if ln.strip() and "bytes:" not in ln]
-        lines = [ln for ln in lines if not ln[0].startswith("-")]
-        m = lines and re.match(r"([\d.]+)(B|kB|MB|GB)$", lines[0][0])
+    for value, frames in pprof_traces(profile, "inuse_space"):
+        m = re.match(r"([\d.]+)(B|kB|MB|GB)$", value)
         if m:
-            out.append((float(m.group(1)) * UNITS[m.group(2)], [lines[0][1]] + [ln[0] for ln in lines[1:]]))
+            out.append((float(m.group(1)) * UNITS[m.group(2)], frames))
     return out
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from holmes_test import (Workdir, check, example, finish, pprof, pprof_top, prog, run,  # noqa: E402
+from holmes_test import (Workdir, check, example, finish, pprof, pprof_top, pprof_traces, prog, run,  # noqa: E402
                          tool)
 from ops_util import (Service, free_port, nginx_workers, run_env, skip, wait_until,  # noqa: E402
                       write_nginx_conf)
@@ -165,26 +165,10 @@ def check_cpu_profile(event, path):
           "libc's named frames are missing:\n%s" % raw[-3000:])
 
 
-def traces(path):
-    """`go tool pprof -traces`: each sample's frames, leaf first."""
-    out = []
-    for block in pprof(["-traces", path]).split("-----------+-------------------------------------------------------")[1:]:
-        frames = []
-        for line in block.strip().splitlines():
-            parts = line.split()
-            # The first line of a trace carries the sample's value before its leaf.
-            name = parts[-1] if parts else ""
-            if name and not name.startswith("---"):
-                frames.append(name)
-        if frames:
-            out.append(frames)
-    return out
-
-
 def check_unwound(path):
     """Stacks from outside are unwound: a worker's samples reach below the leaf,
     down to libevent's loop or memcached's own code (a one-frame profile fails)."""
-    stacks = traces(path)
+    stacks = [frames for _, frames in pprof_traces(path)]
     deep = [f for f in stacks if len(f) > 1]
     below = [f for f in deep if any(n == "event_base_loop" or n.startswith("[memcached+0x") or
                                     n.startswith("[libevent") for n in f[1:])]
